@@ -1,0 +1,545 @@
+"""Sandbox: the Python API.
+
+``AsyncSandbox`` is the real implementation; ``Sandbox`` wraps it for synchronous code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import mimetypes
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from . import protocol, runner
+from .cleanup import Inventory
+from .config import SandboxConfig
+from .errors import ConfigError, InvalidInputError, TransportError
+from .plugins import Registry, get_registry
+from .protocol import RunnerRefusal
+from .runtimes import Runtime
+from .schema import (
+    CleanupResult,
+    ExecutionResult,
+    FileContent,
+    GetFilesResult,
+    InstanceStatus,
+    RemovedEntry,
+    RuntimeStatus,
+    SkippedFile,
+    StatusPart,
+    check_env_name,
+    check_filename,
+    check_session_id,
+    check_task_hash,
+)
+from .transports.base import Transport
+
+log = logging.getLogger("ec2_sandbox")
+T = TypeVar("T")
+OutputCallback = Callable[[str, bytes], None]
+#: Seconds a transport may take beyond the run's own limit before the call is abandoned.
+TRANSPORT_MARGIN = 30.0
+FileData = str | bytes
+
+
+def _field_error(field: str, check: Callable[[Any], Any], value: Any) -> None:
+    try:
+        check(value)
+    except ValueError as exc:
+        raise InvalidInputError(f"{field}: {exc}") from None
+
+
+class AsyncSandbox:
+    """Runs code on the configured target. Safe to share between concurrent tasks."""
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        transport: Transport | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.config = config or SandboxConfig()
+        self.registry = registry or get_registry()
+        self._transport = transport
+        self._transport_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, environment: str = "default") -> AsyncSandbox:
+        from .config_manager import ConfigManager
+
+        return cls(ConfigManager(path).get_config(environment))
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def transport(self) -> Transport:
+        with self._transport_lock:
+            if self._transport is None:
+                name = self.config.resolved_transport
+                factory = self.registry.transports.get(name)
+                if factory is None:
+                    known = ", ".join(sorted(self.registry.transports)) or "none"
+                    raise ConfigError(
+                        f"transport {name!r} is not available (registered: {known}); "
+                        "install the plugin that provides it or choose another transport"
+                    )
+                self._transport = factory(self.config)
+            return self._transport
+
+    def allowed_runtimes(self) -> list[str]:
+        registered = self.registry.runtimes
+        if self.config.allowed_runtimes is None:
+            return sorted(registered)
+        return [name for name in self.config.allowed_runtimes if name in registered]
+
+    def runtime(self, name: str) -> Runtime:
+        allowed = self.allowed_runtimes()
+        if name not in allowed:
+            why = "is not allowed in this environment" if name in self.registry.runtimes else "is unknown"
+            raise InvalidInputError(f"runtime: {name!r} {why}; allowed runtimes: {', '.join(allowed)}")
+        return self.registry.runtimes[name]
+
+    def _page_bytes(self) -> int:
+        """Bytes of file content one runner call may return, given the channel's output cap."""
+        cap = self.transport.max_output_chars
+        if cap is None:
+            return 8 << 20
+        return max(1024, (cap - 1000) * 3 // 4)
+
+    async def _call(self, op: str, timeout: float = 60.0, **fields: Any) -> dict[str, Any]:
+        req = protocol.request(op, self.config.base_sandbox_dir, **fields)
+        return await protocol.call(self.transport, req, timeout=timeout)
+
+    # ------------------------------------------------------------------ running code
+    async def execute_code(
+        self,
+        code: str,
+        runtime: str = "python3",
+        session_id: str | None = None,
+        files: Mapping[str, FileData] | None = None,
+        env_vars: Mapping[str, str] | None = None,
+        create_filesystem: bool = True,
+        timeout: int | None = None,
+        *,
+        on_output: OutputCallback | None = None,
+    ) -> ExecutionResult:
+        """Run ``code`` and return its result; a failing or killed program is a result, not an exception.
+
+        Raises :class:`InvalidInputError` before anything runs when an argument breaks a rule.
+        ``on_output(stream, chunk)`` receives output while the run goes on, where the transport streams.
+        """
+        if not isinstance(code, str) or not code.strip():
+            raise InvalidInputError("code: must be a non-empty program")
+        rt = self.runtime(runtime)
+        _field_error("session_id", check_session_id, session_id)
+        file_entries = []
+        for name, content in (files or {}).items():
+            _field_error(f"files[{name!r}]", check_filename, name)
+            data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+            file_entries.append({"path": name, "b64": protocol.b64(data)})
+        env = {}
+        for name, value in (env_vars or {}).items():
+            _field_error("env_vars", check_env_name, name)
+            if not isinstance(value, str) or "\x00" in value:
+                raise InvalidInputError(f"env_vars[{name!r}]: value must be a string without NUL")
+            env[name] = value
+        limit = self.config.max_execution_time
+        if timeout is None:
+            timeout = limit
+        if not isinstance(timeout, int | float) or not 1 <= timeout <= limit:
+            raise InvalidInputError(
+                f"timeout: {timeout!r} must be between 1 and this environment's max_execution_time ({limit})"
+            )
+        task_hash = uuid.uuid4().hex
+        stream = on_output is not None and self.transport.supports_streaming
+        req = protocol.request(
+            "run",
+            self.config.base_sandbox_dir,
+            task_hash=task_hash,
+            session_id=session_id,
+            ephemeral=not create_filesystem,
+            runtime=rt.to_runner(),
+            code_b64=protocol.b64(code.encode("utf-8")),
+            files=file_entries,
+            env=env,
+            limits={
+                "memory_mb": self.config.max_memory_mb,
+                "file_size_mb": self.config.max_file_size_mb,
+                "open_files": self.config.max_open_files,
+                "processes": self.config.max_processes,
+                "cpu_seconds": int(timeout) + 5,
+            },
+            timeout=timeout,
+            inline_chars=self.config.max_output_chars,
+            max_envelope_chars=self.transport.max_output_chars,
+            isolation=self.config.isolation,
+            network=self.config.network,
+            stream=stream,
+        )
+
+        def on_event(event: dict[str, Any]) -> None:
+            if on_output is not None and event.get("stream") in ("stdout", "stderr"):
+                on_output(event["stream"], base64.b64decode(event["b64"]))
+
+        log.debug("run %s: runtime=%s session=%s timeout=%s", task_hash, runtime, session_id, timeout)
+        try:
+            raw = await protocol.call(
+                self.transport,
+                req,
+                timeout=timeout + TRANSPORT_MARGIN,
+                on_event=on_event if stream else None,
+            )
+        except RunnerRefusal as exc:
+            return ExecutionResult(
+                success=False,
+                task_hash=task_hash,
+                session_id=session_id,
+                runtime=runtime,
+                error_message=str(exc),
+                termination_reason="not_started",
+                transport=self.transport.name,
+            )
+        result = self._result(raw, runtime)
+        log.debug(
+            "run %s ended: %s, exit %s, %.3fs",
+            task_hash,
+            result.termination_reason,
+            result.return_code,
+            result.execution_time,
+        )
+        return result
+
+    def _result(self, raw: dict[str, Any], runtime: str) -> ExecutionResult:
+        out, err = raw["stdout"], raw["stderr"]
+        return ExecutionResult(
+            success=raw["success"],
+            stdout=_inline(out, "@stdout", raw["task_hash"]),
+            stderr=_inline(err, "@stderr", raw["task_hash"]),
+            return_code=raw["return_code"],
+            execution_time=raw["execution_time"],
+            task_hash=raw["task_hash"],
+            session_id=raw["session_id"],
+            runtime=runtime,
+            working_directory=raw["working_directory"],
+            files_created=raw["files_created"],
+            error_message=raw["error_message"],
+            timed_out=raw["timed_out"],
+            termination_reason=raw["termination_reason"],
+            signal=raw["signal"],
+            stdout_truncated=out["truncated"],
+            stderr_truncated=err["truncated"],
+            stdout_bytes=out["bytes"],
+            stderr_bytes=err["bytes"],
+            cpu_time=raw["cpu_time"],
+            peak_memory_mb=round(raw["peak_memory_kb"] / 1024, 1),
+            isolation=raw["isolation"],
+            limits_enforced=raw["limits_enforced"],
+            transport=self.transport.name,
+        )
+
+    # ------------------------------------------------------------------ files
+    async def read_task_file(
+        self, task_hash: str, filename: str, offset: int = 0, max_bytes: int | None = None
+    ) -> FileContent:
+        """One file of a task (or ``@stdout``/``@stderr``), from ``offset``, at most ``max_bytes``."""
+        _field_error("task_hash", check_task_hash, task_hash)
+        if filename not in runner.STREAMS:
+            _field_error("filename", check_filename, filename)
+        if offset < 0:
+            raise InvalidInputError("offset: must not be negative")
+        want = max_bytes if max_bytes is not None else 1 << 62
+        chunks: list[bytes] = []
+        size = position = offset
+        while want > 0:
+            length = min(want, self._page_bytes())
+            page = await self._call(
+                "read", task_hash=task_hash, path=filename, offset=position, length=length
+            )
+            data = base64.b64decode(page["b64"])
+            size = page["size"]
+            chunks.append(data)
+            position += len(data)
+            want -= len(data)
+            if not data or position >= size:
+                break
+        return _file_content(filename, b"".join(chunks), size, offset)
+
+    async def list_task_files(self, task_hash: str) -> dict[str, Any]:
+        _field_error("task_hash", check_task_hash, task_hash)
+        return await self._call("list", task_hash=task_hash)
+
+    async def get_task_files(
+        self, task_hash: str, filename: str | None = None
+    ) -> dict[str, FileData] | FileData:
+        """Every file of a task as ``{path: content}``, or one file's content.
+
+        Text comes back as ``str``; anything that is not valid UTF-8 as ``bytes``, byte-exact. ``filename``
+        may also be ``@stdout`` or ``@stderr``: the run's full captured output.
+        """
+        if filename is not None:
+            return (await self.read_task_file(task_hash, filename)).value()
+        listing = await self.list_task_files(task_hash)
+        out: dict[str, FileData] = {}
+        for entry in listing["files"]:
+            out[entry["path"]] = (await self.read_task_file(task_hash, entry["path"])).value()
+        return out
+
+    async def get_files_for_model(
+        self, task_hash: str, filename: str | None = None, offset: int = 0
+    ) -> GetFilesResult:
+        """What ec2_get_files returns: contents capped at ``max_output_chars`` in all, with paging hints."""
+        budget = self.config.max_output_chars
+        if filename is not None:
+            page = await self.read_task_file(task_hash, filename, offset, budget)
+            return GetFilesResult(task_hash=task_hash, files=[page])
+        listing = await self.list_task_files(task_hash)
+        files: list[FileContent] = []
+        for entry in listing["files"]:
+            share = max(256, budget - sum(len(f.content) for f in files))
+            files.append(await self.read_task_file(task_hash, entry["path"], 0, share))
+        skipped = [SkippedFile(**s) for s in listing["skipped"]]
+        return GetFilesResult(task_hash=task_hash, files=files, skipped=skipped)
+
+    # ------------------------------------------------------------------ cleanup and status
+    async def cleanup_tasks(self, hours: float | None = None) -> CleanupResult:
+        """Remove what the environment's cleanup policy selects (by default: older than ``hours``)."""
+        hours = self.config.cleanup_after_hours if hours is None else hours
+        if not 0 <= hours <= 87600:
+            raise InvalidInputError(f"hours: {hours!r} must be between 0 and 87600")
+        policy = self.registry.cleanup_policies.get(self.config.cleanup_policy)
+        if policy is None:
+            known = ", ".join(sorted(self.registry.cleanup_policies))
+            raise ConfigError(f"cleanup_policy {self.config.cleanup_policy!r} is unknown; known: {known}")
+        inventory = Inventory.model_validate(
+            await self._call("inventory", sizes=bool(getattr(policy, "needs_sizes", False)))
+        )
+        chosen = policy.select(inventory, hours, self.config)
+        removed: list[RemovedEntry] = []
+        if chosen:
+            entries = [{"kind": e.kind, "id": e.id} for e in chosen]
+            result = await self._call("remove", timeout=600, entries=entries)
+            removed = [RemovedEntry(**e) for e in result["removed"]]
+        log.debug("cleanup (%s, %s h) removed %d entries", policy.name, hours, len(removed))
+        return CleanupResult(policy=policy.name, hours=hours, removed=removed)
+
+    async def instance_status(self) -> InstanceStatus:
+        """Reachability and health of the target: each part checked and reported on its own."""
+        transport = self.transport
+        parts = list(await transport.status_parts())
+        status = InstanceStatus(transport=transport.name, target=transport.target, healthy=False)
+        runtimes = [self.registry.runtimes[n] for n in self.allowed_runtimes()]
+        try:
+            probe = await self._call(
+                "probe",
+                runtimes=[{"name": r.name, "version_argv": r.version_argv} for r in runtimes],
+            )
+        except TransportError as exc:
+            parts.append(StatusPart(name="probe", ok=False, message=f"the probe could not run: {exc}"))
+        else:
+            status.runtimes = [RuntimeStatus(**r) for r in probe["runtimes"]]
+            status.disk_free_mb = round(probe["disk_free_bytes"] / 2**20, 1)
+            status.isolation = (
+                "bwrap" if probe["bwrap_usable"] and self.config.isolation != "none" else "none"
+            )
+            status.cgroup_limits = probe["cgroup_controllers"] + (["kill"] if probe["cgroup_kill"] else [])
+            missing = [r.name for r in status.runtimes if not r.available]
+            parts.append(
+                StatusPart(
+                    name="probe",
+                    ok=not missing,
+                    message="all runtimes available"
+                    if not missing
+                    else f"runtimes not available on the target: {', '.join(missing)}",
+                    details={k: v for k, v in probe.items() if k != "runtimes"},
+                )
+            )
+            status.warnings += _isolation_warnings(self.config, probe, transport.name)
+        status.parts = parts
+        status.healthy = all(p.ok for p in parts)
+        return status
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _isolation_warnings(config: SandboxConfig, probe: dict[str, Any], transport: str) -> list[str]:
+    warnings = []
+    if config.isolation == "none":
+        warnings.append("isolation is 'none': user code runs without namespaces (set isolation to 'auto')")
+    elif not probe["bwrap_usable"]:
+        warnings.append(
+            "bubblewrap is not usable on the target: code runs without namespaces (install 'bubblewrap')"
+        )
+    if not probe["privileged"]:
+        warnings.append("the runner is not root: code runs as the invoking user, not a per-session uid")
+    if transport != "local" and config.network and not probe["imds_guard"]:
+        warnings.append(
+            "network is on but no firewall keeps sandbox uids off the instance metadata service "
+            "(169.254.169.254): run `ec2-sandbox prepare-instance` or the provisioning script"
+        )
+    return warnings
+
+
+def _inline(stream: dict[str, Any], name: str, task_hash: str) -> str:
+    if not stream["truncated"]:
+        return stream["text"]
+    head = stream["text"][: stream["head_chars"]]
+    tail = stream["text"][stream["head_chars"] :]
+    note = (
+        f"\n[... {stream['omitted_bytes']} bytes of {stream['bytes']} omitted; read the full output with "
+        f"get_task_files({task_hash!r}, {name!r}) ...]\n"
+    )
+    return head + note + tail
+
+
+def _file_content(path: str, data: bytes, size: int, offset: int) -> FileContent:
+    end = offset + len(data)
+    try:
+        text, encoding = data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = protocol.b64(data), "base64"
+    return FileContent(
+        path=path,
+        size=size,
+        offset=offset,
+        encoding=encoding,
+        content=text,
+        truncated=end < size,
+        next_offset=end if end < size else None,
+        mime_type=mimetypes.guess_type(path)[0],
+    )
+
+
+class _LoopThread:
+    """A private event loop on a daemon thread, so sync callers work even inside a running loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ec2-sandbox-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+class Sandbox:
+    """The synchronous API. Every method has an ``a``-prefixed coroutine twin; ``.aio`` is the async class."""
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        transport: Transport | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.aio = AsyncSandbox(config, transport=transport, registry=registry)
+        self._loop: _LoopThread | None = None
+        self._loop_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, environment: str = "default") -> Sandbox:
+        from .config_manager import ConfigManager
+
+        return cls(ConfigManager(path).get_config(environment))
+
+    @property
+    def config(self) -> SandboxConfig:
+        return self.aio.config
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = _LoopThread()
+        return self._loop.run(coro)
+
+    # async twins
+    def aexecute_code(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, ExecutionResult]:
+        return self.aio.execute_code(*args, **kwargs)
+
+    def aget_task_files(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        return self.aio.get_task_files(*args, **kwargs)
+
+    def acleanup_tasks(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, CleanupResult]:
+        return self.aio.cleanup_tasks(*args, **kwargs)
+
+    def ainstance_status(self) -> Coroutine[Any, Any, InstanceStatus]:
+        return self.aio.instance_status()
+
+    # sync
+    def execute_code(
+        self,
+        code: str,
+        runtime: str = "python3",
+        session_id: str | None = None,
+        files: Mapping[str, FileData] | None = None,
+        env_vars: Mapping[str, str] | None = None,
+        create_filesystem: bool = True,
+        timeout: int | None = None,
+        *,
+        on_output: OutputCallback | None = None,
+    ) -> ExecutionResult:
+        return self._run(
+            self.aio.execute_code(
+                code,
+                runtime,
+                session_id,
+                files,
+                env_vars,
+                create_filesystem,
+                timeout,
+                on_output=on_output,
+            )
+        )
+
+    def get_task_files(self, task_hash: str, filename: str | None = None) -> dict[str, FileData] | FileData:
+        return self._run(self.aio.get_task_files(task_hash, filename))
+
+    def read_task_file(
+        self, task_hash: str, filename: str, offset: int = 0, max_bytes: int | None = None
+    ) -> FileContent:
+        return self._run(self.aio.read_task_file(task_hash, filename, offset, max_bytes))
+
+    def cleanup_tasks(self, hours: float | None = None) -> CleanupResult:
+        return self._run(self.aio.cleanup_tasks(hours))
+
+    def instance_status(self) -> InstanceStatus:
+        return self._run(self.aio.instance_status())
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.run(self.aio.aclose())
+            self._loop.stop()
+            self._loop = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line per problem: 'field: rule'."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "input"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

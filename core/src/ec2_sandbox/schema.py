@@ -1,0 +1,308 @@
+"""The one schema: inputs and outputs of the four tools, as pydantic models.
+
+Adapters render every framework's tool definitions from these models (through :mod:`ec2_sandbox.tools`);
+nothing here is written twice. The field rules are the runner's own (:mod:`ec2_sandbox.runner`), so a
+request refused here would be refused on the target too.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from . import runner
+
+TerminationReason = Literal[
+    "exited",
+    "timeout",
+    "memory_limit",
+    "cpu_time_limit",
+    "file_size_limit",
+    "output_limit",
+    "process_limit",
+    "signal",
+    "not_started",
+]
+
+TASK_HASH_RULE = "12-64 lowercase hex characters, as returned in `task_hash` by ec2_code_execution"
+SESSION_ID_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def check_task_hash(value: str) -> str:
+    if not runner.TASK_HASH_RE.match(value):
+        raise ValueError(f"must be {TASK_HASH_RULE}")
+    return value
+
+
+def check_session_id(value: str | None) -> str | None:
+    if value is not None and not runner.SESSION_ID_RE.match(value):
+        raise ValueError(f"must be {SESSION_ID_RULE}")
+    return value
+
+
+def check_filename(value: str) -> str:
+    try:
+        runner.check_relative_path(value)
+    except runner.RunnerError as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+def check_env_name(value: str) -> str:
+    if not runner.ENV_NAME_RE.match(value):
+        raise ValueError(f"env var name {value!r} must match [A-Za-z_][A-Za-z0-9_]*")
+    return value
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CodeExecutionInput(_Input):
+    """Input of ec2_code_execution."""
+
+    code: str = Field(min_length=1, description="The complete program to run, as source text.")
+    runtime: str = Field(
+        default="python3",
+        description="Language to run the code with (see the allowed values).",
+    )
+    session_id: str | None = Field(
+        default=None,
+        description=(
+            "Reuse one persistent work dir across calls: files written by one call are there for the next. "
+            f"Omit for a fresh dir. Form: {SESSION_ID_RULE}."
+        ),
+    )
+    files: dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "Input files to create in the work dir before the code runs: relative path -> text content, "
+            "e.g. {'data/in.csv': 'a,b\\n1,2'}."
+        ),
+    )
+    env_vars: dict[str, str] | None = Field(
+        default=None,
+        description="Environment variables for the program: NAME -> value. Nothing else is inherited.",
+    )
+    create_filesystem: bool = Field(
+        default=True,
+        description=(
+            "Keep the task's work dir after the run so its files can be fetched with ec2_get_files. "
+            "False: use a scratch dir that is deleted when the run ends."
+        ),
+    )
+    timeout: int | None = Field(
+        default=None,
+        ge=1,
+        le=86400,
+        description="Wall-clock limit in seconds; defaults to the environment's max_execution_time.",
+    )
+
+    @field_validator("session_id")
+    @classmethod
+    def _session(cls, value: str | None) -> str | None:
+        return check_session_id(value)
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name in value or {}:
+            check_filename(name)
+        return value
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, item in (value or {}).items():
+            check_env_name(name)
+            if "\x00" in item:
+                raise ValueError(f"env var {name} has a NUL character in its value")
+        return value
+
+
+class GetFilesInput(_Input):
+    """Input of ec2_get_files."""
+
+    task_hash: str = Field(description=f"The task to read from: {TASK_HASH_RULE}.")
+    filename: str | None = Field(
+        default=None,
+        description=(
+            "One file to read, relative to the work dir (e.g. 'out/result.csv'), or '@stdout' / '@stderr' "
+            "for the run's full captured output. Omit to get every file of the task."
+        ),
+    )
+    offset: int = Field(
+        default=0,
+        ge=0,
+        description="Byte offset to start reading at, to page through a large file.",
+    )
+
+    @field_validator("task_hash")
+    @classmethod
+    def _hash(cls, value: str) -> str:
+        return check_task_hash(value)
+
+    @field_validator("filename")
+    @classmethod
+    def _filename(cls, value: str | None) -> str | None:
+        if value is None or value in runner.STREAMS:
+            return value
+        return check_filename(value)
+
+
+class CleanupInput(_Input):
+    """Input of ec2_cleanup_tasks."""
+
+    hours: float | None = Field(
+        default=None,
+        ge=0,
+        le=87600,
+        description=(
+            "Delete task and session dirs last used more than this many hours ago. "
+            "Defaults to the environment's cleanup_after_hours."
+        ),
+    )
+
+
+class InstanceStatusInput(_Input):
+    """Input of ec2_instance_status (it takes no arguments)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------
+
+
+class ExecutionResult(BaseModel):
+    """What one run did. A failed or killed run is a result too, with whatever output it made."""
+
+    success: bool = Field(description="True only when the program exited with status 0 within its limits.")
+    stdout: str = Field(default="", description="Standard output (head and tail when truncated).")
+    stderr: str = Field(default="", description="Standard error (head and tail when truncated).")
+    return_code: int | None = Field(
+        default=None,
+        description="Exit status; negative N when killed by signal N; None if it never ran.",
+    )
+    execution_time: float = Field(default=0.0, description="Wall-clock seconds the program ran.")
+    task_hash: str | None = Field(default=None, description="Unique id of this run, for ec2_get_files.")
+    session_id: str | None = Field(default=None, description="The session the run belonged to, if any.")
+    runtime: str | None = Field(default=None, description="Runtime that ran the code.")
+    working_directory: str | None = Field(default=None, description="Work dir on the target.")
+    files_created: list[str] = Field(
+        default_factory=list, description="Files the run created or changed in the work dir."
+    )
+    error_message: str | None = Field(default=None, description="Why the run failed, in words.")
+    timed_out: bool = Field(default=False, description="True when the wall-clock limit killed the run.")
+    termination_reason: TerminationReason = Field(default="exited", description="Why the run ended.")
+    signal: int | None = Field(default=None, description="Signal that killed the program, if any.")
+    stdout_truncated: bool = Field(default=False, description="Inline stdout is only head and tail.")
+    stderr_truncated: bool = Field(default=False, description="Inline stderr is only head and tail.")
+    stdout_bytes: int = Field(default=0, description="Full size of stdout in bytes (kept on the target).")
+    stderr_bytes: int = Field(default=0, description="Full size of stderr in bytes (kept on the target).")
+    cpu_time: float = Field(default=0.0, description="CPU seconds (user + system) the run used.")
+    peak_memory_mb: float = Field(default=0.0, description="Peak resident memory of the run in MB.")
+    isolation: str | None = Field(default=None, description="Isolation in force: 'bwrap' or 'none'.")
+    limits_enforced: list[str] = Field(
+        default_factory=list,
+        description="Which limits were really in force (rlimit:*, cgroup:*, ...).",
+    )
+    transport: str | None = Field(default=None, description="Transport that carried the run.")
+
+    @property
+    def output(self) -> str:
+        """stdout and stderr together, for quick printing."""
+        return self.stdout + self.stderr
+
+
+class FileContent(BaseModel):
+    """One file (or one page of it) read back from a task."""
+
+    path: str = Field(description="Path relative to the work dir, or '@stdout' / '@stderr'.")
+    size: int = Field(description="Full size of the file in bytes.")
+    offset: int = Field(default=0, description="Byte offset this content starts at.")
+    encoding: Literal["utf-8", "base64"] = Field(
+        description="'utf-8': content is the text; 'base64': content is base64 of binary bytes."
+    )
+    content: str = Field(description="The bytes read, as text or base64 (see encoding).")
+    truncated: bool = Field(default=False, description="More bytes follow; read on from next_offset.")
+    next_offset: int | None = Field(default=None, description="Offset to read the rest from.")
+    mime_type: str | None = Field(default=None, description="Guessed from the file name.")
+
+    def data(self) -> bytes:
+        """The bytes read."""
+        if self.encoding == "base64":
+            return base64.b64decode(self.content)
+        return self.content.encode("utf-8")
+
+    def value(self) -> str | bytes:
+        """Text as ``str``, binary as ``bytes``."""
+        return self.content if self.encoding == "utf-8" else self.data()
+
+
+class SkippedFile(BaseModel):
+    path: str
+    reason: str
+
+
+class GetFilesResult(BaseModel):
+    """Output of ec2_get_files."""
+
+    task_hash: str
+    files: list[FileContent] = Field(default_factory=list)
+    skipped: list[SkippedFile] = Field(
+        default_factory=list, description="Entries not returned (symlinks, special files) and why."
+    )
+
+
+class RemovedEntry(BaseModel):
+    kind: Literal["task", "session", "run"]
+    id: str
+
+
+class CleanupResult(BaseModel):
+    """Output of ec2_cleanup_tasks: exactly what was removed."""
+
+    policy: str = Field(description="Cleanup policy that chose what to remove.")
+    hours: float | None = Field(default=None, description="Age threshold used, in hours.")
+    removed: list[RemovedEntry] = Field(default_factory=list)
+
+    @property
+    def removed_tasks(self) -> list[str]:
+        return [e.id for e in self.removed if e.kind == "task"]
+
+    @property
+    def removed_sessions(self) -> list[str]:
+        return [e.id for e in self.removed if e.kind == "session"]
+
+
+class RuntimeStatus(BaseModel):
+    name: str
+    available: bool
+    version: str | None = None
+    executable: str | None = None
+    error: str | None = None
+
+
+class StatusPart(BaseModel):
+    """One independently checked part of the target's health."""
+
+    name: str = Field(description="What was checked, e.g. 'instance', 'ssm_agent', 'probe'.")
+    ok: bool
+    message: str = Field(description="What was found, or what failed and what to check.")
+    details: dict[str, object] = Field(default_factory=dict)
+
+
+class InstanceStatus(BaseModel):
+    """Output of ec2_instance_status."""
+
+    transport: str
+    target: str = Field(description="Instance id, host, or 'local'.")
+    healthy: bool = Field(description="True when every part is ok and code can run.")
+    parts: list[StatusPart] = Field(default_factory=list)
+    runtimes: list[RuntimeStatus] = Field(default_factory=list)
+    disk_free_mb: float | None = None
+    isolation: str | None = Field(default=None, description="'bwrap' or 'none'.")
+    cgroup_limits: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)

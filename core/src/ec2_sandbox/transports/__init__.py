@@ -1,0 +1,5 @@
+"""Transports carry the runner's request to the target and its output back; they know nothing of runtimes."""
+
+from .base import RunnerOutput, Transport
+
+__all__ = ["RunnerOutput", "Transport"]

@@ -1,0 +1,109 @@
+"""The local transport: the runner on this machine.
+
+By default the runner's code runs in this process, on a worker thread: the user's program is still a
+separate process with its own limits, but no second interpreter has to start for the runner (that would
+double the latency of a short run). ``mode="subprocess"`` runs the runner as its own process, exactly as
+remote targets do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+from .. import runner
+from ..schema import StatusPart
+from .base import LineCallback, RunnerOutput, Transport
+
+# Threads mostly sit in waitpid; many concurrent runs need many threads, not CPU.
+_POOL = ThreadPoolExecutor(max_workers=256, thread_name_prefix="ec2-sandbox-local")
+
+
+class LocalTransport(Transport):
+    name = "local"
+    supports_streaming = True
+
+    def __init__(self, mode: Literal["inprocess", "subprocess"] = "inprocess") -> None:
+        self.mode = mode
+
+    @property
+    def target(self) -> str:
+        return "local"
+
+    async def exec_runner(
+        self, payload: bytes, *, timeout: float, on_stdout_line: LineCallback | None = None
+    ) -> RunnerOutput:
+        if self.mode == "subprocess":
+            return await self._subprocess(payload, timeout, on_stdout_line)
+        loop = asyncio.get_running_loop()
+
+        def emit(event: dict) -> None:
+            if on_stdout_line is not None:
+                line = json.dumps({"event": event}, separators=(",", ":")).encode()
+                loop.call_soon_threadsafe(on_stdout_line, line)
+
+        def work() -> bytes:
+            req = json.loads(payload)
+            envelope = runner.handle(req, emit)
+            return runner.fit_envelope(envelope, req.get("max_envelope_chars")).encode() + b"\n"
+
+        stdout = await asyncio.wait_for(loop.run_in_executor(_POOL, work), timeout)
+        return RunnerOutput(0, stdout, b"")
+
+    async def _subprocess(
+        self, payload: bytes, timeout: float, on_stdout_line: LineCallback | None
+    ) -> RunnerOutput:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            "-S",
+            runner.__file__,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={
+                "PATH": runner.SYSTEM_PATH,
+                "HOME": os.environ.get("HOME", "/"),
+                "LANG": "C.UTF-8",
+            },
+        )
+        assert proc.stdin and proc.stdout and proc.stderr
+        proc.stdin.write(payload)
+        proc.stdin.close()
+        lines: list[bytes] = []
+
+        async def read_stdout() -> None:
+            assert proc.stdout
+            async for line in proc.stdout:
+                lines.append(line)
+                if on_stdout_line is not None:
+                    on_stdout_line(line.rstrip(b"\n"))
+
+        try:
+            _, stderr, _ = await asyncio.wait_for(
+                asyncio.gather(read_stdout(), proc.stderr.read(), proc.wait()), timeout
+            )
+        except BaseException:
+            # SIGTERM lets the runner kill the program's process group before it goes.
+            if proc.returncode is None:
+                proc.terminate()
+            raise
+        return RunnerOutput(proc.returncode or 0, b"".join(lines), stderr)
+
+    async def status_parts(self) -> list[StatusPart]:
+        return [
+            StatusPart(
+                name="host",
+                ok=True,
+                message=f"local machine, runner as uid {os.geteuid()} ({self.mode})",
+                details={"euid": os.geteuid(), "mode": self.mode},
+            )
+        ]
+
+
+def create_local_transport(config: object) -> LocalTransport:
+    return LocalTransport()
