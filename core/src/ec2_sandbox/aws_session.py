@@ -1,0 +1,66 @@
+"""boto3 sessions built from a configuration's auth mode: profile, keys, or the default chain.
+
+One session per configuration, reused: boto3 sessions are not thread-safe to create concurrently but their
+clients are safe to share, so clients are cached here too.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Literal
+
+import boto3
+
+from .config import SandboxConfig
+
+AuthMode = Literal["profile", "access_keys", "temporary_credentials", "default_chain"]
+
+_lock = threading.Lock()
+_clients: dict[tuple[Any, ...], Any] = {}
+
+
+def auth_mode(config: SandboxConfig) -> AuthMode:
+    """Which credentials a configuration uses (keys win over a profile when both are given)."""
+    if config.access_key_id:
+        return "temporary_credentials" if config.session_token else "access_keys"
+    if config.aws_profile:
+        return "profile"
+    return "default_chain"
+
+
+def make_session(config: SandboxConfig) -> boto3.Session:
+    mode = auth_mode(config)
+    kwargs: dict[str, Any] = {"region_name": config.region}
+    if mode in ("access_keys", "temporary_credentials"):
+        kwargs["aws_access_key_id"] = config.access_key_id
+        kwargs["aws_secret_access_key"] = config.secret_access_key.get_secret_value()  # type: ignore[union-attr]
+        if config.session_token:
+            kwargs["aws_session_token"] = config.session_token.get_secret_value()
+    elif mode == "profile":
+        kwargs["profile_name"] = config.aws_profile
+    return boto3.Session(**kwargs)
+
+
+def client(config: SandboxConfig, service: str, **kwargs: Any) -> Any:
+    """A cached boto3 client for ``service`` under the configuration's credentials and region."""
+    secret = config.secret_access_key.get_secret_value() if config.secret_access_key else None
+    token = config.session_token.get_secret_value() if config.session_token else None
+    key = (
+        service,
+        config.region,
+        config.aws_profile,
+        config.access_key_id,
+        secret,
+        token,
+        tuple(sorted(kwargs.items())),
+    )
+    with _lock:
+        if key not in _clients:
+            _clients[key] = make_session(config).client(service, **kwargs)
+        return _clients[key]
+
+
+def clear_clients() -> None:
+    """Forget cached clients (tests that switch endpoints use this)."""
+    with _lock:
+        _clients.clear()
