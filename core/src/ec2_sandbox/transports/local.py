@@ -65,6 +65,7 @@ class LocalTransport(Transport):
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            limit=1 << 30,  # one envelope line can carry a large inline output or file page
             env={
                 "PATH": runner.SYSTEM_PATH,
                 "HOME": os.environ.get("HOME", "/"),

@@ -1,0 +1,38 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture
+def tmp_base_dir() -> Iterator[str]:
+    """A fresh sandbox base dir. Under /tmp with mode 0711: when tests run as root, the runner drops each
+    run to its own unprivileged uid, which must be able to traverse to its work dir."""
+    path = tempfile.mkdtemp(prefix="ec2sb-test-", dir="/tmp")
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under CI=true a test may not skip for a missing system package: CI must have installed it."""
+    if os.environ.get("EC2_SANDBOX_NO_SKIPS") != "1":
+        return
+    for item in items:
+        item.add_marker(pytest.mark.no_skips)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and item.get_closest_marker("no_skips") and call.when in ("setup", "call"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.longrepr = f"skipped under EC2_SANDBOX_NO_SKIPS=1 (CI must provide this): {reason}"
