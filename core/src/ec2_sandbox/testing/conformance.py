@@ -7,7 +7,8 @@ Usage in a transport's tests::
     class TestMyTransport(ConformanceSuite):
         @pytest.fixture
         async def sandbox(self, tmp_base_dir):
-            async with AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir), transport=MyTransport()) as sb:
+            config = SandboxConfig(base_sandbox_dir=tmp_base_dir)
+            async with AsyncSandbox(config, transport=MyTransport()) as sb:
                 yield sb
 
 Everything is checked through the public API only, so the same assertions hold on the local machine, over
@@ -115,7 +116,7 @@ class ConformanceSuite:
             "UNICODE": "日本語 ✓",
             "EMPTY": "",
         }
-        code = "import json, os\nprint(json.dumps({k: os.environ.get(k) for k in %r}))" % sorted(env)
+        code = f"import json, os\nprint(json.dumps({{k: os.environ.get(k) for k in {sorted(env)!r}}}))"
         result = await sandbox.execute_code(code, env_vars=env)
         assert result.success, result.stderr
         import json
@@ -222,9 +223,9 @@ class ConformanceSuite:
         assert result.success, result.stderr
         files = await sandbox.get_task_files(result.task_hash)
         assert "passwd" not in files
-        with pytest.raises(Exception, match="symlink|not a directory"):
+        with pytest.raises(Exception, match=r"symlink|not a directory"):
             await sandbox.get_task_files(result.task_hash, "passwd")
-        with pytest.raises(Exception, match="symlink|not a directory"):
+        with pytest.raises(Exception, match=r"symlink|not a directory"):
             await sandbox.get_task_files(result.task_hash, "etc/passwd")
 
     # ------------------------------------------------------------------ output
