@@ -1330,12 +1330,11 @@ def fit_envelope(envelope, max_chars):
     result = envelope.get("result") or {}
     streams = [result[k] for k in ("stdout", "stderr") if isinstance(result.get(k), dict)]
     while max_chars and len(line) > max_chars and any(s["text"] for s in streams):
-        excess = len(line) - max_chars
+        # Escaping makes a character cost 1 to 6 in JSON: scale every stream by the overshoot and retry.
+        factor = max_chars / float(len(line)) * 0.9
         for stream in streams:
-            # Escaping can make a character cost up to 6 in JSON, so cut generously each round.
-            shrink_stream(stream, max(0, len(stream["text"]) - excess // max(1, len(streams)) - 64) // 1)
-            if len(stream["text"]) < 64:
-                shrink_stream(stream, 0)
+            limit = int(len(stream["text"]) * factor)
+            shrink_stream(stream, limit if limit >= 16 else 0)
         line = json.dumps({"envelope": envelope}, separators=(",", ":"))
     return line
 

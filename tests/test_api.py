@@ -1,0 +1,99 @@
+"""The Python API beyond the conformance suite: sync facade, seed compatibility, logging, streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+import ec2_sandbox
+from ec2_sandbox import AsyncSandbox, EC2SandboxTool, ExecutionResult, Sandbox, SandboxConfig
+
+
+def test_seed_class_name_is_the_same_class() -> None:
+    assert EC2SandboxTool is Sandbox
+
+
+def test_sync_api_runs_and_fetches(tmp_base_dir: str) -> None:
+    with Sandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir)) as sandbox:
+        result = sandbox.execute_code("open('out.txt','w').write('hi'); print('ok')", files={"in.txt": "x"})
+        assert isinstance(result, ExecutionResult)
+        assert result.success and result.stdout == "ok\n"
+        assert sandbox.get_task_files(result.task_hash) == {"in.txt": "x", "out.txt": "hi"}
+        assert sandbox.get_task_files(result.task_hash, "out.txt") == "hi"
+        page = sandbox.read_task_file(result.task_hash, "out.txt", offset=1)
+        assert page.content == "i" and page.offset == 1 and not page.truncated
+        assert sandbox.instance_status().healthy
+        assert result.task_hash in sandbox.cleanup_tasks(0).removed_tasks
+
+
+async def test_sync_api_works_inside_a_running_event_loop(tmp_base_dir: str) -> None:
+    # Jupyter and agent frameworks call sync APIs from inside a loop; the facade must not deadlock.
+    sandbox = Sandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir))
+    try:
+        result = await asyncio.to_thread(sandbox.execute_code, "print(2)")
+        assert result.stdout == "2\n"
+        assert sandbox.execute_code("print(3)").stdout == "3\n"
+    finally:
+        sandbox.close()
+
+
+async def test_async_twins_on_the_sync_class(tmp_base_dir: str) -> None:
+    sandbox = Sandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir))
+    result = await sandbox.aexecute_code("print('twin')")
+    assert result.stdout == "twin\n"
+    assert await sandbox.aget_task_files(result.task_hash) == {}
+    assert (await sandbox.ainstance_status()).healthy
+
+
+async def test_streaming_callback_receives_output_in_order(tmp_base_dir: str) -> None:
+    chunks: list[tuple[str, bytes]] = []
+    async with AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir)) as sandbox:
+        code = "import sys, time\nfor i in range(5):\n    print(i)\n    time.sleep(0.1)\nprint('e', file=sys.stderr)"
+        result = await sandbox.execute_code(code, on_output=lambda s, c: chunks.append((s, c)))
+    assert result.success
+    out = b"".join(c for s, c in chunks if s == "stdout")
+    assert out == b"0\n1\n2\n3\n4\n"
+    assert b"".join(c for s, c in chunks if s == "stderr") == b"e\n"
+    assert len([c for s, c in chunks if s == "stdout"]) > 1, "output arrived in one piece, not live"
+
+
+async def test_debug_log_shows_each_step_but_never_code_or_secrets(
+    tmp_base_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ec2_sandbox")
+    async with AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir)) as sandbox:
+        await sandbox.execute_code(
+            "print('TOP-SECRET-CODE')", env_vars={"API_KEY": "sk-very-secret"}, files={"f.txt": "FILEDATA"}
+        )
+    text = caplog.text
+    assert "runner run via local" in text and "ended: exited" in text
+    assert "API_KEY" in text and "f.txt" in text
+    for secret in ("TOP-SECRET-CODE", "sk-very-secret", "FILEDATA"):
+        assert secret not in text
+
+
+async def test_disallowed_runtime_is_refused(tmp_base_dir: str) -> None:
+    config = SandboxConfig(base_sandbox_dir=tmp_base_dir, allowed_runtimes=["python3"])
+    async with AsyncSandbox(config) as sandbox:
+        with pytest.raises(ec2_sandbox.InvalidInputError, match="not allowed.*python3"):
+            await sandbox.execute_code("echo hi", runtime="bash")
+
+
+async def test_timeout_above_the_environment_maximum_is_refused(tmp_base_dir: str) -> None:
+    config = SandboxConfig(base_sandbox_dir=tmp_base_dir, max_execution_time=10)
+    async with AsyncSandbox(config) as sandbox:
+        with pytest.raises(ec2_sandbox.InvalidInputError, match=r"timeout: 11 .*max_execution_time \(10\)"):
+            await sandbox.execute_code("print(1)", timeout=11)
+
+
+async def test_session_dir_is_private_to_its_session(tmp_base_dir: str) -> None:
+    async with AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir)) as sandbox:
+        a = await sandbox.execute_code("open('secret.txt','w').write('a')", session_id="alice")
+        b = await sandbox.execute_code(
+            "import os\ntry:\n    print(open(os.environ['P']).read())\nexcept OSError as e:\n    print('denied')",
+            session_id="bob",
+            env_vars={"P": a.working_directory + "/secret.txt"},
+        )
+    assert b.stdout == "denied\n"

@@ -1,0 +1,78 @@
+"""The runner as a program: its own syntax contract, protocol and refusals."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ec2_sandbox import runner
+
+
+def test_runner_is_python38_syntax_and_stdlib_only() -> None:
+    source = Path(runner.__file__).read_text()
+    tree = ast.parse(source, feature_version=(3, 8))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in getattr(node, "names", [])
+    }
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+def run_program(request: object) -> tuple[int, list[dict]]:
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", runner.__file__],
+        input=json.dumps(request).encode() if not isinstance(request, bytes) else request,
+        capture_output=True,
+        timeout=60,
+    )
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_garbage_request_gets_an_envelope_not_a_crash() -> None:
+    code, lines = run_program(b"{not json")
+    assert code == 0
+    assert lines[-1]["envelope"]["ok"] is False
+    assert lines[-1]["envelope"]["error"]["kind"] == "protocol"
+
+
+def test_unknown_op_and_version_are_refused() -> None:
+    _, lines = run_program({"v": 1, "op": "format-disk"})
+    assert "unknown op" in lines[-1]["envelope"]["error"]["message"]
+    _, lines = run_program({"v": 99, "op": "probe"})
+    assert lines[-1]["envelope"]["error"]["kind"] == "protocol"
+
+
+def test_remove_refuses_paths(tmp_base_dir: str) -> None:
+    _, lines = run_program(
+        {
+            "v": 1,
+            "op": "remove",
+            "base_dir": tmp_base_dir,
+            "entries": [{"kind": "session", "id": "../../etc"}],
+        }
+    )
+    assert lines[-1]["envelope"]["error"]["kind"] == "invalid_input"
+
+
+def test_envelope_fits_a_small_output_cap() -> None:
+    big = {
+        "text": "é\x01" * 20000,
+        "head_chars": 20000,
+        "bytes": 10**6,
+        "truncated": True,
+        "omitted_bytes": 1,
+    }
+    envelope = {"ok": True, "result": {"stdout": big, "stderr": dict(big)}}
+    line = runner.fit_envelope(envelope, 24000)
+    assert len(line) <= 24000
+    result = json.loads(line)["envelope"]["result"]
+    assert result["stdout"]["truncated"] and result["stdout"]["text"].startswith("é")
+
+
+def test_reserved_exit_statuses_are_never_used() -> None:
+    assert runner.RESERVED_EXIT == {137: 3, 194: 3}

@@ -1,0 +1,67 @@
+"""The tool registry: the one description of the four tools that every adapter renders."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from ec2_sandbox import AsyncSandbox, SandboxConfig
+from ec2_sandbox.schema import ExecutionResult, GetFilesResult
+from ec2_sandbox.tools import TOOLS, TOOLS_BY_NAME
+
+NAME_RE = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+def test_four_tools_with_valid_names() -> None:
+    assert [t.name for t in TOOLS] == [
+        "ec2_code_execution",
+        "ec2_get_files",
+        "ec2_cleanup_tasks",
+        "ec2_instance_status",
+    ]
+    import re
+
+    assert all(re.match(NAME_RE, t.name) for t in TOOLS)
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=lambda t: t.name)
+def test_every_field_has_a_description(tool) -> None:  # type: ignore[no-untyped-def]
+    for model in (tool.input_model, tool.output_model):
+        for name, field in model.model_fields.items():
+            if model in (tool.output_model,) and model is not ExecutionResult:
+                continue
+            assert field.description, f"{model.__name__}.{name} has no description"
+    assert len(tool.description) > 60
+
+
+def test_runtime_enum_follows_the_environment(tmp_base_dir: str) -> None:
+    sandbox = AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir, allowed_runtimes=["python3", "node"]))
+    schema = TOOLS_BY_NAME["ec2_code_execution"].input_schema(sandbox)
+    assert schema["properties"]["runtime"]["enum"] == ["python3", "node"]
+    assert set(schema["required"]) == {"code"}
+
+
+async def test_invoke_validates_and_runs(tmp_base_dir: str) -> None:
+    sandbox = AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir))
+    tool = TOOLS_BY_NAME["ec2_code_execution"]
+    result = await tool.invoke(sandbox, {"code": "open('o.txt','w').write('1')", "files": {"a/b.txt": "x"}})
+    assert isinstance(result, ExecutionResult) and result.success
+    files = await TOOLS_BY_NAME["ec2_get_files"].invoke(sandbox, {"task_hash": result.task_hash})
+    assert isinstance(files, GetFilesResult)
+    assert {f.path: f.content for f in files.files} == {"a/b.txt": "x", "o.txt": "1"}
+    with pytest.raises(ValidationError, match="files"):
+        await tool.invoke(sandbox, {"code": "x", "files": {"../up": "x"}})
+    with pytest.raises(ValidationError, match="code"):
+        await tool.invoke(sandbox, {"runtime": "python3"})
+    with pytest.raises(ValidationError, match="extra"):
+        await tool.invoke(sandbox, {"code": "x", "shell": "rm -rf /"})
+
+
+async def test_get_files_pages_large_files_for_models(tmp_base_dir: str) -> None:
+    sandbox = AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir, max_output_chars=1000))
+    result = await sandbox.execute_code("open('big.txt','w').write('y' * 5000)")
+    tool = TOOLS_BY_NAME["ec2_get_files"]
+    page = (await tool.invoke(sandbox, {"task_hash": result.task_hash, "filename": "big.txt"})).files[0]
+    assert page.size == 5000 and page.truncated and page.next_offset == 1000
+    rest = await tool.invoke(sandbox, {"task_hash": result.task_hash, "filename": "big.txt", "offset": 4500})
+    assert rest.files[0].content == "y" * 500 and not rest.files[0].truncated
