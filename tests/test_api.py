@@ -50,7 +50,10 @@ async def test_async_twins_on_the_sync_class(tmp_base_dir: str) -> None:
 async def test_streaming_callback_receives_output_in_order(tmp_base_dir: str) -> None:
     chunks: list[tuple[str, bytes]] = []
     async with AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir)) as sandbox:
-        code = "import sys, time\nfor i in range(5):\n    print(i)\n    time.sleep(0.1)\nprint('e', file=sys.stderr)"
+        code = (
+            "import sys, time\nfor i in range(5):\n    print(i)\n    time.sleep(0.1)\n"
+            "print('e', file=sys.stderr)"
+        )
         result = await sandbox.execute_code(code, on_output=lambda s, c: chunks.append((s, c)))
     assert result.success
     out = b"".join(c for s, c in chunks if s == "stdout")
@@ -77,7 +80,7 @@ async def test_debug_log_shows_each_step_but_never_code_or_secrets(
 async def test_disallowed_runtime_is_refused(tmp_base_dir: str) -> None:
     config = SandboxConfig(base_sandbox_dir=tmp_base_dir, allowed_runtimes=["python3"])
     async with AsyncSandbox(config) as sandbox:
-        with pytest.raises(ec2_sandbox.InvalidInputError, match="not allowed.*python3"):
+        with pytest.raises(ec2_sandbox.InvalidInputError, match=r"not allowed.*python3"):
             await sandbox.execute_code("echo hi", runtime="bash")
 
 
@@ -92,7 +95,7 @@ async def test_session_dir_is_private_to_its_session(tmp_base_dir: str) -> None:
     async with AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir)) as sandbox:
         a = await sandbox.execute_code("open('secret.txt','w').write('a')", session_id="alice")
         b = await sandbox.execute_code(
-            "import os\ntry:\n    print(open(os.environ['P']).read())\nexcept OSError as e:\n    print('denied')",
+            "import os\ntry:\n    print(open(os.environ['P']).read())\nexcept OSError:\n    print('denied')",
             session_id="bob",
             env_vars={"P": a.working_directory + "/secret.txt"},
         )
