@@ -1,0 +1,1 @@
+"""ec2-sandbox tools for mcp (being written)."""
