@@ -106,3 +106,7 @@ def read_path(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
