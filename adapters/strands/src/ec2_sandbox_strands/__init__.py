@@ -13,13 +13,16 @@ images a run saved, Strands image blocks.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
+
+from strands.types.tools import AgentTool, ToolGenerator, ToolResult, ToolUse
+from strands.types.tools import ToolSpec as StrandsToolSpec
 
 from ec2_sandbox import AsyncSandbox, Sandbox, SandboxConfig
 from ec2_sandbox.presentation import Rendered, call_tool, sandbox_for
 from ec2_sandbox.tools import TOOLS, ToolSpec
-from strands.types.tools import AgentTool, ToolGenerator, ToolResult, ToolUse
-from strands.types.tools import ToolSpec as StrandsToolSpec
 
 __all__ = ["EC2SandboxStrandsTool", "create_strands_tool", "create_strands_tools", "to_tool_result"]
 
@@ -68,12 +71,8 @@ class EC2SandboxStrandsTool(AgentTool):
     ) -> ToolGenerator:
         arguments = tool_use.get("input")
         if isinstance(arguments, str):  # some providers hand over unparsed JSON
-            import json
-
-            try:
+            with contextlib.suppress(ValueError):
                 arguments = json.loads(arguments or "{}")
-            except ValueError:
-                pass
         rendered = await call_tool(self.sandbox, self.spec, arguments)
         # The last value a tool yields is its result (Strands' convention for AgentTools).
         yield to_tool_result(tool_use["toolUseId"], rendered)
