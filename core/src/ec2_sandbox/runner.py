@@ -208,8 +208,14 @@ def default_base_dir():
     return os.path.join(state, "ec2-sandbox")
 
 
+_PREPARED = set()
+
+
 def prepare_base(base_dir):
     base = os.path.abspath(base_dir or default_base_dir())
+    if base in _PREPARED:
+        # In-process runners serve many requests; the layout was checked on the first one.
+        return base
     privileged = os.geteuid() == 0
     os.makedirs(base, exist_ok=True)
     # Privileged: others may traverse (each work dir is then closed to all but its own uid) but not list.
@@ -219,6 +225,7 @@ def prepare_base(base_dir):
         ensure_dir(path, mode)
     # Runs stay root's; privileged, a run's uid must traverse to its own program (never list the others).
     ensure_dir(os.path.join(base, RUNS), mode)
+    _PREPARED.add(base)
     return base
 
 
@@ -354,7 +361,13 @@ def bwrap_works(bwrap, as_uid):
 
 
 def cgroup_root():
-    """A writable cgroup v2 directory the runner may create per-run children in, or None."""
+    """A writable cgroup v2 directory the runner may create per-run children in, or None.
+
+    ``EC2_SANDBOX_CGROUP=off`` in the runner's environment turns cgroups off (the rlimit and uid-sweep
+    fallbacks then carry the limits and the kill on their own).
+    """
+    if os.environ.get("EC2_SANDBOX_CGROUP") == "off":
+        return None
     candidates = []
     override = os.environ.get("EC2_SANDBOX_CGROUP_ROOT")
     if override:
@@ -394,9 +407,45 @@ def cgroup_controllers(root):
     return wanted
 
 
+IMDS_MARKER = "/etc/ec2-sandbox/imds-blocked"
+# Files that say "this machine is an EC2 instance" without sending any traffic.
+EC2_DMI_FILES = (
+    "/sys/devices/virtual/dmi/id/sys_vendor",
+    "/sys/devices/virtual/dmi/id/bios_vendor",
+    "/sys/hypervisor/uuid",
+)
+
+
 def imds_guard_present():
-    """The provisioning script leaves this marker once the firewall keeps sandbox uids off 169.254.169.254."""
-    return os.path.exists("/etc/ec2-sandbox/imds-blocked")
+    """The provisioning script leaves this marker once the firewall keeps sandbox uids off 169.254.169.254.
+
+    Checked as a file only: the runner never probes the metadata address itself.
+    """
+    return os.path.exists(IMDS_MARKER)
+
+
+def on_ec2():
+    """True when DMI or the hypervisor says this is an EC2 instance (read from /sys; no traffic)."""
+    for path in EC2_DMI_FILES:
+        try:
+            with open(path, "rb") as fh:
+                text = fh.read(256).decode("ascii", "replace").strip().lower()
+        except OSError:
+            continue
+        if "amazon" in text or text.startswith("ec2"):
+            return True
+    return False
+
+
+def imds_warning(network):
+    """Why the metadata service may be reachable from user code, or None when it is not."""
+    if not network or imds_guard_present():
+        return None
+    return (
+        "network is on and %s has no firewall rule keeping sandbox uids off the instance metadata service "
+        "(marker %s is missing): code may obtain the instance role's credentials; run the provisioning "
+        "script or `ec2-sandbox prepare-instance`" % ("this EC2 instance" if on_ec2() else "this target", IMDS_MARKER)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -410,15 +459,24 @@ def drop_privileges(uid):
     os.setuid(uid)
 
 
-def no_new_privs():
-    """PR_SET_NO_NEW_PRIVS through libc: setuid binaries cannot raise privileges inside the run."""
+def _load_prctl():
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(38, 1, 0, 0, 0)
-    except Exception:
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except Exception:  # noqa: BLE001 - no libc to call: bwrap sets the flag itself
+        return None
+
+
+# Loaded once here: importing ctypes in the forked child would cost milliseconds on every run.
+_PRCTL = _load_prctl()
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def no_new_privs():
+    """PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privileges inside the run."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
 def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir):
@@ -657,6 +715,10 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
 
     cg_root = cgroup_root() if req.get("cgroups", True) else None
     cg_dir, cg_limits = None, []
+    # Under bwrap the pid namespace already kills every process of the run; a cgroup is worth its cost
+    # (a few ms a run) only when it also brings resource controllers.
+    if cg_root is not None and bwrap and not cgroup_controllers(cg_root):
+        cg_root = None
     if cg_root is not None:
         cg_dir, cg_limits = make_cgroup(cg_root, meta["task_hash"], limits, runtime)
 
