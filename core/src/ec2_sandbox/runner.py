@@ -331,7 +331,12 @@ def find_bwrap():
 
 
 def bwrap_works(bwrap, as_uid):
-    """bwrap may be installed yet unusable (user namespaces disabled); find out once per uid."""
+    """bwrap may be installed yet unusable (user namespaces disabled); find out once.
+
+    Every unprivileged uid gets the same answer, so one probe as the first sandbox uid serves them all.
+    """
+    if as_uid is not None:
+        as_uid = SANDBOX_UID_RANGE[0]
     key = (bwrap, as_uid)
     if key not in _BWRAP_CACHE:
         argv = [
@@ -464,7 +469,7 @@ def _load_prctl():
         import ctypes
 
         return ctypes.CDLL(None, use_errno=True).prctl
-    except Exception:  # noqa: BLE001 - no libc to call: bwrap sets the flag itself
+    except Exception:  # no libc to call: bwrap sets the flag itself
         return None
 
 
