@@ -24,7 +24,9 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -324,6 +326,8 @@ class UidPool(object):
 # --------------------------------------------------------------------------------------------------
 
 _BWRAP_CACHE = {}
+# No user namespaces inside the box (a large kernel attack surface), and a session of its own.
+BWRAP_HARDENING = ["--unshare-user", "--disable-userns", "--new-session"]
 
 
 def find_bwrap():
@@ -339,30 +343,35 @@ def bwrap_works(bwrap, as_uid):
         as_uid = SANDBOX_UID_RANGE[0]
     key = (bwrap, as_uid)
     if key not in _BWRAP_CACHE:
-        argv = [
-            bwrap,
-            "--ro-bind",
-            "/",
-            "/",
-            "--unshare-all",
-            "--die-with-parent",
-            "--",
-            "/bin/true",
-        ]
-        try:
-            res = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=10,
-                preexec_fn=(lambda: drop_privileges(as_uid)) if as_uid is not None else None,
-                env={"PATH": SYSTEM_PATH},
-            )
-            _BWRAP_CACHE[key] = res.returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            _BWRAP_CACHE[key] = False
-    return _BWRAP_CACHE[key]
+        # First with the hardening flags of bubblewrap >= 0.8 (no nested user namespaces, a size cap on
+        # the private /tmp, a new session); older versions still isolate, without those extras.
+        plain = ["--ro-bind", "/", "/", "--unshare-all", "--die-with-parent"]
+        hardened = plain + BWRAP_HARDENING + ["--size", "1048576", "--tmpfs", "/tmp"]
+        _BWRAP_CACHE[key] = (False, False)
+        for extra, flags in ((True, hardened), (False, plain)):
+            try:
+                res = subprocess.run(
+                    [bwrap] + flags + ["--", "/bin/true"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=10,
+                    preexec_fn=(lambda: drop_privileges(as_uid)) if as_uid is not None else None,
+                    env={"PATH": SYSTEM_PATH},
+                )
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if res.returncode == 0:
+                _BWRAP_CACHE[key] = (True, extra)
+                break
+    return _BWRAP_CACHE[key][0]
+
+
+def bwrap_hardened(bwrap, as_uid):
+    """True when this bwrap takes BWRAP_HARDENING and ``--size`` (probed by bwrap_works)."""
+    if not bwrap_works(bwrap, as_uid):
+        return False
+    return _BWRAP_CACHE[(bwrap, SANDBOX_UID_RANGE[0] if as_uid is not None else None)][1]
 
 
 def cgroup_root():
@@ -449,7 +458,8 @@ def imds_warning(network):
     return (
         "network is on and %s has no firewall rule keeping sandbox uids off the instance metadata service "
         "(marker %s is missing): code may obtain the instance role's credentials; run the provisioning "
-        "script or `ec2-sandbox prepare-instance`" % ("this EC2 instance" if on_ec2() else "this target", IMDS_MARKER)
+        "script or `ec2-sandbox prepare-instance`"
+        % ("this EC2 instance" if on_ec2() else "this target", IMDS_MARKER)
     )
 
 
@@ -464,27 +474,101 @@ def drop_privileges(uid):
     os.setuid(uid)
 
 
-def _load_prctl():
+def _load_libc():
     try:
         import ctypes
 
-        return ctypes.CDLL(None, use_errno=True).prctl
+        return ctypes, ctypes.CDLL(None, use_errno=True)
     except Exception:  # no libc to call: bwrap sets the flag itself
-        return None
+        return None, None
 
 
-# Loaded once here: importing ctypes in the forked child would cost milliseconds on every run.
-_PRCTL = _load_prctl()
+# Loaded once here: importing ctypes in the forked child would cost milliseconds on every run (and a
+# child forked from a threaded process must not import anything).
+_CTYPES, _LIBC = _load_libc()
 PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 
 def no_new_privs():
     """PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privileges inside the run."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
-def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir):
+def private_network():
+    """Move the calling (root) process into a fresh network namespace with only a loopback, brought up.
+
+    Used without bubblewrap when network is off: the namespace has no route anywhere, the instance
+    metadata service included, and its 127.0.0.1 is not the host's.
+    """
+    if _LIBC is None:
+        raise OSError(errno.ENOSYS, "ctypes is not available to call unshare()")
+    if _LIBC.unshare(CLONE_NEWNET) != 0:
+        err = _CTYPES.get_errno()
+        raise OSError(err, "unshare(CLONE_NEWNET): %s" % os.strerror(err))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifreq = fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
+        flags = struct.unpack("16sH14x", ifreq)[1]
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+    finally:
+        sock.close()
+
+
+def kill_uid(uid):
+    """SIGKILL every process running as ``uid`` (a sandbox uid: the session's own, nothing else's).
+
+    One kill(-1) from a child that became ``uid``: the kernel signals every process of that uid in one pass,
+    in every pid namespace, so a process forking meanwhile cannot slip through. True if any was found.
+    """
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            drop_privileges(uid)
+            code = 0
+            for _ in range(3):
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                    code = 1
+                except OSError:
+                    break
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+
+
+class UidLease(object):
+    """Held (shared) by every run of a sandbox uid while it goes on; the last run out sweeps the uid.
+
+    Without a cgroup or a pid namespace a program can leave its process group (setsid, double fork); the
+    sweep kills whatever still runs under the session's uid once no run of that session is in progress.
+    """
+
+    def __init__(self, base, uid):
+        self.uid = uid
+        path = os.path.join(base, RUNS, "uid-%d.lock" % uid)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def finish(self, sweep):
+        """Release; when ``sweep`` and no other run of the uid is active, kill its leftovers. True if any."""
+        try:
+            if not sweep:
+                return False
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # another run of this session is in progress: it sweeps when it ends
+            return kill_uid(self.uid)
+        finally:
+            os.close(self.fd)
+
+
+def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False):
     memory_bytes = limits["memory_mb"] * 1024 * 1024
     fsize = limits["file_size_mb"] * 1024 * 1024
     nofile = limits["open_files"]
@@ -504,6 +588,8 @@ def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir):
             resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
         elif rlimit_memory == "as":
             resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        if netns:
+            private_network()
         if run_uid is not None:
             drop_privileges(run_uid)
             # RLIMIT_NPROC counts the uid's processes; the uid is this session's alone.
@@ -547,10 +633,12 @@ def build_env(user_env, workdir, tmpdir):
     return env
 
 
-def bwrap_argv(bwrap, workdir, env, network, uid):
+def bwrap_argv(bwrap, workdir, env, network, uid, hardened=False, tmp_bytes=None):
     argv = [bwrap, "--die-with-parent", "--unshare-all"]
     if network:
         argv.append("--share-net")
+    if hardened:
+        argv += BWRAP_HARDENING
     argv += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = "/" + top
@@ -561,7 +649,12 @@ def bwrap_argv(bwrap, workdir, env, network, uid):
     for extra in ("/opt",):
         if os.path.isdir(extra):
             argv += ["--ro-bind", extra, extra]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    # The private /tmp and /run are memory: cap them (the memory limit for /tmp, 1 MB for /run).
+    for path, size in (("/tmp", tmp_bytes), ("/run", 1 << 20)):
+        if hardened and size:
+            argv += ["--size", str(size)]
+        argv += ["--tmpfs", path]
     argv += ["--bind", workdir, workdir, "--chdir", workdir]
     if uid is not None:
         argv += ["--uid", str(uid), "--gid", str(uid)]
@@ -709,14 +802,27 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
             "runtime %r needs %r, which is not installed on this target" % (runtime["name"], argv[0]),
         )
     argv[0] = exe
+    network = bool(req.get("network"))
+    warnings = []
     if bwrap:
         # The source sits outside the work dir: bind it read-only at the same path.
-        full = bwrap_argv(bwrap, workdir, env, bool(req.get("network")), None)
+        hardened = bwrap_hardened(bwrap, run_uid)
+        full = bwrap_argv(bwrap, workdir, env, network, None, hardened, limits["memory_mb"] * 1024 * 1024)
         full = full[:-1] + ["--ro-bind", source_path, source_path, "--"] + argv
         spawn_env = {"PATH": SYSTEM_PATH}
     else:
         full = argv
         spawn_env = env
+    # Without bubblewrap, root can still give the run a network namespace of its own.
+    netns = not bwrap and not network and run_uid is not None and _LIBC is not None
+    if not network and not bwrap and not netns:
+        warnings.append(
+            "network is off in the configuration, but without bubblewrap or root nothing enforces it: "
+            "this run could reach the network"
+        )
+    imds = imds_warning(network)
+    if imds:
+        warnings.append(imds)
 
     cg_root = cgroup_root() if req.get("cgroups", True) else None
     cg_dir, cg_limits = None, []
@@ -738,12 +844,34 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
     enforced += ["cgroup:" + c for c in cg_limits]
     if "memory" in cg_limits:
         rlimit_memory = None
+    if bwrap:
+        enforced.append("namespaces:bwrap")
+    if run_uid is not None:
+        enforced.append("uid:private")
+    enforced.append("network:off" if (bwrap and not network) or netns else "network:on")
+    if network and imds_guard_present():
+        enforced.append("imds:blocked")
+    # What kills every process of the run at its end, even those that left its process group.
+    sweep = run_uid is not None and not bwrap and "kill" not in cg_limits
+    if bwrap:
+        enforced.append("kill:pid-namespace")
+    elif "kill" in cg_limits:
+        enforced.append("kill:cgroup")
+    elif sweep:
+        enforced.append("kill:uid")
+    else:
+        enforced.append("kill:process-group")
+        warnings.append(
+            "without bubblewrap, a cgroup or root, only the run's process group is killed at its end: a "
+            "program that calls setsid() can outlive the run"
+        )
 
     stdout_path = os.path.join(rdir, "stdout")
     stderr_path = os.path.join(rdir, "stderr")
     out_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     err_fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    preexec = make_preexec(limits, rlimit_memory, run_uid, cg_dir)
+    preexec = make_preexec(limits, rlimit_memory, run_uid, cg_dir, netns)
+    lease = UidLease(base, run_uid) if run_uid is not None else None
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -756,6 +884,18 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
             preexec_fn=preexec,
             close_fds=True,
         )
+    except subprocess.SubprocessError as exc:
+        if lease is not None:
+            lease.finish(False)
+        if cg_dir is not None:
+            remove_cgroup(cg_dir)
+        raise RunnerError("environment", "the sandbox could not be set up for this run: %s" % exc)
+    except BaseException:
+        if lease is not None:
+            lease.finish(False)
+        if cg_dir is not None:
+            remove_cgroup(cg_dir)
+        raise
     finally:
         os.close(out_fd)
         os.close(err_fd)
@@ -780,6 +920,8 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
     elapsed = time.monotonic() - started
     # Whatever the program left behind (background children, daemons) goes with it.
     leftovers = kill_group(proc.pid, cg_dir, grace=0)
+    if lease is not None:
+        leftovers = lease.finish(sweep) or leftovers
     if streamer is not None:
         streamer.stop()
     oom_events = cgroup_oom_kills(cg_dir)
@@ -818,6 +960,7 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
             "limits_enforced": enforced,
             "stray_processes_killed": leftovers,
             "imds_guard": imds_guard_present(),
+            "warnings": warnings,
         }
     )
     return result
