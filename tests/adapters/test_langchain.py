@@ -11,6 +11,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import Field
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox_langchain import EC2SandboxToolkit, create_langchain_tools
@@ -40,7 +41,7 @@ class ScriptedChatModel(GenericFakeChatModel):
     """A chat model that plays a :class:`Script` and records the tools it was bound to."""
 
     script: Any
-    bound: list[dict[str, Any]] = []
+    bound: list[dict[str, Any]] = Field(default_factory=list)
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
         self.bound = [convert_to_openai_tool(t) for t in tools]

@@ -1,0 +1,130 @@
+"""The Agents SDK tools in ``Runner.run`` with the SDK's own scripted model."""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
+
+from agents import Agent, Runner
+from agents.strict_schema import ensure_strict_json_schema
+from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
+
+from ec2_sandbox import AsyncSandbox, SandboxConfig
+from ec2_sandbox_openai_agents import create_openai_tools, from_strict_arguments
+
+from .scenario import PLUGIN_RUNTIME, Received, Script
+
+
+def _item(entry: Any) -> dict[str, Any]:
+    return entry if isinstance(entry, dict) else entry.model_dump()
+
+
+def received_from(items: Any) -> dict[str, Received]:
+    out: dict[str, Received] = {}
+    for raw in items if isinstance(items, list) else []:
+        item = _item(raw)
+        if item.get("type") != "function_call_output":
+            continue
+        output = item["output"]
+        if isinstance(output, str):
+            out[item["call_id"]] = Received(output)
+            continue
+        texts, images = [], []
+        for part in output:
+            part = _item(part)
+            if part.get("type") == "input_text":
+                texts.append(part["text"])
+            elif part.get("type") == "input_image":
+                header, data = part["image_url"].split(",", 1)
+                images.append((header.removeprefix("data:").removesuffix(";base64"), base64.b64decode(data)))
+        out[item["call_id"]] = Received("\n".join(texts), images)
+    return out
+
+
+def assert_strict(schema: dict[str, Any]) -> None:
+    """OpenAI's strict-mode rules, checked on every object of the schema."""
+    if schema.get("type") == "object":
+        assert schema.get("additionalProperties") is False, schema
+        assert sorted(schema.get("required", [])) == sorted(schema.get("properties", {})), schema
+    assert "default" not in schema, schema
+    for sub in schema.get("properties", {}).values():
+        assert_strict(sub)
+    for sub in schema.get("anyOf", []):
+        assert_strict(sub)
+    if isinstance(schema.get("items"), dict):
+        assert_strict(schema["items"])
+
+
+def responder(script: Script, tools: list[Any]):  # type: ignore[no-untyped-def]
+    params = {t.name: t.params_json_schema for t in tools}
+
+    def respond(call: ModelCall) -> list[Any]:
+        script.tool_names_seen.append([t.name for t in call.tools])
+        for t in call.tools:
+            script.schemas_seen[t.name] = t.params_json_schema
+        calls = script.next_turn(received_from(call.input))
+        if calls is None:
+            return [assistant_message("All done.")]
+        out = []
+        for c in calls:
+            # a strict-mode model sends every property; null where it wants the default
+            args = {name: c.args.get(name) for name in params[c.name]["properties"]}
+            out.append(function_call(c.name, args, call_id=c.id))
+        return out
+
+    return respond
+
+
+async def test_runner_loop(sandbox: AsyncSandbox) -> None:
+    script = Script(pairs=True)
+    tools = create_openai_tools(sandbox)
+    model = ScriptedModel([ModelStep.respond(responder(script, tools)) for _ in range(5)])
+    agent = Agent(name="coder", instructions="Run code.", model=model, tools=tools)
+    result = await Runner.run(agent, "Run some code for me.", max_turns=10)
+    assert result.final_output == "All done."
+    script.check(images=True)
+    model.assert_complete()
+    assert script.tool_names_seen[0] == [
+        "ec2_code_execution",
+        "ec2_get_files",
+        "ec2_cleanup_tasks",
+        "ec2_instance_status",
+    ]
+    execution = script.schemas_seen["ec2_code_execution"]
+    runtime = execution["properties"]["runtime"]["anyOf"][0]
+    assert PLUGIN_RUNTIME in runtime["enum"]
+    for schema in script.schemas_seen.values():
+        assert_strict(schema)
+    assert execution["properties"]["env_vars"]["anyOf"][0]["type"] == "array"
+
+
+def test_schemas_pass_the_sdk_strict_check(config: SandboxConfig) -> None:
+    for tool in create_openai_tools(config):
+        assert tool.strict_json_schema
+        ensure_strict_json_schema(dict(tool.params_json_schema), _reject_open_objects=True)
+        assert_strict(tool.params_json_schema)
+
+
+async def test_tool_errors_are_outputs_not_exceptions(config: SandboxConfig) -> None:
+    execute = create_openai_tools(config)[0]
+    out = await execute.on_invoke_tool(None, "{not json")  # type: ignore[arg-type]
+    assert "not valid JSON" in out
+    out = await execute.on_invoke_tool(
+        None,  # type: ignore[arg-type]
+        '{"code": "print(1)", "env_vars": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}',
+    )
+    assert "'A' is given twice" in out
+    out = await execute.on_invoke_tool(
+        None, '{"code": "print(1)", "env_vars": [{"name": "1BAD", "value": "x"}]}'
+    )  # type: ignore[arg-type]
+    assert "1BAD" in out and "call" in out
+
+
+def test_pairs_mapping() -> None:
+    args = from_strict_arguments(
+        {"code": "x", "runtime": None, "files": [{"name": "a.txt", "value": "A"}], "env_vars": []}
+    )
+    assert args == {"code": "x", "files": {"a.txt": "A"}, "env_vars": {}}
