@@ -67,7 +67,8 @@ print scalar(@words), " words\n";
     assert await sandbox.get_task_files(result.task_hash, "out/upper.txt") == "ALPHA,BETA,GAMMA\n"
 
 
-async def test_env_vars_arrive_as_data(sandbox: AsyncSandbox) -> None:
+async def test_env_vars_arrive_as_data(sandbox: AsyncSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "must-not-reach-user-code")
     hostile = "$(touch /tmp/pwned); `id`; 'quote\" \\"
     code = (
         'print "$ENV{GREETING}|$ENV{TRICKY}|", '
