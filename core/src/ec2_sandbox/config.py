@@ -77,6 +77,18 @@ class SandboxConfig(BaseModel):
     ssh_host: str | None = Field(default=None, description="Host for plain 'ssh' transport.")
     ssh_key_file: str | None = Field(default=None, description="Private key file for plain 'ssh'.")
     eic_endpoint_id: str | None = Field(default=None, description="EC2 Instance Connect Endpoint id.")
+    eic_address: Literal["public", "private"] = Field(
+        default="public", description="Which address of the instance 'eic' connects to (no endpoint)."
+    )
+    ssh_known_hosts: str | None = Field(
+        default=None, description="known_hosts file (default: ~/.cache/ec2-sandbox/known_hosts)."
+    )
+    ssh_strict_host_keys: bool = Field(
+        default=False, description="Refuse unknown host keys instead of trusting them on first use."
+    )
+    ssh_sudo: bool = Field(
+        default=False, description="Start the runner with 'sudo -n' (root runner: per-session uids)."
+    )
 
     # --- large transfers ---------------------------------------------------------------------------
     s3_bucket: str | None = Field(default=None, description="Bucket for staging large inputs and outputs.")

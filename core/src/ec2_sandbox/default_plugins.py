@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from .cleanup import AgePolicy
+from .errors import ConfigError
 from .hookspecs import hookimpl
 from .runtimes import BUILTIN_RUNTIMES
 from .transports.local import create_local_transport
+from .transports.ssm import create_ssm_transport
 
 
 @hookimpl
@@ -17,6 +19,32 @@ def register_runtimes(register):
 @hookimpl
 def register_transports(register):
     register("local", create_local_transport)
+    register("ssm", create_ssm_transport)
+    register("ssh", create_ssh_transport)
+    register("eic", create_eic_transport)
+
+
+def _ssh_module(name: str):  # type: ignore[no-untyped-def]
+    """Import an SSH-based transport only when one is used: asyncssh is the optional extra 'ssh'."""
+    try:
+        if name == "eic":
+            from .transports import eic as module
+        else:
+            from .transports import ssh as module
+    except ImportError as exc:
+        raise ConfigError(
+            f"transport {name!r} needs the optional SSH dependencies ({exc.name} is missing): "
+            "pip install 'ec2-sandbox[ssh]'"
+        ) from None
+    return module
+
+
+def create_ssh_transport(config):  # type: ignore[no-untyped-def]
+    return _ssh_module("ssh").create_ssh_transport(config)
+
+
+def create_eic_transport(config):  # type: ignore[no-untyped-def]
+    return _ssh_module("eic").create_eic_transport(config)
 
 
 @hookimpl
