@@ -9,7 +9,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 INSTANCE_ID_RE = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 REGION_RE = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d$")
@@ -97,15 +105,34 @@ class SandboxConfig(BaseModel):
     @classmethod
     def _instance(cls, value: str | None) -> str | None:
         if value is not None and not INSTANCE_ID_RE.match(value):
-            raise ValueError(f"{value!r} is not an instance id: expected 'i-' and 8 or 17 hex digits")
+            raise ValueError("is not an instance id: expected 'i-' and 8 or 17 hex digits")
         return value
 
     @field_validator("region")
     @classmethod
     def _region(cls, value: str | None) -> str | None:
         if value is not None and not REGION_RE.match(value):
-            raise ValueError(f"{value!r} is not a region name like 'us-east-1'")
+            raise ValueError("is not a region name like 'us-east-1'")
         return value
+
+    @field_validator("allowed_runtimes")
+    @classmethod
+    def _runtimes(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        """Runtimes must be registered; the configuration manager passes the plugin registry's names as
+        validation context ``registered_runtimes`` (a config built in code is checked when it is used)."""
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("is empty: list at least one runtime, or null to allow every registered runtime")
+        registered = (info.context or {}).get("registered_runtimes")
+        if registered is not None:
+            unknown = [name for name in value if name not in registered]
+            if unknown:
+                raise ValueError(
+                    f"names runtime(s) not registered: {', '.join(unknown)}; registered (built-ins and "
+                    f"plugins): {', '.join(sorted(registered))}"
+                )
+        return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _key_pair(self) -> SandboxConfig:
