@@ -8,6 +8,7 @@ from .hookspecs import hookimpl
 from .runtimes import BUILTIN_RUNTIMES
 from .transports.local import create_local_transport
 from .transports.ssm import create_ssm_transport
+from .transports.ssm import create_ssm_transport
 
 
 @hookimpl
@@ -19,6 +20,7 @@ def register_runtimes(register):
 @hookimpl
 def register_transports(register):
     register("local", create_local_transport)
+    register("ssm", create_ssm_transport)
     register("ssm", create_ssm_transport)
     register("ssh", create_ssh_transport)
     register("eic", create_eic_transport)

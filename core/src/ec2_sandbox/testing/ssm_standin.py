@@ -1,0 +1,634 @@
+"""A faithful local stand-in for AWS Systems Manager Run Command, built on moto.
+
+moto's own SSM backend accepts ``send_command`` and executes nothing. This module replaces its Run Command
+methods so that commands really run on this machine the way the SSM agent runs them on an instance:
+
+* the ``commands`` of ``AWS-RunShellScript`` joined with newlines into a script, run with ``/bin/sh`` (dash
+  on Debian/Ubuntu) unless the first line is a shebang, working dir ``/usr/bin``, as the current user (root
+  in CI), in a process group of its own, with the agent's plain system ``PATH``;
+* ``executionTimeout`` enforced by killing the group: status ``TimedOut``; an exit status of 137 is also
+  reported as ``TimedOut``; any other non-zero exit is ``Failed`` with its output;
+* ``ResponseCode`` -1 and empty output while the command is pending or running; stdout cut at 24,000 and
+  stderr at 8,000 characters with a truncation marker;
+* ``InvocationDoesNotExist`` for the first polls of a new command (configurable), injectable throttling and
+  errors, an optional delivery latency;
+* an instance moto does not know (or one marked unmanaged) is refused with ``InvalidInstanceId``; a stopped
+  instance, or one whose agent lost its connection, never gets the command: ``DeliveryTimedOut`` after the
+  command's delivery timeout;
+* ``cancel_command``, ``list_command_invocations`` and ``describe_instance_information`` (ping status) -
+  which moto leaves unimplemented.
+
+EC2 state (``run_instances``, ``stop_instances``) stays moto's, and requests go through botocore for real:
+serialisation, error parsing and retries are exercised as they would be against AWS.
+
+In-process, use :func:`serve` (a moto server on 127.0.0.1 and a free port) and point clients at it with
+``AWS_ENDPOINT_URL``. As a separate process: ``python -m ec2_sandbox.testing.ssm_standin --port N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from moto.core.exceptions import ServiceException
+from moto.core.responses import ActionResult, EmptyResult
+from moto.ec2.models import ec2_backends
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.ssm.models import Command, SimpleSystemManagerBackend
+from moto.ssm.responses import SimpleSystemManagerResponse
+
+STDOUT_CAP = 24_000
+STDERR_CAP = 8_000
+TRUNCATION_MARKER = "\n---Output truncated---"
+#: Roughly what SSM accepts in one command's parameters before ``MaxDocumentSizeExceeded``.
+MAX_PARAMETERS_BYTES = 64 * 1024
+AGENT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+AGENT_VERSION = "3.3.1142.0"
+FINAL = ("Success", "Failed", "TimedOut", "Cancelled")
+
+
+class SSMError(ServiceException):
+    """An error the stand-in returns, serialised by moto the way AWS sends it."""
+
+
+@dataclass
+class Invocation:
+    """One command on one instance, as the agent runs it."""
+
+    command_id: str
+    instance_id: str
+    script: str
+    execution_timeout: float
+    delivery_timeout: float
+    comment: str
+    missing_polls: int
+    requested: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
+    status: str = "Pending"
+    details: str = "Pending"
+    response_code: int = -1
+    stdout: str = ""
+    stderr: str = ""
+    started: datetime.datetime | None = None
+    ended: datetime.datetime | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    cancelled: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def response(self) -> dict[str, Any]:
+        elapsed = ((self.ended or self.started or self.requested) - self.requested).total_seconds()
+        final = self.status in FINAL
+        return {
+            "CommandId": self.command_id,
+            "InstanceId": self.instance_id,
+            "Comment": self.comment,
+            "DocumentName": "AWS-RunShellScript",
+            "DocumentVersion": "$DEFAULT",
+            "PluginName": "aws:runShellScript",
+            "ResponseCode": self.response_code,
+            "ExecutionStartDateTime": self.started.isoformat() if self.started else "",
+            "ExecutionElapsedTime": f"PT{elapsed:.3f}S",
+            "ExecutionEndDateTime": self.ended.isoformat() if self.ended else "",
+            "Status": self.status,
+            "StatusDetails": self.details,
+            "StandardOutputContent": self.stdout if final else "",
+            "StandardOutputUrl": "",
+            "StandardErrorContent": self.stderr if final else "",
+            "StandardErrorUrl": "",
+        }
+
+
+@dataclass
+class StandIn:
+    """The stand-in's knobs and state. One instance, :data:`STANDIN`, serves every moto backend."""
+
+    #: Seconds between send_command and the script starting (the agent picking the command up).
+    delivery_latency: float = 0.0
+    #: get_command_invocation answers InvocationDoesNotExist this many times for each new command.
+    missing_polls: int = 0
+    #: When set, replaces every command's delivery timeout (TimeoutSeconds, at least 30 s on AWS).
+    delivery_timeout: float | None = None
+    #: Instances whose agent reports this ping status (default Online for running instances).
+    ping_status: dict[str, str] = field(default_factory=dict)
+    #: Instances that exist in EC2 but are not registered with SSM.
+    unmanaged: set[str] = field(default_factory=set)
+    #: SSM API calls seen, by operation name.
+    calls: Counter[str] = field(default_factory=Counter)
+    invocations: dict[tuple[str, str], Invocation] = field(default_factory=dict)
+    _faults: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        """Back to defaults; commands still running are killed."""
+        for inv in list(self.invocations.values()):
+            _kill(inv, signal.SIGKILL)
+        with self._lock:
+            self.delivery_latency = 0.0
+            self.missing_polls = 0
+            self.delivery_timeout = None
+            self.ping_status.clear()
+            self.unmanaged.clear()
+            self.calls.clear()
+            self.invocations.clear()
+            self._faults.clear()
+
+    def throttle(self, operation: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``operation`` (e.g. 'GetCommandInvocation') are throttled."""
+        self.fail(operation, "ThrottlingException", "Rate exceeded", times)
+
+    def fail(self, operation: str, code: str, message: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``operation`` fail with the AWS error ``code``."""
+        with self._lock:
+            self._faults.setdefault(operation, []).extend([(code, message)] * times)
+
+    def gate(self, operation: str) -> None:
+        """Count a call, and raise the fault queued for it, if any."""
+        with self._lock:
+            self.calls[operation] += 1
+            queue = self._faults.get(operation)
+            fault = queue.pop(0) if queue else None
+        if fault is not None:
+            raise SSMError(*fault)
+
+    def ssm_calls(self) -> int:
+        return sum(self.calls.values())
+
+
+STANDIN = StandIn()
+_installed = False
+_install_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a script the way the agent does
+# --------------------------------------------------------------------------------------------------
+
+
+def _cap(data: bytes, limit: int) -> str:
+    text = data.decode("utf-8", "replace")
+    if len(text) > limit:
+        return text[:limit] + TRUNCATION_MARKER
+    return text
+
+
+def _kill(inv: Invocation, sig: int) -> None:
+    proc = inv.proc
+    if proc is not None and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+
+def _finish(
+    inv: Invocation, status: str, details: str, code: int, out: bytes = b"", err: bytes = b""
+) -> None:
+    with inv.lock:
+        if inv.status in FINAL:
+            return
+        inv.stdout = _cap(out, STDOUT_CAP)
+        inv.stderr = _cap(err, STDERR_CAP)
+        inv.response_code = code
+        inv.ended = datetime.datetime.now(datetime.UTC)
+        inv.details = details
+        inv.status = status
+    inv.done.set()
+
+
+def _deliverable(instance_id: str, region: str, account: str) -> bool:
+    state = _instance_state(instance_id, region, account)
+    return state == "running" and STANDIN.ping_status.get(instance_id, "Online") == "Online"
+
+
+def _instance_state(instance_id: str, region: str, account: str) -> str | None:
+    try:
+        instance = ec2_backends[account][region].get_instance(instance_id)
+    except Exception:
+        return None
+    return instance.state
+
+
+def _agent(inv: Invocation, region: str, account: str) -> None:
+    """The agent's side: wait for delivery, run the script, record the outcome."""
+    deadline = time.monotonic() + inv.delivery_timeout
+    if STANDIN.delivery_latency:
+        time.sleep(STANDIN.delivery_latency)
+    while not _deliverable(inv.instance_id, region, account):
+        if inv.cancelled:
+            return
+        if time.monotonic() >= deadline:
+            _finish(inv, "TimedOut", "DeliveryTimedOut", -1)
+            return
+        time.sleep(0.05)
+    workdir = tempfile.mkdtemp(prefix=f"ssm-{inv.command_id[:8]}-")
+    try:
+        _execute(inv, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _execute(inv: Invocation, workdir: str) -> None:
+    path = os.path.join(workdir, "_script.sh")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(inv.script)
+    os.chmod(path, 0o700)
+    argv = [path] if inv.script.startswith("#!") else ["/bin/sh", path]
+    env = {
+        "PATH": AGENT_PATH,
+        "AWS_SSM_INSTANCE_ID": inv.instance_id,
+        "AWS_SSM_REGION_NAME": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    }
+    with inv.lock:
+        if inv.cancelled:
+            return
+        inv.proc = subprocess.Popen(
+            argv,
+            cwd="/usr/bin",
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        inv.started = datetime.datetime.now(datetime.UTC)
+        inv.status = inv.details = "InProgress"
+    proc = inv.proc
+    out: list[bytes] = []
+    err: list[bytes] = []
+    readers = [
+        threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True),  # type: ignore[union-attr]
+    ]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + inv.execution_timeout
+    timed_out = False
+    # Like the agent: the command ends when the script exited and its output pipes closed.
+    for reader in readers:
+        reader.join(max(0.0, deadline - time.monotonic()))
+    if any(r.is_alive() for r in readers) or proc.poll() is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        if any(r.is_alive() for r in readers) or proc.poll() is None:
+            timed_out = True
+            _kill(inv, signal.SIGKILL)
+            proc.wait()
+            for reader in readers:
+                reader.join(2.0)
+    rc = proc.wait()
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
+    stdout, stderr = b"".join(out), b"".join(err)
+    if inv.cancelled:
+        _finish(inv, "Cancelled", "Cancelled", -1, stdout, stderr)
+    elif timed_out:
+        _finish(inv, "TimedOut", "ExecutionTimedOut", -1, stdout, stderr)
+    else:
+        code = 128 - rc if rc < 0 else rc
+        if code == 137:
+            _finish(inv, "TimedOut", "ExecutionTimedOut", code, stdout, stderr)
+        elif code == 0:
+            _finish(inv, "Success", "Success", 0, stdout, stderr)
+        else:
+            _finish(inv, "Failed", "Failed", code, stdout, stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# The patched backend and responses
+# --------------------------------------------------------------------------------------------------
+
+
+def _send_command(
+    self: SimpleSystemManagerBackend,
+    comment: str,
+    document_name: str | None,
+    timeout_seconds: int,
+    instance_ids: list[str],
+    max_concurrency: str,
+    max_errors: str,
+    notification_config: dict[str, Any] | None,
+    output_s3_bucket_name: str,
+    output_s3_key_prefix: str,
+    output_s3_region: str,
+    parameters: dict[str, list[str]],
+    service_role_arn: str,
+    targets: list[dict[str, Any]],
+) -> Command:
+    STANDIN.gate("SendCommand")
+    if document_name != "AWS-RunShellScript":
+        raise SSMError("InvalidDocument", f"document {document_name!r} is not supported by the stand-in")
+    if targets or not instance_ids:
+        raise SSMError("InvalidParameters", "the stand-in needs InstanceIds (Targets are not supported)")
+    if len(json.dumps(parameters or {}).encode()) > MAX_PARAMETERS_BYTES:
+        raise SSMError("MaxDocumentSizeExceeded", "The content for the document exceeds the maximum size.")
+    commands = (parameters or {}).get("commands")
+    if not commands:
+        raise SSMError("InvalidParameters", "Parameter 'commands' is required")
+    raw_timeout = ((parameters or {}).get("executionTimeout") or ["3600"])[0]
+    try:
+        execution_timeout = int(raw_timeout)
+    except ValueError:
+        raise SSMError("InvalidParameters", f"executionTimeout {raw_timeout!r} is not a number") from None
+    if not 1 <= execution_timeout <= 172800:
+        raise SSMError("InvalidParameters", "executionTimeout must be between 1 and 172800")
+    for instance_id in instance_ids:
+        state = _instance_state(instance_id, self.region_name, self.account_id)
+        if state is None or state == "terminated" or instance_id in STANDIN.unmanaged:
+            raise SSMError(
+                "InvalidInstanceId",
+                f"Instances [[{instance_id}]] not in a valid state for account {self.account_id}",
+            )
+    command = Command(
+        account_id=self.account_id,
+        comment=comment,
+        document_name=document_name,
+        timeout_seconds=timeout_seconds,
+        instance_ids=list(instance_ids),
+        max_concurrency=max_concurrency,
+        max_errors=max_errors,
+        notification_config=notification_config,
+        parameters=parameters,
+        targets=[],
+        backend_region=self.region_name,
+    )
+    command.instance_ids = list(instance_ids)
+    command.status = "Pending"
+    delivery = STANDIN.delivery_timeout or float(timeout_seconds or 3600)
+    for instance_id in instance_ids:
+        inv = Invocation(
+            command_id=command.command_id,
+            instance_id=instance_id,
+            script="\n".join(commands),
+            execution_timeout=execution_timeout,
+            delivery_timeout=delivery,
+            comment=comment or "",
+            missing_polls=STANDIN.missing_polls,
+        )
+        STANDIN.invocations[(command.command_id, instance_id)] = inv
+        threading.Thread(
+            target=_agent, args=(inv, self.region_name, self.account_id), daemon=True, name="ssm-agent"
+        ).start()
+    self._commands.append(command)
+    return command
+
+
+def _invocation(command_id: str, instance_id: str) -> Invocation:
+    inv = STANDIN.invocations.get((command_id, instance_id))
+    if inv is None:
+        raise SSMError("InvocationDoesNotExist", "")
+    return inv
+
+
+def _get_command_invocation(
+    self: SimpleSystemManagerBackend, command_id: str, instance_id: str, plugin_name: str | None
+) -> dict[str, Any]:
+    STANDIN.gate("GetCommandInvocation")
+    inv = _invocation(command_id, instance_id)
+    with inv.lock:
+        if inv.missing_polls > 0:
+            inv.missing_polls -= 1
+            raise SSMError("InvocationDoesNotExist", "")
+        return inv.response()
+
+
+def _cancel_command(self: SimpleSystemManagerBackend, command_id: str, instance_ids: list[str]) -> None:
+    STANDIN.gate("CancelCommand")
+    chosen = [
+        inv
+        for (cid, iid), inv in list(STANDIN.invocations.items())
+        if cid == command_id and (not instance_ids or iid in instance_ids)
+    ]
+    if not chosen:
+        raise SSMError("InvalidCommandId", "")
+    for inv in chosen:
+        with inv.lock:
+            if inv.status in FINAL:
+                continue
+            inv.cancelled = True
+            inv.status = inv.details = "Cancelling"
+            started = inv.proc is not None
+        if not started:
+            _finish(inv, "Cancelled", "Cancelled", -1)
+            continue
+        threading.Thread(target=_terminate, args=(inv,), daemon=True).start()
+
+
+def _terminate(inv: Invocation) -> None:
+    _kill(inv, signal.SIGTERM)
+    if not inv.done.wait(2.0):
+        _kill(inv, signal.SIGKILL)
+
+
+def _describe_instance_information(
+    self: SimpleSystemManagerBackend, filters: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    STANDIN.gate("DescribeInstanceInformation")
+    wanted: set[str] | None = None
+    for flt in filters:
+        if flt.get("Key") in ("InstanceIds", "INSTANCE_IDS"):
+            wanted = set(flt.get("Values") or flt.get("valueSet") or [])
+    out = []
+    for reservation in ec2_backends[self.account_id][self.region_name].all_reservations():
+        for instance in reservation.instances:
+            if wanted is not None and instance.id not in wanted:
+                continue
+            if instance.id in STANDIN.unmanaged or instance.state == "terminated":
+                continue
+            ping = STANDIN.ping_status.get(instance.id, "Online")
+            if instance.state != "running":
+                ping = "ConnectionLost"
+            out.append(
+                {
+                    "InstanceId": instance.id,
+                    "PingStatus": ping,
+                    "LastPingDateTime": datetime.datetime.now(datetime.UTC),
+                    "AgentVersion": AGENT_VERSION,
+                    "IsLatestVersion": True,
+                    "PlatformType": "Linux",
+                    "PlatformName": "Ubuntu",
+                    "PlatformVersion": "24.04",
+                    "ResourceType": "EC2Instance",
+                    "IPAddress": getattr(instance, "private_ip", None) or "10.0.0.1",
+                }
+            )
+    return out
+
+
+def _resp_get_command_invocation(self: SimpleSystemManagerResponse) -> ActionResult:
+    return ActionResult(
+        self.ssm_backend.get_command_invocation(
+            self._get_param("CommandId"), self._get_param("InstanceId"), self._get_param("PluginName")
+        )
+    )
+
+
+def _resp_cancel_command(self: SimpleSystemManagerResponse) -> ActionResult:
+    self.ssm_backend.cancel_command(self._get_param("CommandId"), self._get_param("InstanceIds", []))
+    return EmptyResult()
+
+
+def _resp_describe_instance_information(self: SimpleSystemManagerResponse) -> ActionResult:
+    filters = self._get_param("Filters", []) or []
+    for flt in self._get_param("InstanceInformationFilterList", []) or []:
+        filters.append({"Key": flt.get("key"), "Values": flt.get("valueSet", [])})
+    found = self.ssm_backend.describe_instance_information(filters)
+    return ActionResult({"InstanceInformationList": found})
+
+
+def _resp_list_command_invocations(self: SimpleSystemManagerResponse) -> ActionResult:
+    STANDIN.gate("ListCommandInvocations")
+    command_id = self._get_param("CommandId")
+    instance_id = self._get_param("InstanceId")
+    details = self._get_param("Details", False)
+    found = []
+    for (cid, iid), inv in list(STANDIN.invocations.items()):
+        if (command_id and cid != command_id) or (instance_id and iid != instance_id):
+            continue
+        item = inv.response()
+        entry = {
+            "CommandId": cid,
+            "InstanceId": iid,
+            "Comment": inv.comment,
+            "DocumentName": "AWS-RunShellScript",
+            "Status": item["Status"],
+            "StatusDetails": item["StatusDetails"],
+            "RequestedDateTime": inv.requested,
+        }
+        if details:
+            entry["CommandPlugins"] = [
+                {
+                    "Name": "aws:runShellScript",
+                    "Status": item["Status"],
+                    "StatusDetails": item["StatusDetails"],
+                    "ResponseCode": item["ResponseCode"],
+                    "Output": item["StandardOutputContent"][:2500],
+                }
+            ]
+        found.append(entry)
+    return ActionResult({"CommandInvocations": found})
+
+
+def install() -> StandIn:
+    """Patch moto's SSM backend (idempotent) and return the stand-in's state."""
+    global _installed
+    with _install_lock:
+        if not _installed:
+            SimpleSystemManagerBackend.send_command = _send_command  # type: ignore[method-assign]
+            SimpleSystemManagerBackend.get_command_invocation = _get_command_invocation  # type: ignore[method-assign]
+            SimpleSystemManagerBackend.cancel_command = _cancel_command  # type: ignore[attr-defined]
+            SimpleSystemManagerBackend.describe_instance_information = _describe_instance_information  # type: ignore[attr-defined]
+            SimpleSystemManagerResponse.get_command_invocation = _resp_get_command_invocation  # type: ignore[method-assign]
+            SimpleSystemManagerResponse.cancel_command = _resp_cancel_command  # type: ignore[attr-defined]
+            SimpleSystemManagerResponse.describe_instance_information = _resp_describe_instance_information  # type: ignore[attr-defined]
+            SimpleSystemManagerResponse.list_command_invocations = _resp_list_command_invocations  # type: ignore[attr-defined]
+            _clear_method_cache()
+            _installed = True
+    return STANDIN
+
+
+def _clear_method_cache() -> None:
+    """moto caches each response class's method names; forget them so the added ones are seen."""
+    from moto.core import responses
+
+    cached = getattr(responses, "method_names_from_class", None)
+    if cached is not None and hasattr(cached, "cache_clear"):
+        cached.cache_clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# Serving
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A running stand-in: its endpoint URL and state."""
+
+    url: str
+    port: int
+    standin: StandIn
+    moto: ThreadedMotoServer
+
+    def stop(self) -> None:
+        self.standin.reset()
+        self.moto.stop()
+
+
+def start(port: int = 0) -> Server:
+    """Start a moto server with the stand-in on 127.0.0.1 (``port`` 0: a free one)."""
+    install()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    host, real_port = server.get_host_and_port()
+    return Server(url=f"http://{host}:{real_port}", port=real_port, standin=STANDIN, moto=server)
+
+
+@contextlib.contextmanager
+def serve(port: int = 0) -> Iterator[Server]:
+    """:func:`start` as a context manager."""
+    server = start(port)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def create_instance(endpoint_url: str, region: str = "us-east-1") -> str:
+    """Launch a (moto) instance through the endpoint and return its id."""
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=region, endpoint_url=endpoint_url)
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    reply = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    return reply["Instances"][0]["InstanceId"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ec2_sandbox.testing.ssm_standin",
+        description="Serve moto, with an SSM stand-in that really runs commands, on 127.0.0.1.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
+    parser.add_argument("--delivery-latency", type=float, default=0.0, help="seconds before a command starts")
+    parser.add_argument(
+        "--missing-polls", type=int, default=0, help="InvocationDoesNotExist answers per command"
+    )
+    parser.add_argument(
+        "--create-instance",
+        metavar="REGION",
+        help="launch one instance in REGION and print its id on the ready line",
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    server = start(args.port)
+    server.standin.delivery_latency = args.delivery_latency
+    server.standin.missing_polls = args.missing_polls
+    ready = {"url": server.url, "port": server.port}
+    if args.create_instance:
+        ready["instance_id"] = create_instance(server.url, args.create_instance)
+    print(json.dumps(ready), flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

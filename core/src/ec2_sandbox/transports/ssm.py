@@ -1,0 +1,571 @@
+"""The SSM transport: the runner on an EC2 instance, through Systems Manager Run Command.
+
+One run is one ``AWS-RunShellScript`` command when it fits (about 64 KB of parameters): a fixed ``sh``
+script that hands a here-doc of base64 data to ``python3``. The data is the runner's source and the request,
+compressed; nothing a caller supplied ever becomes shell text. Larger requests are staged first - in chunks
+over several commands into a root-only staging file on the instance, or through S3 when ``s3_bucket`` is set -
+and the run's command then reads them from there.
+
+SSM returns at most 24,000 characters of a command's stdout, so :attr:`SsmTransport.max_output_chars` makes
+the runner fit its envelope under that cap; the core reads everything else back from the task dir in pages.
+
+Status is polled by this module, not by boto3's waiter (which sleeps 5 s and treats a failing program as an
+error): the first poll ~100 ms after sending, then backing off to 1 s. botocore's standard retry mode absorbs
+throttling; ``InvocationDoesNotExist`` right after sending is retried here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .. import aws_session
+from ..config import SandboxConfig
+from ..errors import ConfigError, TransportError
+from ..protocol import RunnerRefusal, runner_source
+from ..schema import StatusPart
+from .base import LineCallback, RunnerOutput, Transport
+
+log = logging.getLogger("ec2_sandbox")
+
+#: botocore's standard retry mode: exponential backoff with jitter on throttling and transient errors.
+BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=70)
+#: Characters of parameters one command may carry; SSM refuses around 64 KB (MaxDocumentSizeExceeded).
+MAX_COMMAND_CHARS = 60_000
+#: Raw bytes of staged data per chunk command (base64 makes 4/3 of it).
+CHUNK_BYTES = 43_500
+#: Chunk commands in flight at once.
+CHUNK_CONCURRENCY = 4
+#: SSM's stdout cap is 24,000 characters; the envelope line and its newline stay under it.
+SSM_STDOUT_CAP = 24_000
+#: Seconds the agent has to pick a command up (TimeoutSeconds, at least 30 on AWS).
+DELIVERY_TIMEOUT = 60
+#: Seconds a command may stay undelivered before the instance and agent are checked.
+PENDING_CHECK_AFTER = 5.0
+TRUNCATION_MARKERS = ("---Output truncated---", "--output truncated--", "----- Result truncated ----")
+THROTTLING = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
+RUNNING = {"Pending", "InProgress", "Delayed", "Cancelling"}
+HEREDOC_END = "EC2_SANDBOX_DATA"
+
+# The program python3 runs on the instance. It reads base64 lines from stdin: a JSON header, then the data.
+# Modes: "part" stores one chunk of staged data; "run" unpacks the runner and the request (inline, from
+# staged chunks, or from a presigned S3 URL), checks the SHA-256 and runs the runner in this interpreter.
+# It contains no single quote: the sh script holds it in single quotes.
+BOOTSTRAP = r"""
+import base64, hashlib, io, json, os, stat, sys, types, zlib
+def staging(base):
+    if not base:
+        if os.geteuid() == 0:
+            base = "/var/lib/ec2-sandbox"
+        else:
+            home = os.path.expanduser("~")
+            state = os.environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+            base = os.path.join(state, "ec2-sandbox")
+    path = os.path.join(base, "staging")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise SystemExit("staging dir %s is not a directory owned by this user" % path)
+    os.chmod(path, 0o700)
+    return path
+lines = sys.stdin.read().split()
+head = json.loads(base64.b64decode(lines[0]))
+data = base64.b64decode("".join(lines[1:]))
+if head["mode"] == "part":
+    name = os.path.join(staging(head.get("base")), "%s.%06d" % (head["id"], head["index"]))
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    print("staged %d" % len(data))
+    sys.exit(0)
+if head.get("parts"):
+    where = staging(head.get("base"))
+    names = [os.path.join(where, "%s.%06d" % (head["id"], i)) for i in range(head["parts"])]
+    try:
+        chunks = []
+        for name in names:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as fh:
+                chunks.append(fh.read())
+        data = b"".join(chunks)
+    finally:
+        for name in names:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+elif head.get("url"):
+    import urllib.request
+    with urllib.request.urlopen(head["url"], timeout=600) as reply:
+        data = reply.read()
+if hashlib.sha256(data).hexdigest() != head["sha256"]:
+    raise SystemExit("staged data is corrupt: SHA-256 mismatch")
+data = zlib.decompress(data)
+cut = data.index(b"\n")
+sizes = [int(n) for n in data[:cut].split()]
+source = data[cut + 1 : cut + 1 + sizes[0]]
+request = data[cut + 1 + sizes[0] : cut + 1 + sizes[0] + sizes[1]]
+module = types.ModuleType("ec2_sandbox_runner")
+module.__file__ = "ec2_sandbox_runner.py"
+sys.modules[module.__name__] = module
+exec(compile(source, module.__file__, "exec"), module.__dict__)
+sys.stdin = io.TextIOWrapper(io.BytesIO(request), encoding="utf-8")
+code = module.main([])
+sys.exit(3 if code in (137, 194) else code)
+"""
+
+
+def _script(header: dict[str, Any], data: bytes = b"") -> list[str]:
+    """The command lines: sh hands base64 data to python3; exit statuses SSM reserves are mapped away."""
+    head = base64.b64encode(json.dumps(header, separators=(",", ":")).encode()).decode()
+    body = base64.b64encode(data).decode()
+    lines = [body[i : i + 16384] for i in range(0, len(body), 16384)]
+    return [
+        "set -u",
+        "export LANG=C.UTF-8",
+        "python3 -I -S -c '" + BOOTSTRAP.strip() + "' <<'" + HEREDOC_END + "'",
+        head,
+        *lines,
+        HEREDOC_END,
+        "rc=$?",
+        "case $rc in 137|194) rc=3 ;; esac",
+        "exit $rc",
+    ]
+
+
+def _size(commands: Sequence[str]) -> int:
+    return len(json.dumps({"commands": list(commands), "executionTimeout": ["172800"]}))
+
+
+class SsmTransport(Transport):
+    """Runs the runner on ``instance_id`` with SSM Run Command."""
+
+    name = "ssm"
+    max_output_chars = SSM_STDOUT_CAP - 100
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        poll_first: float = 0.1,
+        poll_max: float = 1.0,
+        poll_factor: float = 1.5,
+        delivery_timeout: int = DELIVERY_TIMEOUT,
+        pending_check_after: float = PENDING_CHECK_AFTER,
+        max_command_chars: int = MAX_COMMAND_CHARS,
+    ) -> None:
+        if not config.instance_id:
+            raise ConfigError("the ssm transport needs instance_id (the EC2 instance to run code on)")
+        self.config = config
+        self.instance_id = config.instance_id
+        self.poll_first = poll_first
+        self.poll_max = poll_max
+        self.poll_factor = poll_factor
+        self.delivery_timeout = max(30, delivery_timeout)
+        self.pending_check_after = pending_check_after
+        self.max_command_chars = max_command_chars
+        self._clients: dict[str, Any] = {}
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def target(self) -> str:
+        return self.instance_id
+
+    def client(self, service: str) -> Any:
+        """This transport's client for ``service``: one session, clients made once and reused (they are
+        thread-safe). Made here rather than by :func:`aws_session.client` to use standard retries."""
+        with self._lock:
+            if service not in self._clients:
+                if self._session is None:
+                    self._session = aws_session.make_session(self.config)
+                self._clients[service] = self._session.client(service, config=BOTO_CONFIG)
+            return self._clients[service]
+
+    # ------------------------------------------------------------------ running
+    async def exec_runner(
+        self, payload: bytes, *, timeout: float, on_stdout_line: LineCallback | None = None
+    ) -> RunnerOutput:
+        deadline = time.monotonic() + timeout
+        source = runner_source()
+        blob = zlib.compress(b"%d %d\n" % (len(source), len(payload)) + source + payload, 6)
+        header: dict[str, Any] = {"mode": "run", "sha256": hashlib.sha256(blob).hexdigest()}
+        if self.config.base_sandbox_dir:
+            header["base"] = self.config.base_sandbox_dir
+        commands = _script(header, blob)
+        cleanup: Callable[[], None] | None = None
+        if _size(commands) > self.max_command_chars:
+            if self.config.s3_bucket:
+                header["url"], cleanup = await self._stage_s3(blob)
+            else:
+                header["id"], header["parts"] = await self._stage_chunks(blob, header.get("base"), deadline)
+            commands = _script(header)
+        try:
+            inv = await self._run(commands, deadline)
+        finally:
+            if cleanup is not None:
+                await asyncio.to_thread(cleanup)
+        stdout = inv.get("StandardOutputContent", "").encode("utf-8")
+        stderr = inv.get("StandardErrorContent", "").encode("utf-8")
+        if on_stdout_line is not None:
+            for line in stdout.splitlines():
+                on_stdout_line(line)
+        if b'{"envelope"' not in stdout:
+            raise TransportError(self._no_envelope(inv))
+        return RunnerOutput(int(inv.get("ResponseCode", 0)), stdout, stderr)
+
+    def _no_envelope(self, inv: dict[str, Any]) -> str:
+        code = inv.get("ResponseCode")
+        out = inv.get("StandardOutputContent", "")
+        err = (inv.get("StandardErrorContent", "") or "").strip()[-1500:] or "(no stderr)"
+        if code == 127:
+            return (
+                f"python3 was not found on {self.instance_id} (exit 127): the runner needs Python 3.8+ "
+                f"on the instance's PATH; install python3 there. stderr: {err}"
+            )
+        if any(marker in out for marker in TRUNCATION_MARKERS):
+            return (
+                f"SSM cut the runner's output on {self.instance_id} before its result (stdout over "
+                f"{SSM_STDOUT_CAP} characters); stderr: {err}"
+            )
+        status = inv.get("Status")
+        return (
+            f"the runner on {self.instance_id} returned no result (SSM status {status}, exit {code}): {err}"
+        )
+
+    async def _stage_chunks(self, blob: bytes, base: str | None, deadline: float) -> tuple[str, int]:
+        """Store ``blob`` in a root-only staging dir on the instance, a chunk per command; several at once."""
+        stage_id = secrets.token_hex(16)
+        chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
+        limit = asyncio.Semaphore(CHUNK_CONCURRENCY)
+
+        async def put(index: int, chunk: bytes) -> None:
+            header = {"mode": "part", "id": stage_id, "index": index, "base": base}
+            async with limit:
+                inv = await self._run(_script(header, chunk), deadline)
+            if inv.get("Status") != "Success":
+                raise TransportError(
+                    f"staging part {index + 1}/{len(chunks)} of a large request on {self.instance_id} "
+                    f"failed (exit {inv.get('ResponseCode')}): "
+                    f"{(inv.get('StandardErrorContent') or '').strip()[-1000:]}"
+                )
+
+        log.debug("staging %d bytes on %s in %d chunks", len(blob), self.instance_id, len(chunks))
+        await asyncio.gather(*(put(i, c) for i, c in enumerate(chunks)))
+        return stage_id, len(chunks)
+
+    async def _stage_s3(self, blob: bytes) -> tuple[str, Callable[[], None]]:
+        """Put ``blob`` in the configured bucket; the instance fetches it with a short-lived presigned URL."""
+        s3 = self.client("s3")
+        bucket = self.config.s3_bucket
+        key = f"ec2-sandbox/staging/{secrets.token_hex(16)}"
+        try:
+            await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=key, Body=blob)
+            url = await asyncio.to_thread(
+                s3.generate_presigned_url,
+                "get_object",
+                Params={"Bucket": bucket, "Key": key},
+                ExpiresIn=900,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise TransportError(
+                f"could not stage a large request in s3://{bucket}/{key}: {exc}; check that the bucket "
+                "exists in this region and the credentials allow s3:PutObject and s3:GetObject"
+            ) from exc
+
+        def cleanup() -> None:
+            try:
+                s3.delete_object(Bucket=bucket, Key=key)
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("could not delete staged object s3://%s/%s: %s", bucket, key, exc)
+
+        return url, cleanup
+
+    async def _run(self, commands: list[str], deadline: float) -> dict[str, Any]:
+        """Send one command and poll it to a final status; raise on anything but Success and Failed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TransportError(f"no time left to send a command to {self.instance_id}")
+        execution_timeout = min(172800, max(5, math.ceil(remaining)))
+        command_id = await self._send(commands, execution_timeout)
+        try:
+            inv = await self._poll(command_id, deadline)
+        except BaseException:
+            await self._cancel(command_id)
+            raise
+        status = inv.get("Status")
+        if status in ("Success", "Failed"):
+            return inv
+        raise await self._status_error(inv, execution_timeout)
+
+    async def _send(self, commands: list[str], execution_timeout: int) -> str:
+        ssm = self.client("ssm")
+        try:
+            reply = await asyncio.to_thread(
+                ssm.send_command,
+                InstanceIds=[self.instance_id],
+                DocumentName="AWS-RunShellScript",
+                Comment="ec2-sandbox runner",
+                TimeoutSeconds=self.delivery_timeout,
+                Parameters={"commands": commands, "executionTimeout": [str(execution_timeout)]},
+            )
+        except ClientError as exc:
+            raise self._client_error(exc, "send a command to") from exc
+        except BotoCoreError as exc:
+            raise RunnerRefusal("unreachable", f"could not reach SSM for {self.instance_id}: {exc}") from exc
+        command_id = reply["Command"]["CommandId"]
+        log.debug("ssm command %s sent to %s", command_id, self.instance_id)
+        return command_id
+
+    async def _poll(self, command_id: str, deadline: float) -> dict[str, Any]:
+        ssm = self.client("ssm")
+        delay = self.poll_first
+        sent = time.monotonic()
+        checked = False
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(self.poll_max, delay * self.poll_factor)
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"no result from {self.instance_id} within the time allowed; the command "
+                    f"{command_id} was cancelled"
+                )
+            try:
+                inv = await asyncio.to_thread(
+                    ssm.get_command_invocation, CommandId=command_id, InstanceId=self.instance_id
+                )
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "InvocationDoesNotExist":
+                    # Eventual consistency: the invocation appears shortly after send_command.
+                    delay = min(delay, 0.2)
+                    continue
+                if code in THROTTLING:
+                    delay = self.poll_max
+                    continue
+                raise self._client_error(exc, "read the command's status on") from exc
+            except BotoCoreError as exc:
+                log.debug("polling %s failed, retrying: %s", command_id, exc)
+                delay = self.poll_max
+                continue
+            status = inv.get("Status")
+            if status not in RUNNING:
+                return inv
+            if status == "Pending" and not checked and time.monotonic() - sent > self.pending_check_after:
+                checked = True
+                problem = await self._delivery_problem()
+                if problem is not None:
+                    raise RunnerRefusal("unreachable", problem)
+
+    async def _cancel(self, command_id: str) -> None:
+        """Cancel a command the caller gave up on (best effort: it may already have ended)."""
+        ssm = self.client("ssm")
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(
+                    asyncio.to_thread(
+                        ssm.cancel_command, CommandId=command_id, InstanceIds=[self.instance_id]
+                    )
+                ),
+                10,
+            )
+            log.debug("ssm command %s cancelled", command_id)
+        except (ClientError, BotoCoreError, TimeoutError, asyncio.CancelledError) as exc:
+            log.debug("could not cancel ssm command %s: %s", command_id, exc)
+
+    # ------------------------------------------------------------------ errors
+    async def _status_error(self, inv: dict[str, Any], execution_timeout: int) -> TransportError:
+        status = inv.get("Status")
+        details = (inv.get("StatusDetails") or "").replace(" ", "")
+        code = inv.get("ResponseCode")
+        where = self.instance_id
+        if details == "DeliveryTimedOut" or (status == "TimedOut" and not inv.get("ExecutionStartDateTime")):
+            problem = await self._delivery_problem()
+            return RunnerRefusal(
+                "unreachable",
+                f"the command was not delivered to {where} within {self.delivery_timeout} s "
+                f"(DeliveryTimedOut): {problem or 'the SSM agent did not pick it up'}; check the instance "
+                "is running and its SSM agent is online (ec2-sandbox status)",
+            )
+        if details == "Undeliverable":
+            problem = await self._delivery_problem()
+            return RunnerRefusal(
+                "unreachable",
+                f"SSM could not deliver the command to {where} (Undeliverable): "
+                f"{problem or 'the instance may not exist or its agent does not respond'}",
+            )
+        if status == "TimedOut":
+            if code == 137:
+                return TransportError(
+                    f"the runner on {where} was killed (exit 137, which SSM reports as TimedOut): the "
+                    "instance may be out of memory; check its memory and dmesg"
+                )
+            return TransportError(
+                f"SSM stopped the command on {where} after its execution timeout of {execution_timeout} s "
+                "(ExecutionTimedOut); the runner did not finish in time"
+            )
+        if status in ("Cancelled", "Cancelling"):
+            return TransportError(
+                f"the command on {where} was cancelled before it finished (someone or something called "
+                "CancelCommand, or the instance stopped)"
+            )
+        if details == "AccessDenied":
+            return RunnerRefusal(
+                "access_denied",
+                f"SSM was denied access running the command on {where}: check the instance profile "
+                "(AmazonSSMManagedInstanceCore)",
+            )
+        return TransportError(
+            f"the command on {where} ended with SSM status {status} ({inv.get('StatusDetails')}), exit {code}"
+        )
+
+    def _client_error(self, exc: ClientError, doing: str) -> TransportError:
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "?"), error.get("Message", "")
+        where = self.instance_id
+        region = self.client("ssm").meta.region_name
+        if code == "InvalidInstanceId":
+            return RunnerRefusal(
+                "unreachable",
+                f"SSM cannot {doing} {where} in {region} (InvalidInstanceId): the instance does not exist "
+                "there, is not running, or is not registered with SSM - check instance_id and region, that "
+                "the SSM agent runs and that the instance profile grants AmazonSSMManagedInstanceCore",
+            )
+        if code in ("AccessDeniedException", "AccessDenied", "UnauthorizedOperation"):
+            return RunnerRefusal(
+                "access_denied",
+                f"access denied: the credentials may not {doing} {where} ({message}); they need "
+                "ssm:SendCommand, ssm:GetCommandInvocation and ssm:CancelCommand on the instance and the "
+                "AWS-RunShellScript document",
+            )
+        if code in THROTTLING:
+            return TransportError(f"SSM kept throttling requests for {where} after retries: {message}")
+        if code == "MaxDocumentSizeExceeded":
+            return TransportError(f"SSM refused the command for {where} as too large: {message}")
+        return TransportError(f"SSM could not {doing} {where}: {code}: {message}")
+
+    async def _delivery_problem(self) -> str | None:
+        """Why a command is not being delivered, if the instance or its agent says so."""
+        state = await self._instance_state()
+        if state is not None and state != "running":
+            return f"the instance {self.instance_id} is {state}"
+        ping = await self._ping()
+        if ping is not None and ping != "Online":
+            return f"the SSM agent on {self.instance_id} is offline (ping status {ping})"
+        return None
+
+    async def _instance_state(self) -> str | None:
+        try:
+            reply = await asyncio.to_thread(
+                self.client("ec2").describe_instances, InstanceIds=[self.instance_id]
+            )
+            return reply["Reservations"][0]["Instances"][0]["State"]["Name"]
+        except (ClientError, BotoCoreError, LookupError):
+            return None
+
+    async def _ping(self) -> str | None:
+        try:
+            info = await self._instance_information()
+        except (ClientError, BotoCoreError):
+            return None
+        return info["PingStatus"] if info else "not registered with SSM"
+
+    async def _instance_information(self) -> dict[str, Any] | None:
+        reply = await asyncio.to_thread(
+            self.client("ssm").describe_instance_information,
+            Filters=[{"Key": "InstanceIds", "Values": [self.instance_id]}],
+        )
+        found = reply.get("InstanceInformationList") or []
+        return found[0] if found else None
+
+    # ------------------------------------------------------------------ status
+    async def status_parts(self) -> list[StatusPart]:
+        return list(await asyncio.gather(self._instance_part(), self._agent_part()))
+
+    async def _instance_part(self) -> StatusPart:
+        try:
+            reply = await asyncio.to_thread(
+                self.client("ec2").describe_instances, InstanceIds=[self.instance_id]
+            )
+            instance = reply["Reservations"][0]["Instances"][0]
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            return StatusPart(
+                name="instance",
+                ok=False,
+                message=f"cannot describe {self.instance_id}: {error.get('Code')}: {error.get('Message')}"
+                + (
+                    " - check instance_id and region"
+                    if "NotFound" in str(error.get("Code")) or "Malformed" in str(error.get("Code"))
+                    else ""
+                ),
+            )
+        except (BotoCoreError, LookupError) as exc:
+            return StatusPart(name="instance", ok=False, message=f"cannot describe {self.instance_id}: {exc}")
+        state = instance["State"]["Name"]
+        details = {
+            "state": state,
+            "instance_type": instance.get("InstanceType"),
+            "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
+            "platform": instance.get("PlatformDetails") or instance.get("Platform") or "Linux/UNIX",
+        }
+        return StatusPart(
+            name="instance",
+            ok=state == "running",
+            message=f"{self.instance_id} is {state} "
+            f"({details['instance_type']}, {details['availability_zone']})"
+            + ("" if state == "running" else ": start it to run code"),
+            details=details,
+        )
+
+    async def _agent_part(self) -> StatusPart:
+        try:
+            info = await self._instance_information()
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            return StatusPart(
+                name="ssm_agent",
+                ok=False,
+                message=f"cannot ask SSM about {self.instance_id}: "
+                f"{error.get('Code')}: {error.get('Message')}",
+            )
+        except BotoCoreError as exc:
+            return StatusPart(name="ssm_agent", ok=False, message=f"cannot reach SSM: {exc}")
+        if info is None:
+            return StatusPart(
+                name="ssm_agent",
+                ok=False,
+                message=f"{self.instance_id} is not registered with SSM: check the SSM agent runs and the "
+                "instance profile grants AmazonSSMManagedInstanceCore",
+            )
+        ping = info.get("PingStatus")
+        details = {
+            "ping_status": ping,
+            "agent_version": info.get("AgentVersion"),
+            "platform": " ".join(filter(None, [info.get("PlatformName"), info.get("PlatformVersion")])),
+            "last_ping": str(info.get("LastPingDateTime") or ""),
+        }
+        return StatusPart(
+            name="ssm_agent",
+            ok=ping == "Online",
+            message=f"SSM agent {details['agent_version']} is {ping}"
+            + ("" if ping == "Online" else ": the agent is offline or the instance is not running"),
+            details=details,
+        )
+
+
+def create_ssm_transport(config: SandboxConfig) -> SsmTransport:
+    return SsmTransport(config)
