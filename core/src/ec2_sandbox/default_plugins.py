@@ -8,7 +8,6 @@ from .hookspecs import hookimpl
 from .runtimes import BUILTIN_RUNTIMES
 from .transports.local import create_local_transport
 from .transports.ssm import create_ssm_transport
-from .transports.ssm import create_ssm_transport
 
 
 @hookimpl
@@ -20,7 +19,6 @@ def register_runtimes(register):
 @hookimpl
 def register_transports(register):
     register("local", create_local_transport)
-    register("ssm", create_ssm_transport)
     register("ssm", create_ssm_transport)
     register("ssh", create_ssh_transport)
     register("eic", create_eic_transport)
