@@ -206,15 +206,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         cli.print_json(
             {
                 "plugins": [vars(p) for p in registry.plugins],
+                "disabled": registry.disabled,
                 "errors": registry.errors,
             }
         )
         return 1 if registry.errors else 0
     for plugin in registry.plugins:
-        label = "built-in" if plugin.builtin else f"version {plugin.version}"
+        label = f"{plugin.dist or '?'} {plugin.version or '?'}" + (", built-in" if plugin.builtin else "")
         print(f"{plugin.name} ({label})")
         print(f"  hooks: {', '.join(plugin.hooks) or 'none'}")
         print(f"  registered: {', '.join(plugin.registered) or 'nothing'}")
+    if registry.disabled:
+        print(f"not loaded (EC2_SANDBOX_PLUGINS): {', '.join(registry.disabled)}")
     for error in registry.errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if registry.errors else 0

@@ -136,9 +136,14 @@ def load_registry() -> Registry:
     registry = Registry()
     from . import default_plugins
 
-    candidates: list[tuple[object, PluginInfo]] = [
-        (default_plugins, PluginInfo(BUILTINS, None, builtin=True, value=default_plugins.__name__))
-    ]
+    try:
+        core_version: str | None = importlib.metadata.version("ec2-sandbox")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        core_version = None
+    builtins = PluginInfo(
+        BUILTINS, core_version, builtin=True, dist="ec2-sandbox", value=default_plugins.__name__
+    )
+    candidates: list[tuple[object, PluginInfo]] = [(default_plugins, builtins)]
     for ep in _entry_points(registry):
         dist = getattr(ep, "dist", None)
         info = PluginInfo(
