@@ -13,12 +13,14 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .errors import ConfigError, InvalidInputError, SandboxError
 from .sandbox import AsyncSandbox
 
+T = TypeVar("T")
 EXIT_TIMEOUT = 124
 EXIT_KILLED = 125
 EXIT_USAGE = 2
@@ -71,9 +73,19 @@ def open_sandbox(args: argparse.Namespace) -> AsyncSandbox:
     return AsyncSandbox(manager.get_config(args.environment or "default"))
 
 
-def run_async(coro):  # type: ignore[no-untyped-def]
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine for a command; Ctrl-C cancels it (so transports can cancel remote work)."""
     return asyncio.run(coro)
+
+
+def with_sandbox(args: argparse.Namespace, action: Callable[[AsyncSandbox], Awaitable[T]]) -> T:
+    """Open the sandbox the global options describe, run one action on it, close it."""
+
+    async def go() -> T:
+        async with open_sandbox(args) as sandbox:
+            return await action(sandbox)
+
+    return run_async(go())
 
 
 def print_json(data: object) -> None:

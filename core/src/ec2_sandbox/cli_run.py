@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable
 
 from . import cli
 from .errors import InvalidInputError
 from .plugins import get_registry
+from .sandbox import AsyncSandbox
+from .schema import ExecutionResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,28 +96,29 @@ def cmd_exec(args: argparse.Namespace) -> int:
         code = cli.read_path(args.source).decode("utf-8")
     files = {name: cli.read_path(path) for name, path in _pairs(args.file, "--file").items()}
     env = _pairs(args.env, "--env")
-    sandbox = cli.open_sandbox(args)
-    live = not args.json and sandbox.transport.supports_streaming and sandbox.transport.name != "local"
+    live = False
 
     def on_output(stream: str, chunk: bytes) -> None:
         target = sys.stdout if stream == "stdout" else sys.stderr
         target.buffer.write(chunk)
         target.flush()
 
-    async def go():  # type: ignore[no-untyped-def]
-        async with sandbox:
-            return await sandbox.execute_code(
-                code,
-                runtime=args.runtime,
-                session_id=args.session,
-                files=files,
-                env_vars=env,
-                create_filesystem=not args.ephemeral,
-                timeout=args.timeout,
-                on_output=on_output if live else None,
-            )
+    def run(sandbox: AsyncSandbox) -> Awaitable[ExecutionResult]:
+        nonlocal live
+        # Print as it happens where the transport streams from afar; locally the result is as quick.
+        live = not args.json and sandbox.transport.supports_streaming and sandbox.transport.name != "local"
+        return sandbox.execute_code(
+            code,
+            runtime=args.runtime,
+            session_id=args.session,
+            files=files,
+            env_vars=env,
+            create_filesystem=not args.ephemeral,
+            timeout=args.timeout,
+            on_output=on_output if live else None,
+        )
 
-    result = cli.run_async(go())
+    result = cli.with_sandbox(args, run)
     if args.json:
         print(result.model_dump_json(indent=2))
     elif not live:
@@ -131,16 +135,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_files(args: argparse.Namespace) -> int:
-    sandbox = cli.open_sandbox(args)
-
-    async def go():  # type: ignore[no-untyped-def]
-        async with sandbox:
-            if args.name is None:
-                return await sandbox.list_task_files(args.task_hash), None
-            return None, await sandbox.read_task_file(args.task_hash, args.name)
-
-    listing, content = cli.run_async(go())
-    if content is not None:
+    if args.name is not None:
+        content = cli.with_sandbox(args, lambda sandbox: sandbox.read_task_file(args.task_hash, args.name))
         if args.json:
             print(content.model_dump_json(indent=2))
         elif args.output:
@@ -149,6 +145,7 @@ def cmd_files(args: argparse.Namespace) -> int:
         else:
             sys.stdout.buffer.write(content.data())
         return 0
+    listing = cli.with_sandbox(args, lambda sandbox: sandbox.list_task_files(args.task_hash))
     if args.json:
         cli.print_json(listing)
         return 0
@@ -160,13 +157,7 @@ def cmd_files(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    sandbox = cli.open_sandbox(args)
-
-    async def go():  # type: ignore[no-untyped-def]
-        async with sandbox:
-            return await sandbox.cleanup_tasks(args.hours)
-
-    result = cli.run_async(go())
+    result = cli.with_sandbox(args, lambda sandbox: sandbox.cleanup_tasks(args.hours))
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
@@ -177,13 +168,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    sandbox = cli.open_sandbox(args)
-
-    async def go():  # type: ignore[no-untyped-def]
-        async with sandbox:
-            return await sandbox.instance_status()
-
-    status = cli.run_async(go())
+    status = cli.with_sandbox(args, lambda sandbox: sandbox.instance_status())
     if args.json:
         print(status.model_dump_json(indent=2))
     else:
