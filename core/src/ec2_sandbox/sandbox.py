@@ -49,6 +49,12 @@ TRANSPORT_MARGIN = 30.0
 FileData = str | bytes
 
 
+def load_config(path: str | Path | None, environment: str) -> SandboxConfig:
+    from .config_manager import ConfigManager
+
+    return ConfigManager(path).get_config(environment)
+
+
 def _field_error(field: str, check: Callable[[Any], Any], value: Any) -> None:
     try:
         check(value)
@@ -73,9 +79,8 @@ class AsyncSandbox:
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, environment: str = "default") -> AsyncSandbox:
-        from .config_manager import ConfigManager
-
-        return cls(ConfigManager(path).get_config(environment))
+        """A sandbox for ``environment`` of the configuration file at ``path`` (or a preset)."""
+        return cls(load_config(path, environment))
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -456,9 +461,8 @@ class Sandbox:
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, environment: str = "default") -> Sandbox:
-        from .config_manager import ConfigManager
-
-        return cls(ConfigManager(path).get_config(environment))
+        """A sandbox for ``environment`` of the configuration file at ``path`` (or a preset)."""
+        return cls(load_config(path, environment))
 
     @property
     def config(self) -> SandboxConfig:
