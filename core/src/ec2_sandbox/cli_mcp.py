@@ -1,0 +1,48 @@
+"""``ec2-sandbox mcp``: serve the four tools to MCP clients (stdio, or streamable HTTP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+from .cli import EXIT_USAGE, open_sandbox, run_async
+
+INSTALL_HINT = (
+    "ec2-sandbox: the MCP server needs the 'ec2-sandbox-mcp' distribution: "
+    "pip install ec2-sandbox-mcp (or uv add ec2-sandbox-mcp)"
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "mcp",
+        help="serve the sandbox tools to MCP clients (Claude Desktop, IDEs, agent SDKs)",
+        description=(
+            "Serve ec2_code_execution, ec2_get_files, ec2_cleanup_tasks and ec2_instance_status over the "
+            "Model Context Protocol. stdio (the default) is what desktop clients launch; 'http' serves "
+            "streamable HTTP at http://127.0.0.1:PORT/mcp on the loopback interface only."
+        ),
+    )
+    parser.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
+    parser.add_argument("--port", type=int, default=8765, help="port for --transport http (default: 8765)")
+    parser.set_defaults(handler=_mcp)
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    try:
+        import ec2_sandbox_mcp
+    except ImportError as exc:
+        if exc.name not in ("ec2_sandbox_mcp", "mcp", "mcp_types"):
+            raise
+        print(INSTALL_HINT, file=sys.stderr)
+        return EXIT_USAGE
+    if not 0 < args.port < 65536:
+        print(f"ec2-sandbox: --port {args.port} is not a TCP port (1-65535)", file=sys.stderr)
+        return EXIT_USAGE
+    sandbox = open_sandbox(args)
+    if args.transport == "http":
+        print(f"ec2-sandbox: MCP over streamable HTTP at http://127.0.0.1:{args.port}/mcp", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped
+        run_async(ec2_sandbox_mcp.serve(sandbox, transport=args.transport, port=args.port))
+    return 0

@@ -1,0 +1,151 @@
+"""The MCP server: an MCP client session in-process, over stdio with ``ec2-sandbox mcp`` as a subprocess,
+and over streamable HTTP on 127.0.0.1. The client plays the scripted model: it sends each turn's calls
+at once and decides the next turn from the results it received."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import mcp_types as types
+import pytest
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+from ec2_sandbox import AsyncSandbox
+from ec2_sandbox_mcp import create_mcp_server
+
+from .scenario import PLUGIN_RUNTIME, Received, Script
+
+REPO = Path(__file__).resolve().parents[2]
+ENTRY_POINT = os.path.join(os.path.dirname(sys.executable), "ec2-sandbox")
+
+
+def received(result: types.CallToolResult) -> Received:
+    texts = [c.text for c in result.content if isinstance(c, types.TextContent)]
+    images = [
+        (c.mime_type, base64.b64decode(c.data)) for c in result.content if isinstance(c, types.ImageContent)
+    ]
+    return Received("\n".join(texts), images, bool(result.is_error))
+
+
+async def play(client: Client, script: Script) -> None:
+    listed = await client.list_tools()
+    script.tool_names_seen.append([t.name for t in listed.tools])
+    for tool in listed.tools:
+        script.schemas_seen[tool.name] = tool.input_schema
+    results: dict[str, Received] = {}
+    while (calls := script.next_turn(results)) is not None:
+        outs = await asyncio.gather(*(client.call_tool(c.name, c.args) for c in calls))
+        results = {c.id: received(out) for c, out in zip(calls, outs, strict=True)}
+
+
+def check_listing(script: Script) -> None:
+    assert script.tool_names_seen[0] == [
+        "ec2_code_execution",
+        "ec2_get_files",
+        "ec2_cleanup_tasks",
+        "ec2_instance_status",
+    ]
+    assert PLUGIN_RUNTIME in script.schemas_seen["ec2_code_execution"]["properties"]["runtime"]["enum"]
+
+
+async def test_in_process_session(sandbox: AsyncSandbox) -> None:
+    script = Script()
+    async with Client(create_mcp_server(sandbox)) as client:
+        await play(client, script)
+        structured = await client.call_tool("ec2_code_execution", {"code": "print('sc')"})
+        unknown = await client.call_tool("no_such_tool", {})
+    script.check(images=True)
+    check_listing(script)
+    assert structured.structured_content["success"] is True
+    assert structured.structured_content["stdout"] == "sc\n"
+    assert unknown.is_error and "ec2_code_execution" in unknown.content[0].text
+
+
+def _server_env(base_dir: str, plugin_path: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EC2_SANDBOX_")}
+    env["EC2_SANDBOX_BASE_SANDBOX_DIR"] = base_dir
+    env["EC2_SANDBOX_MAX_OUTPUT_CHARS"] = "4000"
+    # the subprocess discovers the test plugin through its entry point, as an installed plugin
+    env["PYTHONPATH"] = plugin_path + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _uv() -> str:
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    return uv
+
+
+async def test_stdio_subprocess(base_dir: str, plugin_path: str) -> None:
+    params = StdioServerParameters(
+        command=_uv(),
+        args=["run", "--project", str(REPO), "--frozen", "--no-sync", "ec2-sandbox", "mcp"],
+        env=_server_env(base_dir, plugin_path),
+        cwd=base_dir,  # no config.json here: the settings come from EC2_SANDBOX_* variables
+    )
+    script = Script()
+    async with Client(params) as client:
+        await play(client, script)
+    script.check(images=True)
+    check_listing(script)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_streamable_http(base_dir: str, plugin_path: str) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [ENTRY_POINT, "mcp", "--transport", "http", "--port", str(port)],
+        env=_server_env(base_dir, plugin_path),
+        cwd=base_dir,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                await asyncio.sleep(0.1)
+        async with Client(url) as client:
+            out = await client.call_tool(
+                "ec2_code_execution", {"code": "console.log('over http', 1 + 1)", "runtime": "node"}
+            )
+            listed = await client.list_tools()
+        assert "over http 2" in out.content[0].text, out
+        assert PLUGIN_RUNTIME in listed.tools[0].input_schema["properties"]["runtime"]["enum"]
+        # DNS-rebinding protection: a request naming another host is refused
+        async with httpx.AsyncClient() as http:
+            r = await http.post(url, headers={"Host": "evil.example:80"}, json={})
+        assert r.status_code in (400, 403, 421), r.status_code
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_cli_without_the_mcp_distribution() -> None:
+    """`ec2-sandbox mcp` names the missing distribution instead of a traceback."""
+    code = (
+        "import sys; sys.modules['ec2_sandbox_mcp'] = None\n"
+        "from ec2_sandbox.cli import main\n"
+        "sys.exit(main(['mcp']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install ec2-sandbox-mcp" in proc.stderr, proc.stderr
