@@ -10,8 +10,10 @@ import threading
 from typing import Any, Literal
 
 import boto3
+import botocore.exceptions
 
 from .config import SandboxConfig
+from .errors import ConfigError
 
 AuthMode = Literal["profile", "access_keys", "temporary_credentials", "default_chain"]
 
@@ -38,7 +40,14 @@ def make_session(config: SandboxConfig) -> boto3.Session:
             kwargs["aws_session_token"] = config.session_token.get_secret_value()
     elif mode == "profile":
         kwargs["profile_name"] = config.aws_profile
-    return boto3.Session(**kwargs)
+    try:
+        return boto3.Session(**kwargs)
+    except botocore.exceptions.ProfileNotFound:
+        raise ConfigError(
+            f"aws_profile {config.aws_profile!r} is not defined in the AWS config or credentials files "
+            f"(~/.aws/config, ~/.aws/credentials, or $AWS_CONFIG_FILE / $AWS_SHARED_CREDENTIALS_FILE); "
+            f"create it with 'aws configure --profile {config.aws_profile}' or choose another"
+        ) from None
 
 
 def client(config: SandboxConfig, service: str, **kwargs: Any) -> Any:

@@ -28,6 +28,7 @@ EXIT_USAGE = 2
 #: Modules that add subcommands; each has ``register(subparsers)``.
 COMMAND_MODULES = [
     "ec2_sandbox.cli_run",
+    "ec2_sandbox.cli_config",
     "ec2_sandbox.cli_mcp",
 ]
 

@@ -71,7 +71,7 @@ OTHER_PREFIXED_VARS = frozenset(
     }
 )
 
-DEFAULT_SOURCE = "default"
+DEFAULT_SOURCE = "built-in"
 ARGUMENT_SOURCE = "argument"
 
 
