@@ -329,6 +329,15 @@ class ConformanceSuite:
             assert r.success, r.stderr
             assert r.stdout == f"{i} {i} ['mine.txt']\n"
 
+    async def test_concurrent_ephemeral_runs_leave_no_dirs(self, sandbox: AsyncSandbox) -> None:
+        code = "open('scratch.bin','wb').write(b'x' * 4096); print('ok')"
+        results = await asyncio.gather(
+            *(sandbox.execute_code(code, create_filesystem=False) for _ in range(20))
+        )
+        assert all(r.success and r.stdout == "ok\n" for r in results)
+        listings = await asyncio.gather(*(sandbox.list_task_files(r.task_hash) for r in results))
+        assert not any(listing["exists"] for listing in listings)
+
     # ------------------------------------------------------------------ status
     async def test_instance_status_reports_runtimes(self, sandbox: AsyncSandbox) -> None:
         status = await sandbox.instance_status()
