@@ -178,13 +178,6 @@ def _render_file(task_hash: str, f: FileContent, limit: int) -> tuple[str, dict[
         if f.truncated
         else ""
     )
-    if f.encoding == "utf-8":
-        header = (
-            f"== {f.path} ({f.size} bytes, text" + (f", {span}" if f.offset or f.truncated else "") + ") =="
-        )
-        body = cap_text(f.content, limit, task_hash, f.path)
-        entry["content"] = body
-        return f"{header}\n{body}{more}", entry, None
     data = f.data()
     mime = detect_image(data) if f.offset == 0 and not f.truncated else None
     if mime is not None and len(data) <= MAX_IMAGE_BYTES:
@@ -193,6 +186,13 @@ def _render_file(task_hash: str, f: FileContent, limit: int) -> tuple[str, dict[
         entry["encoding"] = "image"
         entry["mime_type"] = mime
         return f"== {f.path} ({f.size} bytes, {mime}) ==\n[image attached as image content]", entry, image
+    if f.encoding == "utf-8":
+        header = (
+            f"== {f.path} ({f.size} bytes, text" + (f", {span}" if f.offset or f.truncated else "") + ") =="
+        )
+        body = cap_text(f.content, limit, task_hash, f.path)
+        entry["content"] = body
+        return f"{header}\n{body}{more}", entry, None
     b64 = f.content
     if len(b64) > limit:
         keep = limit // 4 * 4
@@ -365,6 +365,22 @@ async def _attach_images(sandbox: AsyncSandbox, result: ExecutionResult) -> list
     return images
 
 
+async def _whole_images(sandbox: AsyncSandbox, result: GetFilesResult) -> GetFilesResult:
+    """Images cut by the text budget are read whole (up to MAX_IMAGE_BYTES): they go out as images."""
+    files = []
+    for f in result.files:
+        if (
+            f.truncated
+            and f.offset == 0
+            and f.size <= MAX_IMAGE_BYTES
+            and f.encoding == "base64"
+            and detect_image(f.data())
+        ):
+            f = await sandbox.read_task_file(result.task_hash, f.path, 0, MAX_IMAGE_BYTES)
+        files.append(f)
+    return result.model_copy(update={"files": files})
+
+
 async def call_tool(
     sandbox: AsyncSandbox,
     spec: ToolSpec,
@@ -382,6 +398,8 @@ async def call_tool(
         images: list[Image] = []
         if attach_images and isinstance(output, ExecutionResult) and output.files_created:
             images = await _attach_images(sandbox, output)
+        if isinstance(output, GetFilesResult):
+            output = await _whole_images(sandbox, output)
     except (ValidationError, SandboxError) as exc:
         return render_error(exc, spec)
     except ValueError as exc:  # a check outside pydantic; still the caller's input

@@ -1,0 +1,165 @@
+"""What the model reads: caps and notes, binary files, images, error messages (through real runs)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from ec2_sandbox import AsyncSandbox, Sandbox, SandboxConfig
+from ec2_sandbox.errors import ConfigError, TransportError
+from ec2_sandbox.plugins import Registry
+from ec2_sandbox.presentation import (
+    BINARY_MARKER,
+    call_tool,
+    cap_text,
+    detect_image,
+    render_error,
+    sandbox_for,
+)
+from ec2_sandbox.schema import CodeExecutionInput
+from ec2_sandbox.tools import TOOLS_BY_NAME
+
+EXEC = TOOLS_BY_NAME["ec2_code_execution"]
+FILES = TOOLS_BY_NAME["ec2_get_files"]
+
+
+@pytest.mark.parametrize(
+    ("data", "mime"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 8, "image/png"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "image/jpeg"),
+        (b"GIF89a\x01\x00", "image/gif"),
+        (b"GIF87a\x01\x00", "image/gif"),
+        (b"RIFF\x24\x00\x00\x00WEBPVP8 ", "image/webp"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", None),
+        (b"%PDF-1.7", None),
+        (b"", None),
+    ],
+)
+def test_detect_image(data: bytes, mime: str | None) -> None:
+    assert detect_image(data) == mime
+
+
+def test_cap_text_says_what_was_cut() -> None:
+    text = "a" * 700 + "b" * 300
+    capped = cap_text(text, 300, "ab" * 8, "@stdout")
+    assert capped.startswith("a" * 200) and capped.endswith("b" * 100)
+    assert "700 of 1000 characters cut" in capped
+    assert 'ec2_get_files(task_hash="abababababababab", filename="@stdout")' in capped
+    assert cap_text("short", 300, None, "x") == "short"
+
+
+async def test_long_output_is_capped_with_a_way_to_read_the_rest(
+    base_dir: str, plugin_registry: Registry
+) -> None:
+    box = AsyncSandbox(
+        SandboxConfig(base_sandbox_dir=base_dir, max_output_chars=500), registry=plugin_registry
+    )
+    code = "import sys\nfor i in range(2000): print(f'line {i:05d}')\nprint('err-tail', file=sys.stderr)"
+    out = await call_tool(box, EXEC, {"code": code})
+    stdout = out.text.split("--- stdout ---\n", 1)[1].split("--- stderr ---")[0]
+    assert stdout.startswith("line 00000") and "line 01999" in stdout
+    match = re.search(
+        r"\[\.\.\. (\d+) of (\d+) bytes cut here; read it all with ec2_get_files\(([^)]*)\)", stdout
+    )
+    assert match, stdout
+    assert int(match.group(2)) == 2000 * 11
+    assert f'task_hash="{out.data["task_hash"]}", filename="@stdout"' in match.group(3)
+    assert len(stdout) < 500 + 200
+    assert "err-tail" in out.text
+    # following the note: page through @stdout
+    page = await call_tool(box, FILES, {"task_hash": out.data["task_hash"], "filename": "@stdout"})
+    assert "line 00000" in page.text and "offset=" in page.text
+    nxt = int(re.search(r"offset=(\d+)\)", page.text).group(1))
+    page2 = await call_tool(
+        box, FILES, {"task_hash": out.data["task_hash"], "filename": "@stdout", "offset": nxt}
+    )
+    assert page2.data["files"][0]["offset"] == nxt
+    await box.aclose()
+
+
+async def test_binary_and_images(sandbox: AsyncSandbox) -> None:
+    code = (
+        "import os\n"
+        "open('noise.bin', 'wb').write(bytes(range(256)) * 40)\n"
+        "open('pic.gif', 'wb').write(b'GIF89a' + bytes(20))\n"
+        "open('fake.png', 'wb').write(b'not a png at all')\n"
+        "open('notes.txt', 'w').write('plain words')\n"
+    )
+    run = await call_tool(sandbox, EXEC, {"code": code})
+    assert [i.path for i in run.images] == ["pic.gif"]  # fake.png has no PNG signature
+    assert run.images[0].mime_type == "image/gif" and run.images[0].format == "gif"
+    everything = await call_tool(sandbox, FILES, {"task_hash": run.data["task_hash"]})
+    by_path = {f["path"]: f for f in everything.data["files"]}
+    assert by_path["notes.txt"]["content"] == "plain words"
+    assert by_path["pic.gif"]["encoding"] == "image"
+    assert [i.path for i in everything.images] == ["pic.gif"]
+    assert BINARY_MARKER in everything.text
+    assert "\ufffd" not in everything.text  # never mojibake
+    # a big binary file is cut with the offset to read on from
+    noise = await call_tool(sandbox, FILES, {"task_hash": run.data["task_hash"], "filename": "noise.bin"})
+    entry = noise.data["files"][0]
+    shown = base64.b64decode(entry["content"])
+    assert shown == (bytes(range(256)) * 40)[: len(shown)]
+    assert entry["truncated"] and entry["next_offset"] == len(shown)
+    assert f"offset={len(shown)})" in noise.text
+    json.dumps(noise.data)  # JSON-serializable as given to frameworks
+
+
+def test_validation_messages_say_how_to_fix() -> None:
+    with pytest.raises(ValidationError) as info:
+        CodeExecutionInput.model_validate({"code": "", "runtime": 3, "colour": "red"})
+    text = render_error(info.value, EXEC).text
+    assert "`code` is empty: pass the complete program" in text
+    assert "`colour` is not an argument of this tool: remove it" in text
+    assert "`runtime` = 3 is invalid" in text
+    assert "Accepted arguments: code (required), runtime" in text
+    status = render_error(ValueError("x"), TOOLS_BY_NAME["ec2_instance_status"])
+    assert status.is_error and status.data["error"] == "internal"
+    assert "ec2_instance_status" in render_error(TransportError("down"), EXEC).text
+    assert "operator" in render_error(ConfigError("bad"), EXEC).text
+
+
+async def test_no_arguments_tool(sandbox: AsyncSandbox) -> None:
+    bad = await call_tool(sandbox, TOOLS_BY_NAME["ec2_instance_status"], {"verbose": True})
+    assert bad.is_error and "takes no arguments: call it with {}" in bad.text
+    cleaned = await call_tool(sandbox, TOOLS_BY_NAME["ec2_cleanup_tasks"], {"hours": 1000})
+    assert not cleaned.is_error and "Nothing to remove" in cleaned.text
+
+
+def test_sandbox_for(config: SandboxConfig, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    box = AsyncSandbox(config)
+    assert sandbox_for(box) is box
+    sync = Sandbox(config)
+    assert sandbox_for(sync) is sync.aio
+    assert sandbox_for(config).config is config
+    assert sandbox_for(None).config == SandboxConfig()
+    path = tmp_path / "config.json"
+    path.write_text(
+        json.dumps({"lab": {"max_output_chars": 777, "base_sandbox_dir": config.base_sandbox_dir}})
+    )
+    monkeypatch.setenv("EC2_SANDBOX_CONFIG", str(path))
+    assert sandbox_for("lab").config.max_output_chars == 777
+    with pytest.raises(ConfigError):
+        sandbox_for("no-such-environment")
+    with pytest.raises(TypeError):
+        sandbox_for(3.5)  # type: ignore[arg-type]
+
+
+async def test_an_image_bigger_than_the_text_budget_still_arrives_whole(
+    base_dir: str, plugin_registry: Registry
+) -> None:
+    box = AsyncSandbox(
+        SandboxConfig(base_sandbox_dir=base_dir, max_output_chars=300), registry=plugin_registry
+    )
+    code = "import os\nopen('big.webp', 'wb').write(b'RIFF' + bytes(4) + b'WEBP' + os.urandom(50000))\n"
+    run = await call_tool(box, EXEC, {"code": code, "runtime": "python3"})
+    assert [len(i.data) for i in run.images] == [50012]
+    got = await call_tool(box, FILES, {"task_hash": run.data["task_hash"], "filename": "big.webp"})
+    assert [(i.mime_type, len(i.data)) for i in got.images] == [("image/webp", 50012)]
+    assert len(got.text) < 300
+    await box.aclose()
