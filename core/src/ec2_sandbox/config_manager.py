@@ -297,7 +297,7 @@ class ConfigManager:
         if overrides:
             layers.append(_Layer(dict(overrides), ARGUMENT_SOURCE))
         merged: dict[str, Any] = {}
-        sources: dict[str, str] = {}
+        sources: dict[str, str] = dict.fromkeys(fields(), DEFAULT_SOURCE)
         for layer in layers:
             for key, value in layer.values.items():
                 merged[key] = value
