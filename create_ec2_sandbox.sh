@@ -1,0 +1,676 @@
+#!/usr/bin/env bash
+# create_ec2_sandbox.sh - provision a ready, locked-down ec2-sandbox instance in one command (or --delete it).
+#
+# What it makes, all named after --name and tagged ec2-sandbox:name=<name> (that tag is how --delete and
+# reruns find them):
+#   IAM role <name>-role + instance profile <name>-profile with only AmazonSSMManagedInstanceCore
+#   security group <name>-sg: inbound tcp/22 only from the region's EC2 Instance Connect prefix list;
+#     outbound only tcp/443 (SSM, EIC, package mirrors over https), tcp/80 (Ubuntu's apt mirrors are http),
+#     udp+tcp/53 (DNS to resolvers outside the VPC). The VPC resolver, the time service and the metadata
+#     service are link-local and never filtered by security groups.
+#   instance <name>: Ubuntu 24.04 LTS (or --ami), IMDSv2 required with hop limit 1, encrypted gp3 root volume,
+#     user-data provisioning/user-data.sh (gzip-compressed: cloud-init unpacks it)
+# Then it waits for the instance and for SSM, merges an environment into the configuration file, and runs
+# `ec2-sandbox status` and a hello-world through the toolkit.
+#
+# Reruns reuse what exists; an interrupted run is finished by running it again or removed with --delete.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly SCRIPT_DIR
+readonly USER_DATA_FILE="$SCRIPT_DIR/provisioning/user-data.sh"
+readonly TAG_KEY="ec2-sandbox:name"
+readonly SSM_POLICY_NAME="AmazonSSMManagedInstanceCore"
+readonly IAM_RETRY_ATTEMPTS=12
+
+INSTANCE_TYPE=""
+AMI=""
+REGION=""
+PROFILE=""
+SKIP_TEST=0
+NAME="ec2-sandbox"
+ARCH="x86_64"
+SUBNET=""
+ENVIRONMENT="default"
+CONFIG=""
+DRY_RUN=0
+DELETE=0
+# Bounded waits; the environment may shorten them (tests) or lengthen them (slow regions).
+WAIT_SECONDS="${EC2_SANDBOX_WAIT_SECONDS:-900}"
+POLL_SECONDS="${EC2_SANDBOX_POLL_SECONDS:-5}"
+
+usage() {
+    cat <<'EOF'
+Usage: create_ec2_sandbox.sh [options]
+
+Provision an EC2 instance ready for ec2-sandbox (SSM and EC2 Instance Connect, no key pairs), write its
+environment into the configuration file, and test it. Rerun to finish or check; --delete to remove it all.
+
+Options:
+  --name NAME         resource name prefix and tag value (default: ec2-sandbox)
+  --type TYPE         instance type (default: t3.small; t4g.small with --arch arm64)
+  --arch ARCH         x86_64 or arm64 (Graviton) (default: x86_64)
+  --ami AMI_ID        AMI to launch (default: latest Ubuntu 24.04 LTS from the public SSM parameter)
+  --subnet SUBNET_ID  subnet to launch in (default: the default VPC's default subnet)
+  --region REGION     AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, then the profile's region)
+  --profile PROFILE   AWS CLI profile (default: $AWS_PROFILE, then "default")
+  --environment NAME  environment to write in the configuration file (default: default)
+  --config PATH       configuration file (default: $EC2_SANDBOX_CONFIG, then ./config.json)
+  --skip-test         do not wait for SSM nor run the connection test
+  --dry-run           print every AWS call; run only the read-only ones; change nothing
+  --delete            remove the instance, security group, instance profile and role tagged with --name
+  -h, --help          show this help
+
+Environment: EC2_SANDBOX_WAIT_SECONDS (default 900) bounds each wait; EC2_SANDBOX_POLL_SECONDS (default 5);
+EC2_SANDBOX_CLI overrides how the toolkit is run (default: ec2-sandbox on PATH, else `uv run ec2-sandbox`).
+EOF
+}
+
+log() { printf '==> %s\n' "$*" >&2; }
+info() { printf '    %s\n' "$*" >&2; }
+die() {
+    printf 'create_ec2_sandbox.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+need_value() {
+    if [[ $# -lt 2 || -z $2 || $2 == --* ]]; then
+        die "$1 needs a value (see --help)"
+    fi
+}
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --name) need_value "$@"; NAME=$2; shift 2 ;;
+        --type) need_value "$@"; INSTANCE_TYPE=$2; shift 2 ;;
+        --arch) need_value "$@"; ARCH=$2; shift 2 ;;
+        --ami) need_value "$@"; AMI=$2; shift 2 ;;
+        --subnet) need_value "$@"; SUBNET=$2; shift 2 ;;
+        --region) need_value "$@"; REGION=$2; shift 2 ;;
+        --profile) need_value "$@"; PROFILE=$2; shift 2 ;;
+        --environment) need_value "$@"; ENVIRONMENT=$2; shift 2 ;;
+        --config) need_value "$@"; CONFIG=$2; shift 2 ;;
+        --skip-test) SKIP_TEST=1; shift ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        --delete) DELETE=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) die "unknown option '$1' (see --help)" ;;
+    esac
+done
+
+[[ $NAME =~ ^[A-Za-z][A-Za-z0-9-]{0,39}$ ]] \
+    || die "--name '$NAME': use 1-40 letters, digits or '-', starting with a letter"
+case $ARCH in
+    x86_64) SSM_ARCH=amd64; INSTANCE_TYPE=${INSTANCE_TYPE:-t3.small} ;;
+    arm64) SSM_ARCH=arm64; INSTANCE_TYPE=${INSTANCE_TYPE:-t4g.small} ;;
+    *) die "--arch '$ARCH': use x86_64 or arm64" ;;
+esac
+[[ $INSTANCE_TYPE =~ ^[a-z0-9-]+\.[a-z0-9]+$ ]] || die "--type '$INSTANCE_TYPE' is not an instance type"
+[[ -z $AMI || $AMI =~ ^ami-[0-9a-f]{8,17}$ ]] || die "--ami '$AMI' is not an AMI id (ami-...)"
+[[ -z $SUBNET || $SUBNET =~ ^subnet-[0-9a-f]{8,17}$ ]] || die "--subnet '$SUBNET' is not a subnet id"
+[[ $ENVIRONMENT =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] \
+    || die "--environment '$ENVIRONMENT': use letters, digits, '.', '_' or '-', starting with a letter or digit"
+[[ $WAIT_SECONDS =~ ^[0-9]+$ && $POLL_SECONDS =~ ^[0-9]+([.][0-9]+)?$ ]] \
+    || die "EC2_SANDBOX_WAIT_SECONDS and EC2_SANDBOX_POLL_SECONDS must be numbers"
+CONFIG=${CONFIG:-${EC2_SANDBOX_CONFIG:-./config.json}}
+
+# ------------------------------------------------------------------------------------------------------
+# Tools and AWS access
+# ------------------------------------------------------------------------------------------------------
+
+for tool in aws jq gzip; do
+    command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required but not installed"
+done
+[[ -r $USER_DATA_FILE ]] || die "cannot read the instance setup script $USER_DATA_FILE"
+
+PROFILE=${PROFILE:-${AWS_PROFILE:-default}}
+if [[ -z $REGION ]]; then
+    REGION=${AWS_REGION:-${AWS_DEFAULT_REGION:-}}
+fi
+if [[ -z $REGION ]]; then
+    REGION=$(aws configure get region --profile "$PROFILE" 2>/dev/null || true)
+fi
+[[ -n $REGION ]] || die "no region: pass --region, set AWS_REGION, or configure one for profile '$PROFILE'"
+[[ $REGION =~ ^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$ ]] || die "--region '$REGION' is not a region name"
+
+AWS=(aws --region "$REGION" --profile "$PROFILE" --output json)
+WORK_DIR=$(mktemp -d)
+trap 'rm -rf "$WORK_DIR"' EXIT
+AWS_ERR="$WORK_DIR/aws-stderr"
+
+# aws_call read|write ARGS...: run one AWS CLI call. Under --dry-run every call is printed, and write calls
+# are not run (they print nothing on stdout). On failure the CLI's message is kept in $AWS_ERR.
+aws_call() {
+    local kind=$1
+    shift
+    if [[ $DRY_RUN -eq 1 ]]; then
+        local shown
+        shown=$(printf ' %q' "${AWS[@]}" "$@")
+        if [[ $kind == write ]]; then
+            printf '[dry-run] would run:%s\n' "$shown" >&2
+            return 0
+        fi
+        printf '[dry-run] reading:%s\n' "$shown" >&2
+    fi
+    "${AWS[@]}" "$@" 2>"$AWS_ERR"
+}
+
+aws_fail() {
+    die "$1: $(tr '\n' ' ' <"$AWS_ERR")"
+}
+
+aws_error_is() {
+    grep -q -- "$1" "$AWS_ERR"
+}
+
+CALLER=$(aws_call read sts get-caller-identity) \
+    || aws_fail "AWS credentials for profile '$PROFILE' do not work (aws sts get-caller-identity)"
+ACCOUNT=$(jq -r .Account <<<"$CALLER")
+CALLER_ARN=$(jq -r .Arn <<<"$CALLER")
+PARTITION=$(cut -d: -f2 <<<"$CALLER_ARN")
+log "account $ACCOUNT as $CALLER_ARN, region $REGION, profile $PROFILE"
+
+ROLE_NAME="$NAME-role"
+PROFILE_NAME="$NAME-profile"
+SG_NAME="$NAME-sg"
+SSM_POLICY_ARN="arn:$PARTITION:iam::aws:policy/$SSM_POLICY_NAME"
+TAG_FILTER="Name=tag:$TAG_KEY,Values=$NAME"
+
+# ------------------------------------------------------------------------------------------------------
+# Lookups shared by create and delete
+# ------------------------------------------------------------------------------------------------------
+
+# Live (not terminated) instances carrying our tag, one id per line.
+find_instances() {
+    local out
+    out=$(aws_call read ec2 describe-instances --filters "$TAG_FILTER" \
+        "Name=instance-state-name,Values=pending,running,stopping,stopped,shutting-down") \
+        || aws_fail "cannot list instances"
+    jq -r '.Reservations[].Instances[].InstanceId' <<<"$out"
+}
+
+# IAM resources are found by name, but only touched when they carry our tag.
+role_is_ours() {
+    local tags
+    tags=$(aws_call read iam list-role-tags --role-name "$ROLE_NAME") || aws_fail "cannot read role tags"
+    jq -e --arg k "$TAG_KEY" --arg v "$NAME" 'any(.Tags[]; .Key == $k and .Value == $v)' <<<"$tags" >/dev/null
+}
+
+role_exists() {
+    if aws_call read iam get-role --role-name "$ROLE_NAME" >/dev/null; then
+        return 0
+    fi
+    aws_error_is NoSuchEntity || aws_fail "cannot read role $ROLE_NAME"
+    return 1
+}
+
+# Prints the instance profile document, or nothing when it does not exist.
+get_instance_profile() {
+    if aws_call read iam get-instance-profile --instance-profile-name "$PROFILE_NAME"; then
+        return 0
+    fi
+    aws_error_is NoSuchEntity || aws_fail "cannot read instance profile $PROFILE_NAME"
+}
+
+# wait_until DESCRIPTION COMMAND...: poll COMMAND until it succeeds, at most WAIT_SECONDS, with progress.
+wait_until() {
+    local what=$1 start now
+    shift
+    start=$(date +%s)
+    while true; do
+        if "$@"; then
+            return 0
+        fi
+        now=$(date +%s)
+        if ((now - start >= WAIT_SECONDS)); then
+            die "gave up after ${WAIT_SECONDS}s waiting for $what"
+        fi
+        info "waiting for $what ($((now - start))s, state: ${WAIT_STATE:-unknown})"
+        sleep "$POLL_SECONDS"
+    done
+}
+
+# ------------------------------------------------------------------------------------------------------
+# --delete: everything carrying the tag, in dependency order
+# ------------------------------------------------------------------------------------------------------
+
+instances_gone() {
+    local ids=("$@") out
+    out=$(aws_call read ec2 describe-instances --instance-ids "${ids[@]}") || aws_fail "cannot read instances"
+    WAIT_STATE=$(jq -r '[.Reservations[].Instances[].State.Name] | unique | join(",")' <<<"$out")
+    jq -e 'all(.Reservations[].Instances[]; .State.Name == "terminated")' <<<"$out" >/dev/null
+}
+
+delete_group() {
+    local sg=$1
+    if aws_call write ec2 delete-security-group --group-id "$sg"; then
+        return 0
+    fi
+    aws_error_is DependencyViolation || aws_fail "cannot delete security group $sg"
+    WAIT_STATE="still in use by network interfaces"
+    return 1
+}
+
+do_delete() {
+    log "deleting everything tagged $TAG_KEY=$NAME in $REGION"
+    local ids=() sgs=() out sg policies profile_doc
+    out=$(find_instances) || exit 1
+    if [[ -n $out ]]; then
+        mapfile -t ids <<<"$out"
+    fi
+    if ((${#ids[@]})); then
+        aws_call write ec2 terminate-instances --instance-ids "${ids[@]}" >/dev/null \
+            || aws_fail "cannot terminate ${ids[*]}"
+        info "terminating ${ids[*]}"
+        if [[ $DRY_RUN -eq 0 ]]; then
+            wait_until "instances ${ids[*]} to terminate" instances_gone "${ids[@]}"
+        fi
+    else
+        info "no instance tagged $TAG_KEY=$NAME"
+    fi
+
+    out=$(aws_call read ec2 describe-security-groups --filters "$TAG_FILTER") \
+        || aws_fail "cannot list security groups"
+    mapfile -t sgs < <(jq -r '.SecurityGroups[].GroupId' <<<"$out")
+    for sg in "${sgs[@]}"; do
+        if [[ $DRY_RUN -eq 1 ]]; then
+            aws_call write ec2 delete-security-group --group-id "$sg"
+        else
+            wait_until "security group $sg to be deletable" delete_group "$sg"
+        fi
+        info "deleted security group $sg"
+    done
+    ((${#sgs[@]})) || info "no security group tagged $TAG_KEY=$NAME"
+
+    if role_exists && ! role_is_ours; then
+        die "role $ROLE_NAME exists but is not tagged $TAG_KEY=$NAME: not deleting it"
+    fi
+    profile_doc=$(get_instance_profile)
+    if [[ -n $profile_doc ]]; then
+        local role roles=()
+        mapfile -t roles < <(jq -r '.InstanceProfile.Roles[].RoleName' <<<"$profile_doc")
+        for role in "${roles[@]}"; do
+            aws_call write iam remove-role-from-instance-profile --instance-profile-name "$PROFILE_NAME" \
+                --role-name "$role" || aws_fail "cannot remove $role from $PROFILE_NAME"
+        done
+        aws_call write iam delete-instance-profile --instance-profile-name "$PROFILE_NAME" \
+            || aws_fail "cannot delete instance profile $PROFILE_NAME"
+        info "deleted instance profile $PROFILE_NAME"
+    fi
+    if role_exists; then
+        policies=$(aws_call read iam list-attached-role-policies --role-name "$ROLE_NAME") \
+            || aws_fail "cannot list the policies of $ROLE_NAME"
+        local arn arns=() names=()
+        mapfile -t arns < <(jq -r '.AttachedPolicies[].PolicyArn' <<<"$policies")
+        for arn in "${arns[@]}"; do
+            aws_call write iam detach-role-policy --role-name "$ROLE_NAME" --policy-arn "$arn" \
+                || aws_fail "cannot detach $arn"
+        done
+        policies=$(aws_call read iam list-role-policies --role-name "$ROLE_NAME") \
+            || aws_fail "cannot list the inline policies of $ROLE_NAME"
+        mapfile -t names < <(jq -r '.PolicyNames[]' <<<"$policies")
+        for arn in "${names[@]}"; do
+            aws_call write iam delete-role-policy --role-name "$ROLE_NAME" --policy-name "$arn" \
+                || aws_fail "cannot delete inline policy $arn"
+        done
+        aws_call write iam delete-role --role-name "$ROLE_NAME" || aws_fail "cannot delete role $ROLE_NAME"
+        info "deleted role $ROLE_NAME"
+    fi
+    if [[ -f $CONFIG ]] && jq -e --arg e "$ENVIRONMENT" 'type == "object" and has($e)' "$CONFIG" >/dev/null 2>&1; then
+        info "environment '$ENVIRONMENT' in $CONFIG still names the deleted instance; edit or remove it"
+    fi
+    if [[ $DRY_RUN -eq 1 ]]; then
+        log "dry run: nothing was changed"
+    else
+        log "done: nothing tagged $TAG_KEY=$NAME is left"
+    fi
+}
+
+if [[ $DELETE -eq 1 ]]; then
+    do_delete
+    exit 0
+fi
+
+# ------------------------------------------------------------------------------------------------------
+# AMI and instance type
+# ------------------------------------------------------------------------------------------------------
+
+log "image and instance type"
+if [[ -z $AMI ]]; then
+    param="/aws/service/canonical/ubuntu/server/24.04/stable/current/$SSM_ARCH/hvm/ebs-gp3/ami-id"
+    out=$(aws_call read ssm get-parameter --name "$param") || aws_fail "cannot read the Ubuntu AMI from $param"
+    AMI=$(jq -r .Parameter.Value <<<"$out")
+    [[ $AMI =~ ^ami-[0-9a-f]+$ ]] || die "$param holds '$AMI', not an AMI id"
+fi
+out=$(aws_call read ec2 describe-images --image-ids "$AMI") || aws_fail "cannot describe $AMI"
+jq -e '.Images | length == 1' <<<"$out" >/dev/null || die "AMI $AMI not found in $REGION"
+AMI_ARCH=$(jq -r '.Images[0].Architecture' <<<"$out")
+ROOT_DEVICE=$(jq -r '.Images[0].RootDeviceName // "/dev/sda1"' <<<"$out")
+[[ $AMI_ARCH == "$ARCH" ]] || die "AMI $AMI is $AMI_ARCH, not $ARCH (use --arch $AMI_ARCH or another --ami)"
+out=$(aws_call read ec2 describe-instance-types --instance-types "$INSTANCE_TYPE") \
+    || aws_fail "instance type $INSTANCE_TYPE is not offered in $REGION"
+jq -e --arg a "$ARCH" 'any(.InstanceTypes[0].ProcessorInfo.SupportedArchitectures[]; . == $a)' \
+    <<<"$out" >/dev/null || die "instance type $INSTANCE_TYPE does not run $ARCH images"
+info "AMI $AMI ($ARCH, root device $ROOT_DEVICE), type $INSTANCE_TYPE"
+
+# ------------------------------------------------------------------------------------------------------
+# IAM: role + instance profile with only the SSM core policy
+# ------------------------------------------------------------------------------------------------------
+
+log "IAM role $ROLE_NAME and instance profile $PROFILE_NAME"
+TAGS_IAM=(--tags "Key=$TAG_KEY,Value=$NAME" "Key=Name,Value=$NAME")
+if role_exists; then
+    role_is_ours || die "role $ROLE_NAME exists but is not tagged $TAG_KEY=$NAME; choose another --name"
+    info "role $ROLE_NAME exists"
+else
+    trust=$(jq -cn '{Version: "2012-10-17", Statement: [{Effect: "Allow",
+        Principal: {Service: "ec2.amazonaws.com"}, Action: "sts:AssumeRole"}]}')
+    aws_call write iam create-role --role-name "$ROLE_NAME" --assume-role-policy-document "$trust" \
+        --description "ec2-sandbox instance $NAME: SSM agent only" "${TAGS_IAM[@]}" >/dev/null \
+        || aws_fail "cannot create role $ROLE_NAME"
+    info "created role $ROLE_NAME"
+fi
+if [[ $DRY_RUN -eq 1 ]] && ! role_exists; then
+    aws_call write iam attach-role-policy --role-name "$ROLE_NAME" --policy-arn "$SSM_POLICY_ARN"
+else
+    policies=$(aws_call read iam list-attached-role-policies --role-name "$ROLE_NAME") \
+        || aws_fail "cannot list the policies of $ROLE_NAME"
+    extra=$(jq -r --arg p "$SSM_POLICY_ARN" '[.AttachedPolicies[].PolicyArn | select(. != $p)] | join(" ")' \
+        <<<"$policies")
+    [[ -z $extra ]] || die "role $ROLE_NAME has policies besides $SSM_POLICY_NAME ($extra): detach them;" \
+        "code on the instance must not be able to command other instances"
+    inline=$(aws_call read iam list-role-policies --role-name "$ROLE_NAME") || aws_fail "cannot list inline policies"
+    jq -e '.PolicyNames | length == 0' <<<"$inline" >/dev/null \
+        || die "role $ROLE_NAME has inline policies ($(jq -r '.PolicyNames | join(" ")' <<<"$inline")): delete them"
+    if ! jq -e --arg p "$SSM_POLICY_ARN" 'any(.AttachedPolicies[]; .PolicyArn == $p)' <<<"$policies" >/dev/null; then
+        aws_call write iam attach-role-policy --role-name "$ROLE_NAME" --policy-arn "$SSM_POLICY_ARN" \
+            || aws_fail "cannot attach $SSM_POLICY_NAME to $ROLE_NAME"
+        info "attached $SSM_POLICY_NAME"
+    fi
+fi
+profile_doc=$(get_instance_profile)
+if [[ -z $profile_doc ]]; then
+    aws_call write iam create-instance-profile --instance-profile-name "$PROFILE_NAME" "${TAGS_IAM[@]}" \
+        >/dev/null || aws_fail "cannot create instance profile $PROFILE_NAME"
+    info "created instance profile $PROFILE_NAME"
+    profile_roles=""
+else
+    profile_roles=$(jq -r '[.InstanceProfile.Roles[].RoleName] | join(" ")' <<<"$profile_doc")
+fi
+if [[ -z $profile_roles ]]; then
+    aws_call write iam add-role-to-instance-profile --instance-profile-name "$PROFILE_NAME" \
+        --role-name "$ROLE_NAME" || aws_fail "cannot add $ROLE_NAME to $PROFILE_NAME"
+    info "added $ROLE_NAME to $PROFILE_NAME"
+elif [[ $profile_roles != "$ROLE_NAME" ]]; then
+    die "instance profile $PROFILE_NAME holds role(s) $profile_roles, not $ROLE_NAME; choose another --name"
+fi
+if [[ $DRY_RUN -eq 0 ]]; then
+    aws_call read iam wait instance-profile-exists --instance-profile-name "$PROFILE_NAME" \
+        || aws_fail "instance profile $PROFILE_NAME did not appear"
+fi
+
+# ------------------------------------------------------------------------------------------------------
+# Network: VPC, EIC prefix list, security group
+# ------------------------------------------------------------------------------------------------------
+
+log "security group $SG_NAME"
+if [[ -n $SUBNET ]]; then
+    out=$(aws_call read ec2 describe-subnets --subnet-ids "$SUBNET") || aws_fail "cannot describe $SUBNET"
+    VPC=$(jq -r '.Subnets[0].VpcId' <<<"$out")
+else
+    out=$(aws_call read ec2 describe-vpcs --filters Name=isDefault,Values=true) || aws_fail "cannot list VPCs"
+    VPC=$(jq -r '.Vpcs[0].VpcId // empty' <<<"$out")
+    [[ -n $VPC ]] || die "$REGION has no default VPC: pass --subnet with a subnet that has internet access"
+fi
+PL_NAME="com.amazonaws.$REGION.ec2-instance-connect"
+out=$(aws_call read ec2 describe-managed-prefix-lists --filters "Name=prefix-list-name,Values=$PL_NAME") \
+    || aws_fail "cannot look up the prefix list $PL_NAME"
+PREFIX_LIST=$(jq -r '.PrefixLists[0].PrefixListId // empty' <<<"$out")
+[[ -n $PREFIX_LIST ]] || die "no managed prefix list $PL_NAME in $REGION (EC2 Instance Connect not offered there?)"
+info "VPC $VPC; EC2 Instance Connect prefix list $PREFIX_LIST"
+
+out=$(aws_call read ec2 describe-security-groups \
+    --filters "Name=vpc-id,Values=$VPC" "Name=group-name,Values=$SG_NAME") \
+    || aws_fail "cannot list security groups"
+SG=$(jq -r '.SecurityGroups[0].GroupId // empty' <<<"$out")
+if [[ -n $SG ]]; then
+    jq -e --arg k "$TAG_KEY" --arg v "$NAME" 'any(.SecurityGroups[0].Tags[]?; .Key == $k and .Value == $v)' \
+        <<<"$out" >/dev/null || die "security group $SG_NAME ($SG) is not tagged $TAG_KEY=$NAME"
+    info "security group $SG exists"
+    SG_DOC=$(jq -c '.SecurityGroups[0]' <<<"$out")
+else
+    out=$(aws_call write ec2 create-security-group --group-name "$SG_NAME" --vpc-id "$VPC" \
+        --description "ec2-sandbox $NAME: ssh from EC2 Instance Connect only; egress http(s) and dns" \
+        --tag-specifications "ResourceType=security-group,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$NAME}]") \
+        || aws_fail "cannot create security group $SG_NAME"
+    if [[ $DRY_RUN -eq 1 ]]; then
+        SG="sg-DRYRUN"
+        # What a new group starts with: no inbound rule, all outbound allowed.
+        SG_DOC='{"IpPermissions":[],"IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]}'
+    else
+        SG=$(jq -r .GroupId <<<"$out")
+        out=$(aws_call read ec2 describe-security-groups --group-ids "$SG") || aws_fail "cannot read $SG"
+        SG_DOC=$(jq -c '.SecurityGroups[0]' <<<"$out")
+    fi
+    info "created security group $SG"
+fi
+
+# Rules are compared one (protocol, ports, source) at a time, so a rerun adds what is missing and revokes what
+# is not ours - including the all-traffic egress rule every new group starts with.
+WANT_IN=$(jq -cn --arg pl "$PREFIX_LIST" '[{IpProtocol: "tcp", FromPort: 22, ToPort: 22,
+    PrefixListIds: [{PrefixListId: $pl, Description: "EC2 Instance Connect"}]}]')
+WANT_OUT=$(jq -cn '[
+    {IpProtocol: "tcp", FromPort: 443, ToPort: 443, IpRanges: [{CidrIp: "0.0.0.0/0", Description: "https: SSM, EIC, packages"}]},
+    {IpProtocol: "tcp", FromPort: 80, ToPort: 80, IpRanges: [{CidrIp: "0.0.0.0/0", Description: "http: apt mirrors"}]},
+    {IpProtocol: "udp", FromPort: 53, ToPort: 53, IpRanges: [{CidrIp: "0.0.0.0/0", Description: "dns"}]},
+    {IpProtocol: "tcp", FromPort: 53, ToPort: 53, IpRanges: [{CidrIp: "0.0.0.0/0", Description: "dns"}]}]')
+# shellcheck disable=SC2016  # jq program text, not shell
+RULES_JQ='
+def atoms: [.[] | . as $p
+    | ({p: $p.IpProtocol} + (if $p.IpProtocol == "-1" then {} else {f: $p.FromPort, t: $p.ToPort} end)) as $b
+    | ((($p.IpRanges // [])[] | $b + {k: "IpRanges", v: {CidrIp: .CidrIp}, d: .Description}),
+       (($p.Ipv6Ranges // [])[] | $b + {k: "Ipv6Ranges", v: {CidrIpv6: .CidrIpv6}, d: .Description}),
+       (($p.PrefixListIds // [])[] | $b + {k: "PrefixListIds", v: {PrefixListId: .PrefixListId}, d: .Description}),
+       (($p.UserIdGroupPairs // [])[] | $b + {k: "UserIdGroupPairs", v: {GroupId: .GroupId}, d: .Description}))];
+def key: del(.d);
+def perms: map({IpProtocol: .p} + (if .f == null then {} else {FromPort: .f, ToPort: .t} end)
+    + {(.k): [.v + (if .d == null then {} else {Description: .d} end)]});
+(($have | atoms) as $h | ($want | atoms) as $w
+ | if $mode == "add" then [$w[] | select(key as $x | all($h[]; key != $x))]
+   else [$h[] | select(key as $x | all($w[]; key != $x))] end) | perms'
+sg_rules() { # sg_rules add|revoke HAVE WANT
+    jq -cn --arg mode "$1" --argjson have "$2" --argjson want "$3" "$RULES_JQ"
+}
+HAVE_IN=$(jq -c '.IpPermissions // []' <<<"$SG_DOC")
+HAVE_OUT=$(jq -c '.IpPermissionsEgress // []' <<<"$SG_DOC")
+for direction in ingress egress; do
+    if [[ $direction == ingress ]]; then have=$HAVE_IN want=$WANT_IN; else have=$HAVE_OUT want=$WANT_OUT; fi
+    revoke=$(sg_rules revoke "$have" "$want")
+    if [[ $revoke != "[]" ]]; then
+        aws_call write ec2 "revoke-security-group-$direction" --group-id "$SG" --ip-permissions "$revoke" \
+            >/dev/null || aws_fail "cannot revoke $direction rules of $SG"
+        info "revoked $direction rules not ours: $revoke"
+    fi
+    add=$(sg_rules add "$have" "$want")
+    if [[ $add != "[]" ]]; then
+        aws_call write ec2 "authorize-security-group-$direction" --group-id "$SG" --ip-permissions "$add" \
+            >/dev/null || aws_fail "cannot add $direction rules to $SG"
+        info "added $direction rules: $(jq -c 'map([.IpProtocol, .FromPort]) ' <<<"$add")"
+    fi
+done
+
+# ------------------------------------------------------------------------------------------------------
+# Instance
+# ------------------------------------------------------------------------------------------------------
+
+log "instance $NAME"
+existing=()
+out=$(find_instances) || exit 1
+if [[ -n $out ]]; then
+    mapfile -t existing <<<"$out"
+fi
+if ((${#existing[@]} > 1)); then
+    die "several instances are tagged $TAG_KEY=$NAME (${existing[*]}); terminate the extra ones or run --delete"
+fi
+gzip -9 -n -c "$USER_DATA_FILE" >"$WORK_DIR/user-data.gz"
+user_data_bytes=$(wc -c <"$WORK_DIR/user-data.gz")
+((user_data_bytes <= 16384)) || die "compressed user-data is $user_data_bytes bytes; EC2 accepts 16384"
+
+SUBNET_ARGS=()
+if [[ -n $SUBNET ]]; then
+    SUBNET_ARGS=(--subnet-id "$SUBNET")
+fi
+
+launch() {
+    local attempt out
+    for ((attempt = 1; attempt <= IAM_RETRY_ATTEMPTS; attempt++)); do
+        if out=$(aws_call write ec2 run-instances --image-id "$AMI" --instance-type "$INSTANCE_TYPE" \
+            --count 1 --iam-instance-profile "Name=$PROFILE_NAME" --security-group-ids "$SG" \
+            "${SUBNET_ARGS[@]}" \
+            --metadata-options "HttpTokens=required,HttpPutResponseHopLimit=1,HttpEndpoint=enabled" \
+            --block-device-mappings "DeviceName=$ROOT_DEVICE,Ebs={Encrypted=true,VolumeType=gp3,VolumeSize=16,DeleteOnTermination=true}" \
+            --user-data "fileb://$WORK_DIR/user-data.gz" \
+            --tag-specifications \
+            "ResourceType=instance,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$NAME}]" \
+            "ResourceType=volume,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$NAME}]"); then
+            if [[ $DRY_RUN -eq 1 ]]; then
+                INSTANCE_ID="i-DRYRUN"
+            else
+                INSTANCE_ID=$(jq -r '.Instances[0].InstanceId' <<<"$out")
+            fi
+            return 0
+        fi
+        # IAM is eventually consistent: a new instance profile may not be usable by EC2 for a few seconds.
+        if grep -qiE 'Invalid IAM Instance Profile|iamInstanceProfile' "$AWS_ERR"; then
+            info "instance profile not usable yet (attempt $attempt of $IAM_RETRY_ATTEMPTS); retrying"
+            sleep "$POLL_SECONDS"
+            continue
+        fi
+        aws_fail "cannot launch the instance"
+    done
+    aws_fail "the instance profile $PROFILE_NAME never became usable"
+}
+
+if ((${#existing[@]} == 1)); then
+    INSTANCE_ID=${existing[0]}
+    info "instance $INSTANCE_ID exists"
+    out=$(aws_call read ec2 describe-instances --instance-ids "$INSTANCE_ID") || aws_fail "cannot read $INSTANCE_ID"
+    state=$(jq -r '.Reservations[0].Instances[0].State.Name' <<<"$out")
+    case $state in
+        stopped)
+            aws_call write ec2 start-instances --instance-ids "$INSTANCE_ID" >/dev/null \
+                || aws_fail "cannot start $INSTANCE_ID"
+            info "started $INSTANCE_ID" ;;
+        stopping | shutting-down) die "$INSTANCE_ID is $state; rerun when it has stopped, or run --delete" ;;
+    esac
+    if ! jq -e '.Reservations[0].Instances[0].MetadataOptions | .HttpTokens == "required"
+        and .HttpPutResponseHopLimit == 1' <<<"$out" >/dev/null; then
+        aws_call write ec2 modify-instance-metadata-options --instance-id "$INSTANCE_ID" \
+            --http-tokens required --http-put-response-hop-limit 1 --http-endpoint enabled >/dev/null \
+            || aws_fail "cannot require IMDSv2 on $INSTANCE_ID"
+        info "IMDSv2 now required with hop limit 1"
+    fi
+else
+    launch
+    info "launched $INSTANCE_ID"
+fi
+
+instance_running() {
+    local out
+    out=$(aws_call read ec2 describe-instances --instance-ids "$INSTANCE_ID") || aws_fail "cannot read $INSTANCE_ID"
+    WAIT_STATE=$(jq -r '.Reservations[0].Instances[0].State.Name' <<<"$out")
+    [[ $WAIT_STATE == running ]]
+}
+
+ssm_online() {
+    local out
+    out=$(aws_call read ssm describe-instance-information \
+        --filters "Key=InstanceIds,Values=$INSTANCE_ID") || aws_fail "cannot ask SSM about $INSTANCE_ID"
+    WAIT_STATE=$(jq -r '.InstanceInformationList[0].PingStatus // "not registered yet"' <<<"$out")
+    [[ $WAIT_STATE == Online ]]
+}
+
+if [[ $DRY_RUN -eq 0 ]]; then
+    wait_until "$INSTANCE_ID to run" instance_running
+    info "$INSTANCE_ID is running"
+    if [[ $SKIP_TEST -eq 0 ]]; then
+        wait_until "the SSM agent on $INSTANCE_ID to report Online" ssm_online
+        info "SSM agent on $INSTANCE_ID is Online"
+    fi
+fi
+
+# ------------------------------------------------------------------------------------------------------
+# Configuration file: merge this environment, keep every other one
+# ------------------------------------------------------------------------------------------------------
+
+log "environment '$ENVIRONMENT' in $CONFIG"
+ENTRY=$(jq -cn --arg id "$INSTANCE_ID" --arg region "$REGION" --arg profile "$PROFILE" \
+    '{transport: "ssm", instance_id: $id, region: $region, aws_profile: $profile}')
+if [[ -e $CONFIG ]]; then
+    jq -e 'type == "object"' "$CONFIG" >/dev/null 2>&1 \
+        || die "$CONFIG is not a JSON object; fix it (nothing was written)"
+    current=$CONFIG
+else
+    current=/dev/null
+fi
+merged=$(jq -n --arg env "$ENVIRONMENT" --argjson entry "$ENTRY" --slurpfile cur "$current" \
+    '($cur[0] // {}) as $c | $c | .[$env] = ((($c[$env] // {}) | if type == "object" then . else {} end) + $entry)')
+if [[ $DRY_RUN -eq 1 ]]; then
+    info "would write to $CONFIG: {\"$ENVIRONMENT\": $ENTRY} (merged with what is there)"
+else
+    config_dir=$(dirname "$CONFIG")
+    mkdir -p "$config_dir"
+    tmp_config=$(mktemp "$config_dir/.config.XXXXXX")
+    if [[ -e $CONFIG ]]; then
+        chmod --reference="$CONFIG" "$tmp_config"
+    else
+        chmod 600 "$tmp_config"
+    fi
+    printf '%s\n' "$merged" >"$tmp_config"
+    mv -f "$tmp_config" "$CONFIG"
+    info "wrote {\"$ENVIRONMENT\": $ENTRY}"
+fi
+
+# ------------------------------------------------------------------------------------------------------
+# Connection test through the toolkit
+# ------------------------------------------------------------------------------------------------------
+
+if [[ $DRY_RUN -eq 1 ]]; then
+    log "dry run: nothing was changed"
+    exit 0
+fi
+if [[ $SKIP_TEST -eq 1 ]]; then
+    log "ready: $INSTANCE_ID (connection test skipped; try: ec2-sandbox --config $CONFIG -E $ENVIRONMENT status)"
+    exit 0
+fi
+
+if [[ -n ${EC2_SANDBOX_CLI:-} ]]; then
+    read -r -a CLI <<<"$EC2_SANDBOX_CLI"
+elif command -v ec2-sandbox >/dev/null 2>&1; then
+    CLI=(ec2-sandbox)
+elif command -v uv >/dev/null 2>&1 && [[ -f $SCRIPT_DIR/pyproject.toml ]]; then
+    CLI=(uv run --project "$SCRIPT_DIR" ec2-sandbox)
+else
+    die "the toolkit is not installed (pip install ec2-sandbox), so the connection test cannot run; rerun with --skip-test to skip it"
+fi
+CLI+=(--config "$CONFIG" --environment "$ENVIRONMENT")
+
+log "connection test"
+# The instance setup may still be running when SSM comes online: wait until status reports healthy.
+status_ok() {
+    if "${CLI[@]}" status >"$WORK_DIR/status" 2>&1; then
+        return 0
+    fi
+    WAIT_STATE=$(grep -m1 -E 'FAIL|error|not available' "$WORK_DIR/status" || tail -n1 "$WORK_DIR/status")
+    return 1
+}
+if ! (WAIT_SECONDS=${EC2_SANDBOX_STATUS_WAIT_SECONDS:-$WAIT_SECONDS} wait_until "ec2-sandbox status to report healthy" status_ok); then
+    cat "$WORK_DIR/status" >&2
+    die "the instance is not healthy (ec2-sandbox status above)"
+fi
+sed 's/^/    /' "$WORK_DIR/status" >&2
+hello=$("${CLI[@]}" exec --runtime python3 -c 'print("hello from ec2-sandbox")' 2>"$WORK_DIR/hello.err") \
+    || die "hello-world through ec2-sandbox failed: $(tr '\n' ' ' <"$WORK_DIR/hello.err")"
+[[ $hello == "hello from ec2-sandbox" ]] || die "hello-world printed '$hello' instead of 'hello from ec2-sandbox'"
+info "hello-world: $hello"
+log "ready: $INSTANCE_ID in $REGION; environment '$ENVIRONMENT' in $CONFIG"
