@@ -146,6 +146,8 @@ def test_sync_invoke_and_forms(config: SandboxConfig) -> None:
         {"name": tool.name, "args": {"code": "print(6 * 7)"}, "id": "s1", "type": "tool_call"}
     )
     assert "42" in message.content[0]["text"]
+    again = tool.invoke({"code": "print(7 * 7)"})  # a second synchronous call, its own loop again
+    assert "49" in again[0]["text"]  # content only, outside a tool call
     assert json.dumps(tool.args_schema)  # a plain JSON schema, not a pydantic model
     toolkit = EC2SandboxToolkit(config=config)
     assert toolkit.get_tools()[0].sandbox is toolkit.get_tools()[1].sandbox
