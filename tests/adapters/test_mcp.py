@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import mcp_types as types
@@ -149,3 +150,43 @@ def test_cli_without_the_mcp_distribution() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "pip install ec2-sandbox-mcp" in proc.stderr, proc.stderr
+
+
+async def test_agents_sdk_as_mcp_client(base_dir: str, plugin_path: str) -> None:
+    """The Agents SDK's own MCP support drives `ec2-sandbox mcp` over stdio in a Runner.run loop."""
+    os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
+    from agents import Agent, Runner
+    from agents.mcp import MCPServerStdio
+    from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
+
+    from .test_openai_agents import received_from
+
+    seen: dict[str, Received] = {}
+    tools_seen: list[str] = []
+
+    def first(call: ModelCall) -> list[Any]:
+        tools_seen.extend(t.name for t in call.tools)
+        return [
+            function_call("ec2_code_execution", {"code": "print('via agents mcp', 2 ** 10)"}, call_id="m1")
+        ]
+
+    def second(call: ModelCall) -> list[Any]:
+        seen.update(received_from(call.input))
+        return [assistant_message("done")]
+
+    server = MCPServerStdio(
+        params={
+            "command": ENTRY_POINT,
+            "args": ["mcp"],
+            "env": _server_env(base_dir, plugin_path),
+            "cwd": base_dir,
+        },
+        client_session_timeout_seconds=60,
+    )
+    async with server:
+        model = ScriptedModel([ModelStep.respond(first), ModelStep.respond(second)])
+        agent = Agent(name="mcp-user", model=model, mcp_servers=[server])
+        result = await Runner.run(agent, "go", max_turns=4)
+    assert result.final_output == "done"
+    assert "ec2_code_execution" in tools_seen and "ec2_get_files" in tools_seen
+    assert "via agents mcp 1024" in seen["m1"].text, seen
