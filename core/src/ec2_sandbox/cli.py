@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "ec2_sandbox.cli_run",
     "ec2_sandbox.cli_config",
     "ec2_sandbox.cli_mcp",
+    "ec2_sandbox.cli_prepare",
 ]
 
 
