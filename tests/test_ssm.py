@@ -1,0 +1,558 @@
+"""The ssm transport against the SSM stand-in (moto, with commands really executed on this machine).
+
+Every AWS call goes to a moto server on 127.0.0.1 through ``AWS_ENDPOINT_URL``, with fake credentials: nothing
+here can reach AWS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import AsyncIterator, Iterator
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from ec2_sandbox import AsyncSandbox, SandboxConfig, aws_session
+from ec2_sandbox.errors import TransportError
+from ec2_sandbox.testing import ssm_standin
+from ec2_sandbox.testing.conformance import ConformanceSuite
+from ec2_sandbox.transports import ssm as ssm_transport
+from ec2_sandbox.transports.ssm import SsmTransport
+
+REGION = "us-east-1"
+FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_CONFIG_FILE": "/dev/null",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+CLEARED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_REGION")
+
+
+@pytest.fixture(scope="module")
+def ssm_server() -> Iterator[ssm_standin.Server]:
+    saved = {k: os.environ.get(k) for k in (*FAKE_ENV, *CLEARED)}
+    for key in CLEARED:
+        os.environ.pop(key, None)
+    os.environ.update(FAKE_ENV)
+    with ssm_standin.serve() as server:
+        os.environ["AWS_ENDPOINT_URL"] = server.url
+        aws_session.clear_clients()
+        try:
+            yield server
+        finally:
+            aws_session.clear_clients()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture
+def standin(ssm_server: ssm_standin.Server) -> Iterator[ssm_standin.StandIn]:
+    ssm_server.standin.reset()
+    yield ssm_server.standin
+    ssm_server.standin.reset()
+
+
+@pytest.fixture(scope="module")
+def ec2(ssm_server: ssm_standin.Server):  # type: ignore[no-untyped-def]
+    return boto3.client("ec2", region_name=REGION, endpoint_url=ssm_server.url)
+
+
+@pytest.fixture(scope="module")
+def instance_id(ssm_server: ssm_standin.Server) -> str:
+    return ssm_standin.create_instance(ssm_server.url, REGION)
+
+
+@pytest.fixture
+def fresh_instance(ssm_server: ssm_standin.Server) -> str:
+    return ssm_standin.create_instance(ssm_server.url, REGION)
+
+
+def config_for(instance: str, base: str, **changes: object) -> SandboxConfig:
+    return SandboxConfig(
+        transport="ssm", instance_id=instance, region=REGION, base_sandbox_dir=base, **changes
+    )
+
+
+def quick(config: SandboxConfig, **options: float) -> SsmTransport:
+    """The ssm transport polling faster than its defaults: for tests that make hundreds of round trips."""
+    return SsmTransport(config, poll_first=0.02, poll_factor=1.3, poll_max=0.2, **options)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- the conformance suite
+
+
+class TestSsmConformance(ConformanceSuite):
+    """The core's conformance suite, unchanged, through the registered ``ssm`` transport."""
+
+    @pytest.fixture
+    async def sandbox(
+        self, standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+    ) -> AsyncIterator[AsyncSandbox]:
+        async with AsyncSandbox(config_for(instance_id, tmp_base_dir)) as sandbox:
+            assert sandbox.transport.name == "ssm"
+            yield sandbox
+
+
+# ---------------------------------------------------------------------- results and data
+
+
+async def test_print_is_one_command_and_few_calls(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    async with AsyncSandbox(config_for(instance_id, tmp_base_dir)) as sandbox:
+        result = await sandbox.execute_code("print(1)")
+    assert result.success and result.stdout == "1\n" and result.transport == "ssm"
+    assert standin.calls["SendCommand"] == 1
+    assert standin.calls["GetCommandInvocation"] <= 3
+
+
+async def test_failing_run_is_a_result_with_its_traceback(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    code = "def f():\n    raise ValueError('boom at depth')\nf()"
+    async with AsyncSandbox(config_for(instance_id, tmp_base_dir)) as sandbox:
+        result = await sandbox.execute_code(code)
+    assert not result.success and result.return_code == 1
+    assert result.termination_reason == "exited"
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "ValueError: boom at depth" in result.stderr and "in f" in result.stderr
+
+
+async def test_hostile_text_travels_as_data(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    hostile = "EC2_SANDBOX_DATA\n'; touch /tmp/ec2sb-pwned; echo '$(id) `id` \"\\\n\x01\u00e9\U0001f600"
+    code = "import os, sys\nsys.stdout.write(os.environ['X'] + '|' + open('in.txt').read())"
+    async with AsyncSandbox(config_for(instance_id, tmp_base_dir)) as sandbox:
+        result = await sandbox.execute_code(
+            code + "\n# " + hostile.replace("\n", " "), files={"in.txt": hostile}, env_vars={"X": hostile}
+        )
+    assert result.success, result
+    assert result.stdout == hostile + "|" + hostile
+    assert not os.path.exists("/tmp/ec2sb-pwned")
+
+
+async def test_5mb_of_stdout_comes_back_byte_exact(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    code = (
+        "import hashlib, sys\nout = sys.stdout.buffer\n"
+        "for i in range(80000):\n"
+        "    out.write(hashlib.sha256(str(i).encode()).hexdigest().encode() + b'\\n')\n"
+    )
+    expected = b"".join(hashlib.sha256(str(i).encode()).hexdigest().encode() + b"\n" for i in range(80000))
+    assert len(expected) == 5_200_000
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20)
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        result = await sandbox.execute_code(code)
+        assert result.success and result.stdout_truncated and result.stdout_bytes == len(expected)
+        assert result.stdout.startswith(expected[:1000].decode())
+        assert result.stdout.endswith(expected[-1000:].decode())
+        full = await sandbox.get_task_files(result.task_hash, "@stdout")
+    assert full == expected.decode()
+    # Every answer fitted SSM's 24,000-character cap: nothing was cut.
+    assert all(ssm_standin.TRUNCATION_MARKER not in inv.stdout for inv in standin.invocations.values())
+
+
+async def test_10mb_binary_input_arrives_intact_in_chunks(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    data = os.urandom(10 * 1024 * 1024)
+    code = "import hashlib\nprint(hashlib.sha256(open('blob.bin', 'rb').read()).hexdigest())"
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=50)
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        result = await sandbox.execute_code(code, files={"blob.bin": data}, timeout=120)
+    assert result.success, result
+    assert result.stdout.strip() == hashlib.sha256(data).hexdigest()
+    assert standin.calls["SendCommand"] > 100  # staged over many commands, none above SSM's size limit
+    staging = os.path.join(tmp_base_dir, "staging")
+    assert os.stat(staging).st_mode & 0o777 == 0o700
+    assert os.listdir(staging) == []  # parts are removed once assembled
+
+
+async def test_large_input_staged_through_s3(
+    ssm_server: ssm_standin.Server, standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=ssm_server.url)
+    s3.create_bucket(Bucket="ec2sb-staging")
+    data = os.urandom(10 * 1024 * 1024)
+    code = "import hashlib\nprint(hashlib.sha256(open('blob.bin', 'rb').read()).hexdigest())"
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=50, s3_bucket="ec2sb-staging")
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        result = await sandbox.execute_code(code, files={"blob.bin": data}, timeout=120)
+    assert result.success, result
+    assert result.stdout.strip() == hashlib.sha256(data).hexdigest()
+    assert standin.calls["SendCommand"] == 1
+    assert s3.list_objects_v2(Bucket="ec2sb-staging").get("KeyCount", 0) == 0  # staged object deleted
+
+
+async def test_reserved_exit_statuses_never_reach_ssm(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    """A runner killed by SIGKILL (exit 137) or exiting 194 must not read as TimedOut / reboot."""
+    transport = quick(config_for(instance_id, tmp_base_dir))
+    for source, note in [
+        (b"import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", "killed"),
+        (b"import sys\nsys.exit(194)\n", "194"),
+    ]:
+        blob = zlib.compress(b"%d 0\n" % len(source) + source)
+        header = {"mode": "run", "sha256": hashlib.sha256(blob).hexdigest(), "base": tmp_base_dir}
+        inv = await transport._run(ssm_transport._script(header, blob), time.monotonic() + 30)
+        assert inv["Status"] == "Failed", note
+        assert inv["ResponseCode"] == 3, note
+
+
+async def test_exit_137_from_ssm_is_explained(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    transport = quick(config_for(instance_id, tmp_base_dir))
+    with pytest.raises(TransportError, match="exit 137"):
+        await transport._run(["exit 137"], time.monotonic() + 30)
+
+
+# ---------------------------------------------------------------------- the SSM service misbehaving
+
+
+async def test_throttling_and_invocation_race_are_survived(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    standin.missing_polls = 3
+    standin.throttle("SendCommand", 2)
+    standin.throttle("GetCommandInvocation", 3)
+    config = config_for(instance_id, tmp_base_dir)
+    async with AsyncSandbox(config) as sandbox:
+        result = await sandbox.execute_code("print('through')")
+    assert result.success and result.stdout == "through\n"
+    assert standin.calls["SendCommand"] == 3  # two throttled, retried by botocore
+    assert standin.calls["GetCommandInvocation"] >= 7  # 3 throttled + 3 missing + the answer
+
+
+async def test_throttling_beyond_botocore_retries_is_absorbed_by_the_poll_loop(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    standin.throttle("GetCommandInvocation", 12)
+    config = config_for(instance_id, tmp_base_dir)
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        result = await sandbox.execute_code("print('patient')")
+    assert result.success and result.stdout == "patient\n"
+
+
+async def test_unknown_instance_is_a_clear_error(standin: ssm_standin.StandIn, tmp_base_dir: str) -> None:
+    async with AsyncSandbox(config_for("i-0123456789abcdef0", tmp_base_dir)) as sandbox:
+        result = await sandbox.execute_code("print(1)")
+        assert not result.success and result.termination_reason == "not_started"
+        assert "InvalidInstanceId" in (result.error_message or "")
+        assert "region" in (result.error_message or "")
+        status = await sandbox.instance_status()
+    parts = {p.name: p for p in status.parts}
+    assert not status.healthy
+    assert not parts["instance"].ok and "i-0123456789abcdef0" in parts["instance"].message
+    assert not parts["ssm_agent"].ok and "not registered" in parts["ssm_agent"].message
+    assert not parts["probe"].ok
+
+
+async def test_stopped_instance_is_reported_as_stopped(
+    standin: ssm_standin.StandIn,
+    fresh_instance: str,
+    ec2,
+    tmp_base_dir: str,  # type: ignore[no-untyped-def]
+) -> None:
+    ec2.stop_instances(InstanceIds=[fresh_instance])
+    standin.delivery_timeout = 1.0
+    config = config_for(fresh_instance, tmp_base_dir)
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        result = await sandbox.execute_code("print(1)")
+        assert not result.success and result.termination_reason == "not_started"
+        message = result.error_message or ""
+        assert "DeliveryTimedOut" in message and "stopped" in message, message
+        status = await sandbox.instance_status()
+    parts = {p.name: p for p in status.parts}
+    assert not parts["instance"].ok and "stopped" in parts["instance"].message
+    assert parts["instance"].details["state"] == "stopped"
+    assert not parts["ssm_agent"].ok and "ConnectionLost" in parts["ssm_agent"].message
+
+
+async def test_offline_agent_is_detected_while_pending_and_the_command_cancelled(
+    standin: ssm_standin.StandIn, fresh_instance: str, tmp_base_dir: str
+) -> None:
+    standin.ping_status[fresh_instance] = "ConnectionLost"
+    config = config_for(fresh_instance, tmp_base_dir)
+    async with AsyncSandbox(config, transport=quick(config, pending_check_after=0.3)) as sandbox:
+        result = await sandbox.execute_code("print(1)")
+    assert not result.success and result.termination_reason == "not_started"
+    assert "offline" in (result.error_message or "") and "ConnectionLost" in (result.error_message or "")
+    assert standin.calls["CancelCommand"] == 1
+    (inv,) = standin.invocations.values()
+    assert inv.status == "Cancelled"
+
+
+async def test_access_denied_is_a_clear_error(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    standin.fail(
+        "SendCommand", "AccessDeniedException", "User: arn:aws:iam::123456789012:user/x is not authorized"
+    )
+    async with AsyncSandbox(config_for(instance_id, tmp_base_dir)) as sandbox:
+        result = await sandbox.execute_code("print(1)")
+    assert not result.success and result.termination_reason == "not_started"
+    assert "access denied" in (result.error_message or "")
+    assert "ssm:SendCommand" in (result.error_message or "")
+
+
+# ---------------------------------------------------------------------- giving up
+
+
+async def test_cancellation_sends_cancel_command(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    config = config_for(instance_id, tmp_base_dir)
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        task = asyncio.create_task(sandbox.execute_code("import time\ntime.sleep(60)"))
+        for _ in range(200):
+            if any(inv.status == "InProgress" for inv in standin.invocations.values()):
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert standin.calls["CancelCommand"] == 1
+    (inv,) = standin.invocations.values()
+    assert inv.done.wait(5) and inv.status == "Cancelled"
+
+
+async def test_giving_up_at_the_deadline_cancels_the_command(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    transport = quick(config_for(instance_id, tmp_base_dir))
+    with pytest.raises(TransportError, match="cancelled"):
+        await transport._run(["sleep 30"], time.monotonic() + 1.0)
+    assert standin.calls["CancelCommand"] == 1
+    (inv,) = standin.invocations.values()
+    assert inv.done.wait(5) and inv.status == "Cancelled"
+
+
+# ---------------------------------------------------------------------- status
+
+
+async def test_status_parts_fail_one_at_a_time(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    config = config_for(instance_id, tmp_base_dir)
+    async with AsyncSandbox(config) as sandbox:
+        status = await sandbox.instance_status()
+        parts = {p.name: p for p in status.parts}
+        assert status.healthy, status
+        assert parts["instance"].details["state"] == "running"
+        assert parts["instance"].details["instance_type"] == "t3.micro"
+        assert parts["instance"].details["availability_zone"].startswith(REGION)
+        assert parts["instance"].details["platform"]
+        assert parts["ssm_agent"].details["ping_status"] == "Online"
+        assert parts["ssm_agent"].details["agent_version"] == ssm_standin.AGENT_VERSION
+
+        # 1. only the agent part fails
+        standin.fail("DescribeInstanceInformation", "AccessDeniedException", "not allowed to describe")
+        parts = {p.name: p for p in (await sandbox.instance_status()).parts}
+        assert [n for n, p in parts.items() if not p.ok] == ["ssm_agent"]
+        assert "AccessDeniedException" in parts["ssm_agent"].message
+
+        # 2. only the probe fails
+        standin.fail("SendCommand", "AccessDeniedException", "not allowed to send")
+        parts = {p.name: p for p in (await sandbox.instance_status()).parts}
+        assert [n for n, p in parts.items() if not p.ok] == ["probe"]
+        assert "access denied" in parts["probe"].message
+
+        # 3. only the instance part fails
+        ec2_client = sandbox.transport.client("ec2")  # type: ignore[attr-defined]
+
+        def deny(**kwargs: object) -> None:
+            raise ClientError(
+                {"Error": {"Code": "UnauthorizedOperation", "Message": "no ec2:DescribeInstances"}},
+                "DescribeInstances",
+            )
+
+        ec2_client.meta.events.register("before-call.ec2.DescribeInstances", deny)
+        try:
+            parts = {p.name: p for p in (await sandbox.instance_status()).parts}
+        finally:
+            ec2_client.meta.events.unregister("before-call.ec2.DescribeInstances", deny)
+        assert [n for n, p in parts.items() if not p.ok] == ["instance"]
+        assert "UnauthorizedOperation" in parts["instance"].message
+
+
+# ---------------------------------------------------------------------- the stand-in itself
+
+
+def test_standin_runs_scripts_as_the_agent_does(
+    ssm_server: ssm_standin.Server, standin: ssm_standin.StandIn, instance_id: str
+) -> None:
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=ssm_server.url)
+
+    def run(commands: list[str], timeout: str = "30") -> dict:  # type: ignore[type-arg]
+        cid = ssm.send_command(
+            InstanceIds=[instance_id],
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": commands, "executionTimeout": [timeout]},
+        )["Command"]["CommandId"]
+        first = ssm.get_command_invocation(CommandId=cid, InstanceId=instance_id)
+        assert first["ResponseCode"] == -1 and first["StandardOutputContent"] == ""
+        assert first["Status"] in ("Pending", "InProgress")
+        while True:
+            inv = ssm.get_command_invocation(CommandId=cid, InstanceId=instance_id)
+            if inv["Status"] not in ("Pending", "InProgress"):
+                return inv
+            time.sleep(0.05)
+
+    inv = run(["sleep 0.3", "pwd", "readlink /proc/$$/exe", "id -u"])
+    assert inv["Status"] == "Success"
+    assert inv["StandardOutputContent"].split() == ["/usr/bin", "/usr/bin/dash", str(os.getuid())]
+    inv = run(["#!/usr/bin/env python3", "import sys; print(sys.version_info[0]); sys.exit(4)"])
+    assert inv["Status"] == "Failed" and inv["ResponseCode"] == 4 and inv["StandardOutputContent"] == "3\n"
+    inv = run(["yes x | head -c 50000", "yes e | head -c 20000 >&2"])
+    assert inv["StandardOutputContent"] == "x\n" * 12000 + ssm_standin.TRUNCATION_MARKER
+    assert inv["StandardErrorContent"] == "e\n" * 4000 + ssm_standin.TRUNCATION_MARKER
+    assert run(["exit 137"])["Status"] == "TimedOut"
+    started = time.monotonic()
+    inv = run(["sleep 60 &", "sleep 60"], timeout="1")
+    assert inv["Status"] == "TimedOut" and inv["StatusDetails"] == "ExecutionTimedOut"
+    assert time.monotonic() - started < 10
+    with pytest.raises(ClientError, match="MaxDocumentSizeExceeded"):
+        run(["# " + "x" * 70000])
+    with pytest.raises(ClientError, match="InvalidInstanceId"):
+        run(["true"]) if False else ssm.send_command(
+            InstanceIds=["i-0123456789abcdef0"],
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": ["true"]},
+        )
+
+
+def test_standin_serves_as_a_separate_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {**os.environ, **FAKE_ENV}
+    env.pop("AWS_ENDPOINT_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ec2_sandbox.testing.ssm_standin", "--create-instance", REGION],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        ready = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+        assert ready["url"].startswith("http://127.0.0.1:")
+        ssm = boto3.client("ssm", region_name=REGION, endpoint_url=ready["url"])
+        cid = ssm.send_command(
+            InstanceIds=[ready["instance_id"]],
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": ["echo from the server"]},
+        )["Command"]["CommandId"]
+        for _ in range(100):
+            inv = ssm.get_command_invocation(CommandId=cid, InstanceId=ready["instance_id"])
+            if inv["Status"] == "Success":
+                break
+            time.sleep(0.05)
+        assert inv["StandardOutputContent"] == "from the server\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+# ---------------------------------------------------------------------- the CLI as a subprocess
+
+
+def _cli_env(ssm_server: ssm_standin.Server) -> dict[str, str]:
+    env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": ssm_server.url}
+    env.pop("EC2_SANDBOX_CONFIG", None)
+    return env
+
+
+def _write_config(path: str, instance: str, base: str) -> str:
+    with open(path, "w") as fh:
+        json.dump(
+            {
+                "default": {
+                    "transport": "ssm",
+                    "instance_id": instance,
+                    "region": REGION,
+                    "base_sandbox_dir": base,
+                }
+            },
+            fh,
+        )
+    return path
+
+
+CLI = [sys.executable, "-c", "import sys; from ec2_sandbox.cli import main; sys.exit(main())"]
+
+
+def test_cli_exec_runs_on_the_configured_instance(
+    ssm_server: ssm_standin.Server,
+    standin: ssm_standin.StandIn,
+    instance_id: str,
+    tmp_base_dir: str,
+    tmp_path,
+) -> None:  # type: ignore[no-untyped-def]
+    config = _write_config(str(tmp_path / "config.json"), instance_id, tmp_base_dir)
+    code = "import sys\nprint('answer', 6 * 7)\nprint('oops', file=sys.stderr)\nsys.exit(5)"
+    done = subprocess.run(
+        [*CLI, "--config", config, "exec", "-c", code],
+        env=_cli_env(ssm_server),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 5, done.stderr
+    assert done.stdout == "answer 42\n"
+    assert "oops" in done.stderr
+    assert standin.calls["SendCommand"] == 1
+    out = subprocess.run(
+        [*CLI, "--config", config, "exec", "--json", "-c", "print('json')"],
+        env=_cli_env(ssm_server),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    result = json.loads(out.stdout)
+    assert result["transport"] == "ssm" and result["stdout"] == "json\n"
+
+
+def test_cli_interrupt_cancels_the_command(
+    ssm_server: ssm_standin.Server,
+    standin: ssm_standin.StandIn,
+    instance_id: str,
+    tmp_base_dir: str,
+    tmp_path,
+) -> None:  # type: ignore[no-untyped-def]
+    config = _write_config(str(tmp_path / "config.json"), instance_id, tmp_base_dir)
+    proc = subprocess.Popen(
+        [*CLI, "--config", config, "exec", "-c", "import time\ntime.sleep(60)"],
+        env=_cli_env(ssm_server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(300):
+            if any(inv.status == "InProgress" for inv in standin.invocations.values()):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert standin.calls["CancelCommand"] == 1
+    (inv,) = standin.invocations.values()
+    assert inv.done.wait(5) and inv.status == "Cancelled"
