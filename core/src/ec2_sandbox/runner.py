@@ -1065,7 +1065,9 @@ SIGNAL_CAUSES = {
     signal.SIGXFSZ: "file_size_limit",
 }
 # Python and Node turn these limits into exceptions instead of dying of the signal.
-FSIZE_MARKERS = ["File too large", "EFBIG"]
+FSIZE_MARKERS = ["File too large", "EFBIG", "File size limit exceeded"]
+# Any runtime: allocation failures that name memory (the runtime's own oom_markers come first).
+MEMORY_MARKERS = ["MemoryError", "Array buffer allocation failed", "Cannot allocate memory", "std::bad_alloc"]
 NPROC_MARKERS = ["Resource temporarily unavailable", "EAGAIN"]
 
 
@@ -1090,7 +1092,7 @@ def describe_exit(
         reason = "output_limit"
     elif sig in SIGNAL_CAUSES:
         reason = SIGNAL_CAUSES[sig]
-    elif failed and tail_mentions(stderr_path, runtime.get("oom_markers") or []):
+    elif failed and tail_mentions(stderr_path, (runtime.get("oom_markers") or []) + MEMORY_MARKERS):
         reason = "memory_limit"
     elif failed and tail_mentions(stderr_path, FSIZE_MARKERS):
         reason = "file_size_limit"
@@ -1112,6 +1114,8 @@ def describe_exit(
     }
     if reason != "exited":
         error = messages[reason]
+        if reason == "timeout" and tail_mentions(stderr_path, NPROC_MARKERS):
+            error += "; it had also hit the limit of %d processes" % limits["processes"]
     elif failed:
         error = "exited with status %d" % code
     else:
