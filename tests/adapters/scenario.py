@@ -21,7 +21,7 @@ with open("data/in.txt") as f:
 os.makedirs("out", exist_ok=True)
 with open("out/result.txt", "w") as f:
     f.write(text.upper() + " / " + os.environ["GREETING"])
-time.sleep(0.8)
+time.sleep(1.5)
 print("py read:", text, "greeting:", os.environ["GREETING"])
 print("py window", start, time.time())
 """
@@ -31,7 +31,7 @@ const start = Date.now() / 1000;
 setTimeout(() => {
   console.log("node says", process.env.NODE_GREETING, 6 * 7);
   console.log("node window", start, Date.now() / 1000);
-}, 800);
+}, 1500);
 """
 
 FAILING = """\
