@@ -121,7 +121,7 @@ def test_tool_schema_offers_perl(registry: Registry, tmp_base_dir: str) -> None:
     sandbox = AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir), registry=registry)
     prop = TOOLS[0].input_schema(sandbox)["properties"]["runtime"]
     assert "perl" in prop["enum"] and "python3" in prop["enum"]
-    assert "perl (Perl 5" in prop["description"]
+    assert "perl (Perl 5 with its core modules" in prop["description"]
 
 
 async def test_allowed_runtimes_can_restrict_to_the_plugin_runtime(
@@ -147,14 +147,44 @@ async def test_without_the_plugin_perl_is_unknown(monkeypatch: pytest.MonkeyPatc
         await sandbox.execute_code('print "x";', "perl")
 
 
-def test_adapter_schemas_offer_perl(registry: Registry, tmp_base_dir: str) -> None:
+async def test_every_adapter_offers_and_runs_perl(registry: Registry, tmp_base_dir: str) -> None:
+    import json
+
+    from mcp.client import Client
+
     from ec2_sandbox_langchain import create_langchain_tools
+    from ec2_sandbox_mcp import create_mcp_server
+    from ec2_sandbox_openai_agents import create_openai_tools
     from ec2_sandbox_strands import create_strands_tools
 
-    sandbox = AsyncSandbox(
-        SandboxConfig(base_sandbox_dir=tmp_base_dir, allowed_runtimes=["perl", "sh"]), registry=registry
-    )
-    strands = create_strands_tools(sandbox)[0].tool_spec["inputSchema"]["json"]
-    assert strands["properties"]["runtime"]["enum"] == ["perl", "sh"]
-    langchain = create_langchain_tools(sandbox)[0].args_schema
-    assert langchain["properties"]["runtime"]["enum"] == ["perl", "sh"]  # type: ignore[index]
+    config = SandboxConfig(base_sandbox_dir=tmp_base_dir, allowed_runtimes=["perl", "sh"])
+    sandbox = AsyncSandbox(config, registry=registry)
+
+    def args(who: str) -> dict[str, str]:
+        return {"code": f'print "perl via {who}\\n";', "runtime": "perl"}
+
+    strands = create_strands_tools(sandbox)[0]
+    assert strands.tool_spec["inputSchema"]["json"]["properties"]["runtime"]["enum"] == ["perl", "sh"]
+    events = [
+        e
+        async for e in strands.stream(
+            {"toolUseId": "t1", "name": strands.tool_name, "input": args("strands")}, {}
+        )
+    ]
+    assert events[-1]["status"] == "success" and "perl via strands" in events[-1]["content"][0]["text"]
+
+    langchain = create_langchain_tools(sandbox)[0]
+    assert langchain.args_schema["properties"]["runtime"]["enum"] == ["perl", "sh"]  # type: ignore[index]
+    content = await langchain.ainvoke(args("langchain"))
+    assert "perl via langchain" in content[0]["text"]
+
+    openai = create_openai_tools(sandbox)[0]
+    runtime_schema = json.dumps(openai.params_json_schema["properties"]["runtime"])
+    assert '"enum": ["perl", "sh"]' in runtime_schema
+    assert "perl via openai" in str(await openai.on_invoke_tool(None, json.dumps(args("openai"))))  # type: ignore[arg-type]
+
+    async with Client(create_mcp_server(sandbox)) as client:
+        listed = await client.list_tools()
+        assert listed.tools[0].input_schema["properties"]["runtime"]["enum"] == ["perl", "sh"]
+        result = await client.call_tool("ec2_code_execution", args("mcp"))
+        assert not result.is_error and result.structured_content["stdout"] == "perl via mcp\n"

@@ -14,7 +14,7 @@ OOM_MARKERS = ["Out of memory!", "Out of memory in perl:", "Out of memory during
 
 PERL = Runtime(
     name="perl",
-    description="Perl 5 (the target's system perl; core modules only).",
+    description="Perl 5 with its core modules: the target's system perl.",
     filename="main.pl",
     argv=["perl", "{file}"],
     # `perl -v` starts with a blank line and a paragraph; $^V is just "v5.36.0".
