@@ -90,6 +90,7 @@ async def test_agent_loop(sandbox: AsyncSandbox) -> None:
     blocks = [b["toolResult"] for b in message["content"] if "toolResult" in b]
     data = next(c["json"] for c in blocks[0]["content"] if "json" in c)
     assert data["success"] is True and data["runtime"] == "python3"
+    assert "stdout" not in data  # carried once, in the text
 
 
 def test_config_forms(config: SandboxConfig) -> None:

@@ -75,6 +75,14 @@ class Rendered:
     def json(self) -> str:
         return json.dumps(self.data, ensure_ascii=False, default=str)
 
+    def compact(self) -> dict[str, Any]:
+        """``data`` without the bulky text ``text`` already carries (stdout, stderr, file contents): for
+        frameworks that hand the model both the text and the JSON, so nothing is read twice."""
+        data = {k: v for k, v in self.data.items() if k not in ("stdout", "stderr")}
+        if isinstance(data.get("files"), list):
+            data["files"] = [{k: v for k, v in f.items() if k != "content"} for f in data["files"]]
+        return data
+
 
 # ------------------------------------------------------------------------------------------- images
 def detect_image(data: bytes) -> str | None:

@@ -31,7 +31,8 @@ def to_tool_result(tool_use_id: str, rendered: Rendered) -> ToolResult:
     """A Strands ToolResult: text for the model, the JSON form, and image blocks."""
     content: list[Any] = [{"text": rendered.text}]
     if not rendered.is_error:
-        content.append({"json": rendered.data})
+        # the text already holds stdout and file contents: the JSON leaves them out
+        content.append({"json": rendered.compact()})
     for image in rendered.images:
         content.append({"image": {"format": image.format, "source": {"bytes": image.data}}})
     return {
