@@ -7,6 +7,7 @@ a pip-installed plugin. Each test loads its own :class:`Registry`; the process-w
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,23 @@ def test_import_error_is_reported_and_the_rest_loads(site) -> None:  # type: ign
     assert set(registry.runtimes) >= BUILTIN_NAMES
 
 
+def test_sys_exit_in_a_plugin_does_not_end_the_program(site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    site(["exits", "good"])
+    registry = load_registry()
+    (error,) = registry.errors
+    assert error.startswith("plugin 'exits' raised in register_runtimes: SystemExit: 3")
+    assert "fixture-sh" in registry.runtimes
+    monkeypatch.setenv("EC2SB_FIXTURE_EXIT_AT_IMPORT", "1")
+    monkeypatch.delitem(sys.modules, "plugin_fixtures.exits")
+    registry = load_registry()
+    (error,) = registry.errors
+    assert (
+        "plugin 'exits' failed to import (plugin_fixtures.exits): SystemExit: exits: refusing to load"
+        in error
+    )
+    assert "fixture-sh" in registry.runtimes
+
+
 def test_a_raising_hook_drops_only_that_hook_calls_registrations(site) -> None:  # type: ignore[no-untyped-def]
     site(["raises", "good"])
     registry = load_registry()
@@ -169,7 +187,16 @@ def test_returning_instead_of_registering_is_an_error(site) -> None:  # type: ig
 def test_all_broken_plugins_at_once_leave_the_core_and_good_plugins_working(site) -> None:  # type: ignore[no-untyped-def]
     site()
     registry = load_registry()
-    broken = {"import-error", "raises", "malformed", "unknown-hook", "no-hooks", "bad-signature", "returns"}
+    broken = {
+        "import-error",
+        "raises",
+        "malformed",
+        "unknown-hook",
+        "no-hooks",
+        "bad-signature",
+        "returns",
+        "exits",
+    }
     for name in broken:
         assert errors_about(registry, name), name
     for error in registry.errors:  # every error names a plugin

@@ -22,6 +22,7 @@ PLUGINS: dict[str, tuple[str, str, str]] = {
     "returns": ("ec2sb-fixture-returns", "0.0.7", "returns"),
     "zz-conflict": ("ec2sb-fixture-conflict", "0.0.8", "conflict"),
     "aa-first": ("ec2sb-fixture-aa-first", "0.0.9", "aa_first"),
+    "exits": ("ec2sb-fixture-exits", "0.1.0", "exits"),
 }
 
 

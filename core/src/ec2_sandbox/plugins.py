@@ -26,6 +26,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,7 +152,7 @@ def load_registry() -> Registry:
         )
         try:
             module = ep.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() must not end the program
             _fail(registry, f"plugin {ep.name!r} failed to import ({ep.value}): {type(exc).__name__}: {exc}")
             continue
         candidates.append((module, info))
@@ -211,7 +212,7 @@ def _call(registry: Registry, hook: str, impl: pluggy.HookImpl, info: PluginInfo
     kwargs = {"register": register} if "register" in impl.argnames else {}
     try:
         result = impl.function(**kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         dropped = f"; dropped what it registered ({', '.join(n for n, _ in pending)})" if pending else ""
         _fail(registry, f"plugin {info.name!r} raised in {hook}: {type(exc).__name__}: {exc}{dropped}")
         return
@@ -314,11 +315,13 @@ def _one_line(exc: ValidationError) -> str:
 
 
 _registry: Registry | None = None
+_registry_lock = threading.Lock()
 
 
 def get_registry(reload: bool = False) -> Registry:
     """The process-wide registry, loaded on first use (``reload=True`` loads it again)."""
     global _registry
-    if _registry is None or reload:
-        _registry = load_registry()
-    return _registry
+    with _registry_lock:
+        if _registry is None or reload:
+            _registry = load_registry()
+        return _registry
