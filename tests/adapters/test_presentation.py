@@ -163,3 +163,16 @@ async def test_an_image_bigger_than_the_text_budget_still_arrives_whole(
     assert [(i.mime_type, len(i.data)) for i in got.images] == [("image/webp", 50012)]
     assert len(got.text) < 300
     await box.aclose()
+
+
+async def test_unexpected_failures_become_results(
+    sandbox: AsyncSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(sandbox, "instance_status", broken)
+    out = await call_tool(sandbox, TOOLS_BY_NAME["ec2_instance_status"], {})
+    assert out.is_error and "OSError: disk on fire" in out.text
+    traversal = await call_tool(sandbox, FILES, {"task_hash": "a" * 32, "filename": "../../etc/passwd"})
+    assert traversal.is_error and "`filename`" in traversal.text and "plain relative path" in traversal.text

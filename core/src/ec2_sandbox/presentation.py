@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from .config import SandboxConfig
     from .sandbox import AsyncSandbox, Sandbox
     from .tools import ToolSpec
+
+log = logging.getLogger("ec2_sandbox")
 
 #: Images attached to one ec2_code_execution result at most (the rest are named, to fetch one by one).
 MAX_ATTACHED_IMAGES = 4
@@ -412,6 +415,9 @@ async def call_tool(
         return render_error(exc, spec)
     except ValueError as exc:  # a check outside pydantic; still the caller's input
         return render_error(InvalidInputError(str(exc)), spec)
+    except Exception as exc:  # a bug or an unexpected failure: the model is told, the run goes on
+        log.exception("%s failed", spec.name)
+        return render_error(exc, spec)
     return render_output(spec.name, output, sandbox.config.max_output_chars, images)
 
 
