@@ -512,9 +512,23 @@ def test_half_credentials_reported_with_other_problems(tmp_path: Path) -> None:
     assert any("secret_access_key: is missing" in p for p in problems)
 
 
-def test_ssm_needs_an_instance() -> None:
-    (problem,) = problems_of(ConfigManager(), "default", transport="ssm")
-    assert problem.startswith("default.instance_id: is required when transport is 'ssm' (from argument)")
+@pytest.mark.parametrize(
+    ("transport", "needs"), [("ssm", "instance_id"), ("eic", "instance_id"), ("ssh", "ssh_host")]
+)
+def test_remote_transports_need_their_target(transport: str, needs: str) -> None:
+    (problem,) = problems_of(ConfigManager(), "default", transport=transport)
+    assert problem.startswith(f"default.{needs}: is required when transport is {transport!r} (from argument)")
+    assert ConfigManager().get_config(transport="ssh", ssh_host="10.1.2.3").resolved_transport == "ssh"
+
+
+def test_cleanup_policy_must_be_registered(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.json", {"x": {"cleanup_policy": "keep-oldest"}})
+    (problem,) = problems_of(ConfigManager(path), "x")
+    assert problem.startswith(
+        f"x.cleanup_policy: 'keep-oldest' is not a registered cleanup policy (from file {path}"
+    )
+    assert "age" in problem
+    assert ConfigManager(registered_policies=["age", "keep-oldest"]).get_config(cleanup_policy="keep-oldest")
 
 
 def test_auth_modes() -> None:

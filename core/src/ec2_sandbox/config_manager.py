@@ -226,8 +226,9 @@ class ConfigManager:
 
     ``path``: the file to read. None looks for ``$EC2_SANDBOX_CONFIG``, then ``./config.json``; with
     neither, only the presets are served. A file named explicitly (argument or variable) must exist.
-    ``environ`` (default ``os.environ``) supplies the override variables; ``registered_runtimes`` (default:
-    the plugin registry's) is what ``allowed_runtimes`` is checked against.
+    ``environ`` (default ``os.environ``) supplies the override variables; ``registered_runtimes`` and
+    ``registered_policies`` (default: the plugin registry's) are what ``allowed_runtimes`` and
+    ``cleanup_policy`` are checked against.
     """
 
     def __init__(
@@ -236,9 +237,11 @@ class ConfigManager:
         *,
         environ: Mapping[str, str] | None = None,
         registered_runtimes: Iterable[str] | None = None,
+        registered_policies: Iterable[str] | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self._registered = None if registered_runtimes is None else set(registered_runtimes)
+        self._policies = None if registered_policies is None else set(registered_policies)
         self.presets = _read_presets()
         self.path: Path | None = None
         self.file_envs: dict[str, dict[str, Any]] = {}
@@ -267,6 +270,14 @@ class ConfigManager:
 
             self._registered = set(get_registry().runtimes)
         return self._registered
+
+    @property
+    def registered_policies(self) -> set[str]:
+        if self._policies is None:
+            from .plugins import get_registry
+
+            self._policies = set(get_registry().cleanup_policies)
+        return self._policies
 
     def environments(self) -> list[EnvironmentInfo]:
         """Presets first (in their usual order), then the file's own environments in file order."""
@@ -317,6 +328,13 @@ class ConfigManager:
                 errors = [err for err in errors if err.get("loc")]
             problems += [_describe(name, err, merged, sources) for err in errors]
         problems += cross
+        policy = merged.get("cleanup_policy")
+        if isinstance(policy, str) and policy not in self.registered_policies:
+            problems.append(
+                f"{name}.cleanup_policy: {policy!r} is not a registered cleanup policy"
+                f"{_origin(sources.get('cleanup_policy'))}; registered (built-ins and plugins): "
+                f"{', '.join(sorted(self.registered_policies))}"
+            )
         if problems:
             raise InvalidConfigError(problems)
         assert config is not None
@@ -427,9 +445,11 @@ def _cross_checks(env: str, merged: Mapping[str, Any], sources: Mapping[str, str
             f"{env}.session_token: is set{_origin(sources.get('session_token'))} without access_key_id and "
             "secret_access_key; temporary credentials need all three"
         )
-    if merged.get("transport") == "ssm" and not merged.get("instance_id"):
+    transport = merged.get("transport")
+    needs = {"ssm": "instance_id", "eic": "instance_id", "ssh": "ssh_host"}.get(str(transport))
+    if needs and not merged.get(needs):
         problems.append(
-            f"{env}.instance_id: is required when transport is 'ssm'"
+            f"{env}.{needs}: is required when transport is {transport!r}"
             f"{_origin(sources.get('transport'))}; set it, or use transport 'auto' to run locally"
         )
     return problems
