@@ -1,7 +1,7 @@
 """The attack suite's fixtures: a fresh base dir and sandbox per test, with bubblewrap and without.
 
-Every attack ends with ``await box.assert_recovers()``: the next ordinary run in the same session works, and no
-process of the sandbox (its uids, or a process carrying the test's marker) is left anywhere on the machine.
+Every attack ends with ``await box.assert_recovers()``: the next ordinary run in the same session works, and
+no process of the sandbox (its uids, or a process carrying the test's marker) is left anywhere on the machine.
 """
 
 from __future__ import annotations
@@ -78,19 +78,17 @@ class Box:
         code: str,
         runtime: str = "python3",
         *,
-        session: str | None | bool = True,
+        session: str | bool | None = True,
         env: dict[str, str] | None = None,
         timeout: int = 10,
         files: dict[str, str | bytes] | None = None,
     ) -> ExecutionResult:
         env_vars = {"ATTACK_MARK": self.marker, **(env or {})}
         sid = self.session if session is True else (None if session is False else session)
-        return await self.sb.execute_code(
-            code, runtime, sid, files=files, env_vars=env_vars, timeout=timeout
-        )
+        return await self.sb.execute_code(code, runtime, sid, files=files, env_vars=env_vars, timeout=timeout)
 
     async def raw_run(self, **fields: Any) -> dict[str, Any]:
-        """A run request built by hand, as a hostile client would send it: the runner must refuse on its own."""
+        """A run request built by hand, as a hostile client sends it: the runner must refuse on its own."""
         req: dict[str, Any] = {
             "task_hash": uuid.uuid4().hex,
             "session_id": self.session,
@@ -98,7 +96,13 @@ class Box:
             "code_b64": protocol.b64(b"print('ran')"),
             "files": [],
             "env": {},
-            "limits": {"memory_mb": 128, "file_size_mb": 2, "open_files": 256, "processes": 24, "cpu_seconds": 10},
+            "limits": {
+                "memory_mb": 128,
+                "file_size_mb": 2,
+                "open_files": 256,
+                "processes": 24,
+                "cpu_seconds": 10,
+            },
             "timeout": 5,
             "isolation": self.isolation,
             "network": False,

@@ -173,7 +173,9 @@ async def test_shell_nohup_setsid_daemon(box: Box, monkeypatch: pytest.MonkeyPat
     await box.assert_recovers()
 
 
-async def test_daemon_of_one_run_cannot_disturb_a_concurrent_run(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_daemon_of_one_run_cannot_disturb_a_concurrent_run(
+    box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Two runs of one session at once: the sweep after the first must not kill the second.
     monkeypatch.setenv("EC2_SANDBOX_CGROUP", "off")
     import asyncio

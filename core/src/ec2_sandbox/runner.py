@@ -633,7 +633,7 @@ def build_env(user_env, workdir, tmpdir):
     return env
 
 
-def bwrap_argv(bwrap, workdir, env, network, uid, hardened=False, tmp_bytes=None):
+def bwrap_argv(bwrap, workdir, env, network, uid, hardened=False, tmp_bytes=None, ro_files=()):
     argv = [bwrap, "--die-with-parent", "--unshare-all"]
     if network:
         argv.append("--share-net")
@@ -655,7 +655,11 @@ def bwrap_argv(bwrap, workdir, env, network, uid, hardened=False, tmp_bytes=None
         if hardened and size:
             argv += ["--size", str(size)]
         argv += ["--tmpfs", path]
-    argv += ["--bind", workdir, workdir, "--chdir", workdir]
+    argv += ["--bind", workdir, workdir]
+    for path in ro_files:
+        argv += ["--ro-bind", path, path]
+    # The root is bwrap's own tmpfs: read-only, so the work dir and /tmp are the only writable places.
+    argv += ["--remount-ro", "/", "--chdir", workdir]
     if uid is not None:
         argv += ["--uid", str(uid), "--gid", str(uid)]
     argv.append("--clearenv")
@@ -721,7 +725,11 @@ def run_task(req, emit):
         "uid": run_uid,
         "started": time.time(),
     }
-    with open(os.path.join(rdir, "meta.json"), "w") as fh:
+    # Root's alone: the record names the session, its uid and its work dir.
+    meta_fd = os.open(
+        os.path.join(rdir, "meta.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+    )
+    with os.fdopen(meta_fd, "w") as fh:
         json.dump(meta, fh)
 
     try:
@@ -807,8 +815,10 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
     if bwrap:
         # The source sits outside the work dir: bind it read-only at the same path.
         hardened = bwrap_hardened(bwrap, run_uid)
-        full = bwrap_argv(bwrap, workdir, env, network, None, hardened, limits["memory_mb"] * 1024 * 1024)
-        full = full[:-1] + ["--ro-bind", source_path, source_path, "--"] + argv
+        full = bwrap_argv(
+            bwrap, workdir, env, network, None, hardened, limits["memory_mb"] * 1024 * 1024, [source_path]
+        )
+        full += argv
         spawn_env = {"PATH": SYSTEM_PATH}
     else:
         full = argv
@@ -1276,6 +1286,10 @@ def list_files(req):
             rel_dir = os.path.relpath(dirpath, root)
             if rel_dir == ".":
                 dirnames[:] = [d for d in dirnames if d != ".tmp"]
+            for d in dirnames:
+                if os.path.islink(os.path.join(dirpath, d)):
+                    rel = d if rel_dir == "." else os.path.join(rel_dir, d)
+                    skipped.append({"path": rel, "reason": "symlink (never followed)"})
             dirnames.sort()
             for name in sorted(filenames):
                 rel = name if rel_dir == "." else os.path.join(rel_dir, name)
