@@ -190,3 +190,32 @@ async def test_agents_sdk_as_mcp_client(base_dir: str, plugin_path: str) -> None
     assert result.final_output == "done"
     assert "ec2_code_execution" in tools_seen and "ec2_get_files" in tools_seen
     assert "via agents mcp 1024" in seen["m1"].text, seen
+
+
+async def test_strands_as_mcp_client(base_dir: str, plugin_path: str) -> None:
+    """Strands' MCPClient loads the tools from `ec2-sandbox mcp` and an Agent calls them."""
+    from mcp.client.stdio import stdio_client
+    from strands import Agent
+    from strands.tools.mcp import MCPClient
+
+    from .test_strands import ScriptedModel
+
+    params = StdioServerParameters(
+        command=ENTRY_POINT, args=["mcp"], env=_server_env(base_dir, plugin_path), cwd=base_dir
+    )
+
+    class OneCall(Script):
+        def next_turn(self, received: dict[str, Received]) -> Any:
+            self.received.update(received)
+            self.turn += 1
+            if self.turn == 1:
+                return [self._call("ec2_code_execution", code="print('via strands mcp', 3 * 14)")]
+            self.finished = True
+            return None
+
+    script = OneCall()
+    with MCPClient(lambda: stdio_client(params)) as client:
+        agent = Agent(model=ScriptedModel(script), tools=client.list_tools_sync(), callback_handler=None)
+        await agent.invoke_async("go")
+    assert "ec2_code_execution" in script.tool_names_seen[0]
+    assert "via strands mcp 42" in script.by("call_1").text
