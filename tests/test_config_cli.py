@@ -148,6 +148,7 @@ def test_show_names_every_source(
     assert rows["max_memory_mb"][1:] == ["5000", "argument"]
     assert rows["cleanup_after_hours"][1:] == ["48", "preset", "production"]
     assert rows["isolation"][1:] == ["auto", "built-in"]
+    assert rows["allowed_runtimes"][1:] == ["all", "registered", "preset", "production"]
     code, out, _ = run(
         capsys, "-E", "education", "config", "show", "--json", "--set", "allowed_runtimes=bash,sh"
     )
@@ -233,6 +234,18 @@ def test_secrets_never_printed(
     assert [line.split()[1:] for line in out.splitlines() if line.startswith("secret_access_key")] == [
         ["****", "variable", "EC2_SANDBOX_SECRET_ACCESS_KEY"]
     ]
+
+
+def test_validate_warns_about_a_readable_file_with_secrets(
+    capsys: pytest.CaptureFixture[str], secret_file: str
+) -> None:
+    os.chmod(secret_file, 0o644)
+    code, _, err = run(capsys, "--config", secret_file, "config", "validate")
+    assert code == 0
+    assert f"warning: {secret_file} holds secrets (prod, keys) and is readable by others (mode 644)" in err
+    os.chmod(secret_file, 0o600)
+    code, _, err = run(capsys, "--config", secret_file, "config", "validate")
+    assert code == 0 and "warning" not in err
 
 
 def test_secrets_absent_from_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -137,6 +137,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         manager = _manager(args)
         report = manager.validate(args.names or None)
+        for warning in manager.warnings():
+            print(f"warning: {warning}", file=sys.stderr)
     except InvalidConfigError as exc:
         report = {"(file)": exc.problems}
     except ConfigError as exc:
@@ -184,14 +186,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(f"environment: {resolved.name}  (transport: {resolved.config.resolved_transport})")
     rows = [["FIELD", "VALUE", "SOURCE"]]
-    rows += [[name, _show(value), source] for name, value, source in resolved.rows()]
+    rows += [[name, _show(value, name), source] for name, value, source in resolved.rows()]
     _print_table(rows)
     return 0
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, name: str = "") -> str:
     if value is None:
-        return "-"
+        return "all registered" if name == "allowed_runtimes" else "-"
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     if isinstance(value, bool):

@@ -292,6 +292,22 @@ class ConfigManager:
         ]
         return out
 
+    def warnings(self) -> list[str]:
+        """Advice that does not make the configuration invalid: a file holding secrets others can read."""
+        if self.path is None:
+            return []
+        holders = [n for n, body in self.file_envs.items() if SECRET_FIELDS & body.keys()]
+        try:
+            mode = self.path.stat().st_mode
+        except OSError:
+            return []
+        if holders and mode & 0o077:
+            return [
+                f"{self.path} holds secrets ({', '.join(holders)}) and is readable by others "
+                f"(mode {mode & 0o777:o}): run 'chmod 600 {self.path}', or use aws_profile instead"
+            ]
+        return []
+
     def names(self) -> list[str]:
         return [info.name for info in self.environments()]
 
