@@ -215,6 +215,21 @@ def test_broken_json_names_line_and_column(tmp_path: Path) -> None:
     assert f"{path}: invalid JSON at line 4, column 3" in str(info.value)
 
 
+def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.json", '{"dev": {"max_memory_mb": 512}, "dev": {"network": true}}')
+    with pytest.raises(ConfigError, match=r"duplicate key 'dev'"):
+        ConfigManager(path)
+    path = write(tmp_path / "d.json", '{"dev": {"max_memory_mb": 512, "max_memory_mb": 1024}}')
+    with pytest.raises(ConfigError, match=r"duplicate key 'max_memory_mb'"):
+        ConfigManager(path)
+
+
+def test_deeply_nested_json_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.json", '{"dev": ' + "[" * 100000 + "]" * 100000 + "}")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        ConfigManager(path)
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -161,13 +161,26 @@ class _Layer:
 # --------------------------------------------------------------------------------------------- reading
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r} (JSON would silently keep only the last one)")
+        seen[key] = value
+    return seen
+
+
 def _load_json(text: str, where: str) -> dict[str, Any]:
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
+    except ValueError as exc:  # a duplicate key
+        raise ConfigError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"{where}: the top level must be a JSON object of environments "
