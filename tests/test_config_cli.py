@@ -218,7 +218,9 @@ def test_secrets_never_printed(
     assert "AKIA…MPLE" in text and KEY_ID not in seen[0]
     assert "environment prod: secret_access_key = '****'" in caplog.text
 
-    config = ConfigManager(secret_file).get_config("prod")
+    manager = ConfigManager(secret_file)
+    assert SECRET not in repr(manager.file_envs) and SECRET not in repr(manager.resolve("prod"))
+    config = manager.get_config("prod")
     for rendered in (
         repr(config),
         str(config),

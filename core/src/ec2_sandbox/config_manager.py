@@ -196,10 +196,15 @@ def _load_json(text: str, where: str) -> dict[str, Any]:
                 f"{name}: an environment must be a JSON object of settings, not {_json_type(body)}"
             )
             continue
-        envs[name] = {k: v for k, v in body.items() if not k.startswith("_")}
+        envs[name] = _protect({k: v for k, v in body.items() if not k.startswith("_")})
     if problems:
         raise InvalidConfigError([f"{where}: {p}" for p in problems])
     return envs
+
+
+def _protect(values: dict[str, Any]) -> dict[str, Any]:
+    """Wrap secrets as soon as they are read, so no dict, repr or traceback of ours shows them."""
+    return {k: SecretStr(v) if k in SECRET_FIELDS and isinstance(v, str) else v for k, v in values.items()}
 
 
 def _json_type(value: Any) -> str:
@@ -335,7 +340,7 @@ class ConfigManager:
         problems: list[str] = []
         layers.append(self._env_layer(name, problems))
         if overrides:
-            layers.append(_Layer(dict(overrides), ARGUMENT_SOURCE))
+            layers.append(_Layer(_protect(dict(overrides)), ARGUMENT_SOURCE))
         merged: dict[str, Any] = {}
         sources: dict[str, str] = dict.fromkeys(fields(), DEFAULT_SOURCE)
         for layer in layers:
@@ -454,7 +459,7 @@ class ConfigManager:
                             var,
                             env_var_for(close[0]),
                         )
-        return _Layer(values, "variables", {f: f"variable {v}" for f, v in origin.items()})
+        return _Layer(_protect(values), "variables", {f: f"variable {v}" for f, v in origin.items()})
 
 
 def _cross_checks(env: str, merged: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
