@@ -1472,6 +1472,7 @@ def probe(req):
         "cgroup_controllers": controllers,
         "cgroup_kill": bool(cg) and os.path.exists(os.path.join(cg, "cgroup.kill")),
         "imds_guard": imds_guard_present(),
+        "on_ec2": on_ec2(),
         "runtimes": runtimes,
     }
 

@@ -382,7 +382,9 @@ class AsyncSandbox:
 
 
 def _isolation_warnings(config: SandboxConfig, probe: dict[str, Any], transport: str) -> list[str]:
+    """What the target cannot enforce, in words: every layer that is missing and what that lets code do."""
     warnings = []
+    bwrap = bool(probe["bwrap_usable"]) and config.isolation != "none"
     if config.isolation == "none":
         warnings.append("isolation is 'none': user code runs without namespaces (set isolation to 'auto')")
     elif not probe["bwrap_usable"]:
@@ -391,10 +393,25 @@ def _isolation_warnings(config: SandboxConfig, probe: dict[str, Any], transport:
         )
     if not probe["privileged"]:
         warnings.append("the runner is not root: code runs as the invoking user, not a per-session uid")
-    if transport != "local" and config.network and not probe["imds_guard"]:
+        if not bwrap and not config.network:
+            warnings.append(
+                "network is off in the configuration, but without bubblewrap or root nothing enforces it"
+            )
+        if not bwrap and not probe.get("cgroup_kill"):
+            warnings.append(
+                "without bubblewrap, a cgroup or root, a program that calls setsid() can outlive its run"
+            )
+    missing = [c for c in ("memory", "pids") if c not in (probe.get("cgroup_controllers") or [])]
+    if missing:
+        warnings.append(
+            f"no cgroup {' or '.join(missing)} controller on the target: memory and process limits are "
+            "rlimits (per process, and per uid for processes), not totals per run"
+        )
+    if (transport != "local" or probe.get("on_ec2")) and config.network and not probe["imds_guard"]:
         warnings.append(
             "network is on but no firewall keeps sandbox uids off the instance metadata service "
-            "(169.254.169.254): run `ec2-sandbox prepare-instance` or the provisioning script"
+            "(169.254.169.254): code may obtain the instance role's credentials; run "
+            "`ec2-sandbox prepare-instance` or the provisioning script"
         )
     return warnings
 
