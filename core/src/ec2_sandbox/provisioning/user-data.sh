@@ -221,7 +221,9 @@ overlaps=()
 for db in subuid subgid; do
     file=$ROOT/etc/$db
     mkdir -p "$ROOT/etc"
-    touch "$file"
+    if [[ ! -e $file ]]; then
+        : >"$file"
+    fi
     if ! grep -qx "ec2-sandbox:$UID_FIRST:$UID_COUNT" "$file"; then
         printf 'ec2-sandbox:%s:%s\n' "$UID_FIRST" "$UID_COUNT" >>"$file"
         CHANGED=1
