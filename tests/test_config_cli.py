@@ -293,6 +293,7 @@ def test_auth_describes_each_mode(
     monkeypatch.setenv("AWS_PROFILE", "dev")
     code, out, _ = run(capsys, "config", "auth")
     assert "method: profile 'dev' (from variable AWS_PROFILE)" in out
+    assert "warning: profile 'dev' is not in the AWS config or credentials files (known: none)" in out
     code, out, _ = run(capsys, "--config", secret_file, "config", "auth", "keys")
     assert "aws_profile 'dev' (variable AWS_PROFILE) is ignored" in out
 
@@ -318,7 +319,7 @@ def test_auth_check_with_a_profile(
     path = write(tmp_path / "c.json", {"dev": {"aws_profile": "dev", "region": "eu-west-1"}})
     code, out, err = run(capsys, "--config", path, "config", "auth", "dev", "--check")
     assert code == 0, err
-    assert "method: profile 'dev'" in out and "account: 123456789012" in out
+    assert "method: profile 'dev'" in out and "account: 123456789012" in out and "warning" not in out
     assert "credentials from: shared-credentials-file" in out
     assert SECRET not in out + err
     # a profile that does not exist: a configuration error naming it

@@ -226,6 +226,15 @@ def describe_auth(resolved: ResolvedConfig) -> list[str]:
             )
     elif mode == "profile":
         lines.append(f"method: profile {config.aws_profile!r} (from {sources.get('aws_profile')})")
+        import botocore.session
+
+        known = botocore.session.Session().available_profiles  # reads the AWS files only; no network
+        if config.aws_profile not in known:
+            lines.append(
+                f"warning: profile {config.aws_profile!r} is not in the AWS config or credentials files "
+                f"(known: {', '.join(sorted(known)) or 'none'}); 'aws configure --profile "
+                f"{config.aws_profile}' creates it"
+            )
     else:
         lines.append(
             "method: default credential chain (boto3 looks in order at: AWS_ACCESS_KEY_ID/"
