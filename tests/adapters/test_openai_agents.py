@@ -13,7 +13,7 @@ from agents.strict_schema import ensure_strict_json_schema
 from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
-from ec2_sandbox_openai_agents import create_openai_tools, from_strict_arguments
+from ec2_sandbox_openai_agents import STRICT_KEYWORDS, create_openai_tools, from_strict_arguments
 
 from .scenario import PLUGIN_RUNTIME, Received, Script
 
@@ -50,6 +50,7 @@ def assert_strict(schema: dict[str, Any]) -> None:
         assert schema.get("additionalProperties") is False, schema
         assert sorted(schema.get("required", [])) == sorted(schema.get("properties", {})), schema
     assert "default" not in schema, schema
+    assert set(schema) <= STRICT_KEYWORDS, set(schema) - STRICT_KEYWORDS
     for sub in schema.get("properties", {}).values():
         assert_strict(sub)
     for sub in schema.get("anyOf", []):

@@ -55,6 +55,51 @@ def _pairs(field: str) -> dict[str, Any]:
     }
 
 
+#: JSON-schema keywords strict mode accepts; others (minLength, title, default, ...) are dropped here and
+#: enforced by the core's validation instead.
+STRICT_KEYWORDS = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "const",
+        "anyOf",
+        "description",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minItems",
+        "maxItems",
+    }
+)
+
+
+def _supported(schema: Any) -> Any:
+    """``schema`` with only the keywords strict mode accepts, recursively."""
+    if isinstance(schema, list):
+        return [_supported(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key not in STRICT_KEYWORDS:
+            continue
+        if key == "properties":
+            out[key] = {name: _supported(sub) for name, sub in value.items()}
+        elif key in ("items", "anyOf"):
+            out[key] = _supported(value)
+        else:
+            out[key] = value
+    return out
+
+
 def strict_schema(spec: ToolSpec, sandbox: AsyncSandbox) -> dict[str, Any]:
     """The tool's input schema in the form strict mode accepts: closed objects, all properties
     required, optional ones nullable, no free-form maps, no defaults."""
@@ -65,7 +110,10 @@ def strict_schema(spec: ToolSpec, sandbox: AsyncSandbox) -> dict[str, Any]:
         description = prop.get("description", "")
         if name in PAIR_FIELDS:
             body = _pairs(name)
-            description += " Given here as a list of {name, value} pairs."
+            description += (
+                ' Given here as a list of {"name": ..., "value": ...} pairs instead of an object, '
+                'e.g. [{"name": "A", "value": "1"}].'
+            )
         else:
             body = {k: v for k, v in prop.items() if k not in ("default", "description", "title")}
             if "anyOf" in body:  # Optional[X] in the core: keep the non-null branches
@@ -80,12 +128,14 @@ def strict_schema(spec: ToolSpec, sandbox: AsyncSandbox) -> dict[str, Any]:
             )
             body = {"anyOf": [body, {"type": "null"}]}
         properties[name] = {**body, "description": description.strip()}
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
+    return _supported(
+        {
+            "type": "object",
+            "properties": properties,
+            "required": list(properties),
+            "additionalProperties": False,
+        }
+    )
 
 
 def from_strict_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
