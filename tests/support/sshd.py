@@ -109,7 +109,7 @@ exit 0
                     "EC2InstanceNotFoundException", f"Instance {instance_id} not found"
                 ) from None
             zone = params.get("AvailabilityZone")
-            if zone and zone != instance.placement:
+            if zone and zone != instance.availability_zone:
                 raise JsonRESTError(
                     "InvalidArgsException", f"Instance {instance_id} is not in availability zone {zone}"
                 )
