@@ -180,28 +180,26 @@ TAG_FILTER="Name=tag:$TAG_KEY,Values=$NAME"
 # Lookups shared by create and delete
 # ------------------------------------------------------------------------------------------------------
 
-# Live (not terminated) instances carrying our tag, one id per line.
+# Live (not terminated) instances carrying our tag, as a JSON array.
 find_instances() {
     local out
     out=$(aws_call read ec2 describe-instances --filters "$TAG_FILTER" \
         "Name=instance-state-name,Values=pending,running,stopping,stopped,shutting-down") \
         || aws_fail "cannot list instances"
-    jq -r '.Reservations[].Instances[].InstanceId' <<<"$out"
+    jq -c '[.Reservations[].Instances[]]' <<<"$out"
 }
 
-# IAM resources are found by name, but only touched when they carry our tag.
-role_is_ours() {
-    local tags
-    tags=$(aws_call read iam list-role-tags --role-name "$ROLE_NAME") || aws_fail "cannot read role tags"
-    jq -e --arg k "$TAG_KEY" --arg v "$NAME" 'any(.Tags[]; .Key == $k and .Value == $v)' <<<"$tags" >/dev/null
-}
-
-role_exists() {
-    if aws_call read iam get-role --role-name "$ROLE_NAME" >/dev/null; then
+# Prints the role document, or nothing when the role does not exist. IAM resources are found by name, but
+# only touched when they carry our tag.
+get_role() {
+    if aws_call read iam get-role --role-name "$ROLE_NAME"; then
         return 0
     fi
     aws_error_is NoSuchEntity || aws_fail "cannot read role $ROLE_NAME"
-    return 1
+}
+
+role_is_ours() { # role_is_ours ROLE_DOCUMENT
+    jq -e --arg k "$TAG_KEY" --arg v "$NAME" 'any(.Role.Tags[]?; .Key == $k and .Value == $v)' <<<"$1" >/dev/null
 }
 
 # Prints the instance profile document, or nothing when it does not exist.
@@ -253,11 +251,9 @@ delete_group() {
 
 do_delete() {
     log "deleting everything tagged $TAG_KEY=$NAME in $REGION"
-    local ids=() sgs=() out sg policies profile_doc
+    local ids=() sgs=() out sg policies profile_doc role_doc
     out=$(find_instances) || exit 1
-    if [[ -n $out ]]; then
-        mapfile -t ids <<<"$out"
-    fi
+    mapfile -t ids < <(jq -r '.[].InstanceId' <<<"$out")
     if ((${#ids[@]})); then
         aws_call write ec2 terminate-instances --instance-ids "${ids[@]}" >/dev/null \
             || aws_fail "cannot terminate ${ids[*]}"
@@ -282,10 +278,11 @@ do_delete() {
     done
     ((${#sgs[@]})) || info "no security group tagged $TAG_KEY=$NAME"
 
-    if role_exists && ! role_is_ours; then
+    role_doc=$(get_role) || exit 1
+    if [[ -n $role_doc ]] && ! role_is_ours "$role_doc"; then
         die "role $ROLE_NAME exists but is not tagged $TAG_KEY=$NAME: not deleting it"
     fi
-    profile_doc=$(get_instance_profile)
+    profile_doc=$(get_instance_profile) || exit 1
     if [[ -n $profile_doc ]]; then
         local role roles=()
         mapfile -t roles < <(jq -r '.InstanceProfile.Roles[].RoleName' <<<"$profile_doc")
@@ -297,7 +294,7 @@ do_delete() {
             || aws_fail "cannot delete instance profile $PROFILE_NAME"
         info "deleted instance profile $PROFILE_NAME"
     fi
-    if role_exists; then
+    if [[ -n $role_doc ]]; then
         policies=$(aws_call read iam list-attached-role-policies --role-name "$ROLE_NAME") \
             || aws_fail "cannot list the policies of $ROLE_NAME"
         local arn arns=() names=()
@@ -359,8 +356,9 @@ info "AMI $AMI ($ARCH, root device $ROOT_DEVICE), type $INSTANCE_TYPE"
 
 log "IAM role $ROLE_NAME and instance profile $PROFILE_NAME"
 TAGS_IAM=(--tags "Key=$TAG_KEY,Value=$NAME" "Key=Name,Value=$NAME")
-if role_exists; then
-    role_is_ours || die "role $ROLE_NAME exists but is not tagged $TAG_KEY=$NAME; choose another --name"
+ROLE_DOC=$(get_role) || exit 1
+if [[ -n $ROLE_DOC ]]; then
+    role_is_ours "$ROLE_DOC" || die "role $ROLE_NAME exists but is not tagged $TAG_KEY=$NAME; choose another --name"
     info "role $ROLE_NAME exists"
 else
     trust=$(jq -cn '{Version: "2012-10-17", Statement: [{Effect: "Allow",
@@ -370,7 +368,7 @@ else
         || aws_fail "cannot create role $ROLE_NAME"
     info "created role $ROLE_NAME"
 fi
-if [[ $DRY_RUN -eq 1 ]] && ! role_exists; then
+if [[ $DRY_RUN -eq 1 && -z $ROLE_DOC ]]; then
     aws_call write iam attach-role-policy --role-name "$ROLE_NAME" --policy-arn "$SSM_POLICY_ARN"
 else
     policies=$(aws_call read iam list-attached-role-policies --role-name "$ROLE_NAME") \
@@ -388,11 +386,15 @@ else
         info "attached $SSM_POLICY_NAME"
     fi
 fi
-profile_doc=$(get_instance_profile)
+profile_doc=$(get_instance_profile) || exit 1
 if [[ -z $profile_doc ]]; then
     aws_call write iam create-instance-profile --instance-profile-name "$PROFILE_NAME" "${TAGS_IAM[@]}" \
         >/dev/null || aws_fail "cannot create instance profile $PROFILE_NAME"
     info "created instance profile $PROFILE_NAME"
+    if [[ $DRY_RUN -eq 0 ]]; then
+        aws_call read iam wait instance-profile-exists --instance-profile-name "$PROFILE_NAME" \
+            || aws_fail "instance profile $PROFILE_NAME did not appear"
+    fi
     profile_roles=""
 else
     profile_roles=$(jq -r '[.InstanceProfile.Roles[].RoleName] | join(" ")' <<<"$profile_doc")
@@ -403,10 +405,6 @@ if [[ -z $profile_roles ]]; then
     info "added $ROLE_NAME to $PROFILE_NAME"
 elif [[ $profile_roles != "$ROLE_NAME" ]]; then
     die "instance profile $PROFILE_NAME holds role(s) $profile_roles, not $ROLE_NAME; choose another --name"
-fi
-if [[ $DRY_RUN -eq 0 ]]; then
-    aws_call read iam wait instance-profile-exists --instance-profile-name "$PROFILE_NAME" \
-        || aws_fail "instance profile $PROFILE_NAME did not appear"
 fi
 
 # ------------------------------------------------------------------------------------------------------
@@ -504,13 +502,10 @@ done
 # ------------------------------------------------------------------------------------------------------
 
 log "instance $NAME"
-existing=()
-out=$(find_instances) || exit 1
-if [[ -n $out ]]; then
-    mapfile -t existing <<<"$out"
-fi
-if ((${#existing[@]} > 1)); then
-    die "several instances are tagged $TAG_KEY=$NAME (${existing[*]}); terminate the extra ones or run --delete"
+EXISTING=$(find_instances) || exit 1
+if [[ $(jq length <<<"$EXISTING") -gt 1 ]]; then
+    die "several instances are tagged $TAG_KEY=$NAME ($(jq -r 'map(.InstanceId) | join(" ")' <<<"$EXISTING"));" \
+        "terminate the extra ones or run --delete"
 fi
 gzip -9 -n -c "$USER_DATA_FILE" >"$WORK_DIR/user-data.gz"
 user_data_bytes=$(wc -c <"$WORK_DIR/user-data.gz")
@@ -551,11 +546,10 @@ launch() {
     aws_fail "the instance profile $PROFILE_NAME never became usable"
 }
 
-if ((${#existing[@]} == 1)); then
-    INSTANCE_ID=${existing[0]}
+if [[ $(jq length <<<"$EXISTING") -eq 1 ]]; then
+    INSTANCE_ID=$(jq -r '.[0].InstanceId' <<<"$EXISTING")
     info "instance $INSTANCE_ID exists"
-    out=$(aws_call read ec2 describe-instances --instance-ids "$INSTANCE_ID") || aws_fail "cannot read $INSTANCE_ID"
-    state=$(jq -r '.Reservations[0].Instances[0].State.Name' <<<"$out")
+    state=$(jq -r '.[0].State.Name' <<<"$EXISTING")
     case $state in
         stopped)
             aws_call write ec2 start-instances --instance-ids "$INSTANCE_ID" >/dev/null \
@@ -563,8 +557,8 @@ if ((${#existing[@]} == 1)); then
             info "started $INSTANCE_ID" ;;
         stopping | shutting-down) die "$INSTANCE_ID is $state; rerun when it has stopped, or run --delete" ;;
     esac
-    if ! jq -e '.Reservations[0].Instances[0].MetadataOptions | .HttpTokens == "required"
-        and .HttpPutResponseHopLimit == 1' <<<"$out" >/dev/null; then
+    if ! jq -e '.[0].MetadataOptions | .HttpTokens == "required" and .HttpPutResponseHopLimit == 1' \
+        <<<"$EXISTING" >/dev/null; then
         aws_call write ec2 modify-instance-metadata-options --instance-id "$INSTANCE_ID" \
             --http-tokens required --http-put-response-hop-limit 1 --http-endpoint enabled >/dev/null \
             || aws_fail "cannot require IMDSv2 on $INSTANCE_ID"

@@ -123,7 +123,11 @@ class Account:
                 p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]
             ),
             "groups": sorted(
-                (g["GroupId"], json.dumps(g["IpPermissions"], sort_keys=True, default=str))
+                (
+                    g["GroupId"],
+                    json.dumps(g["IpPermissions"], sort_keys=True, default=str),
+                    json.dumps(g["IpPermissionsEgress"], sort_keys=True, default=str),
+                )
                 for g in ec2.describe_security_groups()["SecurityGroups"]
             ),
             "instances": sorted(
@@ -320,7 +324,8 @@ def test_rerun_reuses_everything_and_repairs_drift(account: Account, eic_prefix_
     ec2 = account.client("ec2")
     (instance,) = account.live_instances()
     (group,) = account.tagged_groups()
-    # Someone opened ssh to the world and relaxed the metadata hop limit.
+    before = account.snapshot()
+    # Someone opened ssh to the world and relaxed the metadata options.
     ec2.authorize_security_group_ingress(
         GroupId=group["GroupId"],
         IpPermissions=[
@@ -330,26 +335,21 @@ def test_rerun_reuses_everything_and_repairs_drift(account: Account, eic_prefix_
     ec2.modify_instance_metadata_options(
         InstanceId=instance["InstanceId"], HttpTokens="optional", HttpPutResponseHopLimit=2
     )
+    assert account.snapshot() != before
     proc = account.run("--skip-test")
     assert proc.returncode == 0, proc.stderr
     out = proc.stderr
-    for word in ("created", "launched", "attached", "added ingress", "added egress"):
+    for word in ("created", "launched", "attached", "added ingress", "added egress", "started"):
         assert word not in out, out
     assert "revoked ingress rules not ours" in out and "0.0.0.0/0" in out
     assert "IMDSv2 now required" in out
+    # Back to exactly what the first run made: same role, profile, group rules and instance.
+    assert account.snapshot() == before
     (again,) = account.live_instances()
-    assert again["InstanceId"] == instance["InstanceId"]
     assert again["MetadataOptions"]["HttpTokens"] == "required"
     assert again["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
     (group,) = account.tagged_groups()
-    assert "0.0.0.0/0" not in json.dumps(group["IpPermissions"])
     assert [p["PrefixListId"] for p in group["IpPermissions"][0]["PrefixListIds"]] == [eic_prefix_list]
-    # Nothing is touched by a third run.
-    before = account.snapshot()
-    proc = account.run("--skip-test")
-    assert proc.returncode == 0, proc.stderr
-    assert "revoked" not in proc.stderr and "IMDSv2 now required" not in proc.stderr
-    assert account.snapshot() == before
 
 
 def test_prepare_instance_reports_each_step(account: Account, tmp_path: Path) -> None:
@@ -424,6 +424,21 @@ def test_bad_arguments_fail_before_any_call(account: Account) -> None:
 
 def test_delete_removes_everything_tagged(account: Account) -> None:
     (instance,) = account.live_instances()
+    before = account.snapshot()
+    dry = account.run("--delete", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    prefix = "[dry-run] would run: aws --region us-east-1 --profile default --output json"
+    for call in (
+        f"ec2 terminate-instances --instance-ids {instance['InstanceId']}",
+        "ec2 delete-security-group",
+        f"iam remove-role-from-instance-profile --instance-profile-name {NAME}-profile",
+        f"iam delete-instance-profile --instance-profile-name {NAME}-profile",
+        f"iam detach-role-policy --role-name {NAME}-role --policy-arn {SSM_CORE}",
+        f"iam delete-role --role-name {NAME}-role",
+    ):
+        assert f"{prefix} {call}" in dry.stderr, call
+    assert account.snapshot() == before
+
     proc = account.run("--delete")
     assert proc.returncode == 0, proc.stderr
     assert account.live_instances() == []
