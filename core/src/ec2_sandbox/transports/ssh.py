@@ -137,6 +137,172 @@ class _Client(asyncssh.SSHClient):
         return True
 
 
+#: The runner service: started once per connection, it loads the runner and serves requests on its stdin,
+#: each on its own thread (as the local transport does in-process). Lines both ways are ``<id> <json>``.
+#: Fixed text - Python 3.8, stdlib only; the runner's path is its only argument.
+SERVICE = r"""
+import importlib.util, json, os, sys, threading
+spec = importlib.util.spec_from_file_location("ec2_sandbox_runner", sys.argv[1])
+runner = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runner)
+try:
+    # Probe bubblewrap once before requests run side by side (each would otherwise probe it on its own).
+    bwrap = runner.find_bwrap()
+    if bwrap:
+        runner.bwrap_works(bwrap, runner.SANDBOX_UID_RANGE[0] if os.geteuid() == 0 else None)
+except Exception:
+    pass
+out = sys.stdout.buffer
+lock = threading.Lock()
+def send(rid, text):
+    data = ("%d " % rid).encode() + text.encode("utf-8") + b"\n"
+    with lock:
+        try:
+            out.write(data)
+            out.flush()
+        except (OSError, ValueError):
+            pass
+def serve(rid, raw):
+    try:
+        req = json.loads(raw.decode("utf-8"))
+        emit = lambda event: send(rid, json.dumps({"event": event}, separators=(",", ":")))
+        envelope = runner.handle(req, emit)
+        cap = req.get("max_envelope_chars") if isinstance(req, dict) else None
+        text = runner.fit_envelope(envelope, cap)
+    except Exception as exc:
+        error = {"kind": "protocol", "message": "bad request: %s: %s" % (type(exc).__name__, exc)}
+        text = json.dumps({"envelope": {"ok": False, "error": error}})
+    send(rid, text)
+for line in sys.stdin.buffer:
+    rid, _, raw = line.partition(b" ")
+    threading.Thread(target=serve, args=(int(rid), raw)).start()
+"""
+
+
+class _NotStarted(TransportError):
+    """The connection turned out dead before anything was sent: safe to try again."""
+
+
+@dataclass
+class _Call:
+    lines: list[bytes]
+    on_line: LineCallback | None
+    future: asyncio.Future[None]
+
+
+class _RunnerService:
+    """One long-lived runner process on the target; many requests in flight over its single channel."""
+
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        process: asyncssh.SSHClientProcess,
+        lost: Any,
+        target: str,
+    ) -> None:
+        self.conn = conn
+        self.process = process
+        self.target = target
+        self._lost = lost
+        self.calls: dict[int, _Call] = {}
+        self.next_id = 0
+        self.error: TransportError | None = None
+        self.stderr = bytearray()
+        self._tasks = [asyncio.ensure_future(self._read_stdout()), asyncio.ensure_future(self._read_stderr())]
+
+    async def request(self, payload: bytes, timeout: float, on_line: LineCallback | None) -> list[bytes]:
+        if self.error is not None:
+            raise self.error
+        self.next_id += 1
+        rid = self.next_id
+        call = _Call([], on_line, asyncio.get_running_loop().create_future())
+        self.calls[rid] = call
+        try:
+            async with asyncio.timeout(timeout):
+                # Three writes, no await between them: the line cannot interleave with another request's.
+                self.process.stdin.write(b"%d " % rid)
+                self.process.stdin.write(payload)
+                self.process.stdin.write(b"\n")
+                await self.process.stdin.drain()
+                await call.future
+        except TimeoutError:
+            raise TransportError(
+                f"the runner on {self.target} did not finish within {timeout:.0f} s (its own time limit "
+                "still applies on the target)"
+            ) from None
+        except (OSError, asyncssh.Error) as exc:
+            raise self._fail(exc) from None
+        finally:
+            self.calls.pop(rid, None)
+        return call.lines
+
+    def _route(self, line: bytes) -> None:
+        rid, _, body = line.partition(b" ")
+        try:
+            call = self.calls.get(int(rid))
+        except ValueError:
+            log.debug("ignoring a malformed line from the runner service on %s", self.target)
+            return
+        if call is None or call.future.done():
+            return  # a request given up on (timeout, cancellation)
+        call.lines.append(body)
+        if body.startswith(b'{"envelope"'):
+            call.future.set_result(None)
+        elif call.on_line is not None:
+            try:
+                call.on_line(body[:-1])
+            except Exception:
+                log.exception("an output callback failed")
+
+    async def _read_stdout(self) -> None:
+        pending: list[bytes] = []
+        error: BaseException | None = None
+        try:
+            while chunk := await self.process.stdout.read(READ_CHUNK):
+                start = 0
+                while (nl := chunk.find(b"\n", start)) >= 0:
+                    self._route(b"".join((*pending, chunk[start : nl + 1])))
+                    pending.clear()
+                    start = nl + 1
+                pending.append(chunk[start:])
+        except (OSError, asyncssh.Error) as exc:
+            error = exc
+        # Let stderr drain so that a crash can be explained.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._tasks[1]), 2)
+        self._fail(error)
+
+    async def _read_stderr(self) -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            while chunk := await self.process.stderr.read(READ_CHUNK):
+                self.stderr += chunk
+                del self.stderr[:-8192]
+
+    def _fail(self, exc: BaseException | None) -> TransportError:
+        if self.error is None:
+            if exc is not None or self.conn.is_closed():
+                self.error = self._lost(exc)
+            else:
+                detail = self.stderr.decode("utf-8", "replace").strip()[-2000:] or "(no stderr)"
+                status = self.process.exit_status
+                self.error = TransportError(
+                    f"the runner on {self.target} stopped (exit status {status}) before it answered: {detail}"
+                )
+        for call in list(self.calls.values()):
+            if not call.future.done():
+                call.future.set_exception(self.error)
+                call.future.exception()  # retrieved here: a caller that gave up must not log it
+        return self.error
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.process.close()
+
+
 @dataclass
 class _Connection:
     conn: asyncssh.SSHClientConnection
@@ -148,6 +314,8 @@ class _Connection:
     closers: list[Any] = field(default_factory=list)
     #: sshd allows MaxSessions (default 10) channels per connection: runs beyond that wait their turn.
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CHANNELS))
+    service: _RunnerService | None = None
+    service_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def usable(self) -> bool:
@@ -172,6 +340,7 @@ class SSHTransport(Transport):
         host_keys: HostKeyPolicy | None = None,
         host_key_alias: str | None = None,
         sudo: bool = False,
+        persistent_runner: bool = True,
         connect_timeout: float = 20.0,
         keepalive_interval: float = 15.0,
     ) -> None:
@@ -182,6 +351,7 @@ class SSHTransport(Transport):
         self.host_keys = host_keys or HostKeyPolicy()
         self.host_key_alias = host_key_alias
         self.sudo = sudo
+        self.persistent_runner = persistent_runner
         self.connect_timeout = connect_timeout
         self.keepalive_interval = keepalive_interval
         self._state: _Connection | None = None
@@ -373,8 +543,10 @@ class SSHTransport(Transport):
                 await close()
 
     # ------------------------------------------------------------------ running
-    def _command(self, runner_path: str) -> str:
+    def _command(self, runner_path: str, service: bool = False) -> str:
         argv = ["python3", "-I", "-S", runner_path]
+        if service:
+            argv = ["python3", "-I", "-S", "-c", SERVICE, runner_path]
         if self.sudo:
             argv = ["sudo", "-n", "--", *argv]
         return "exec " + shlex.join(argv)
@@ -382,27 +554,49 @@ class SSHTransport(Transport):
     async def exec_runner(
         self, payload: bytes, *, timeout: float, on_stdout_line: LineCallback | None = None
     ) -> RunnerOutput:
-        state = await self._connection(timeout)
-        async with state.slots:
+        """Run one request: on the connection's runner service, or (``persistent_runner=False``, or a
+        payload that is not one line) as a runner process of its own on a new channel."""
+        for attempt in (1, 2):
+            state = await self._connection(timeout)
             try:
-                process = await state.conn.create_process(self._command(state.runner_path), encoding=None)
-            except (OSError, asyncssh.Error) as exc:
-                if not state.conn.is_closed():
-                    raise TransportError(f"{self.target} refused a new SSH channel: {exc}") from None
-                # Nothing ran: the connection had died unnoticed. Go on over a fresh one.
-                log.debug("the connection to %s had closed (%s); reconnecting", self.target, exc)
-                self._retire(state)
-                state = await self._connection(timeout)
-                process = None
-            if process is not None:
-                return await self._drive(state, process, payload, timeout, on_stdout_line)
-        async with state.slots:
-            try:
-                process = await state.conn.create_process(self._command(state.runner_path), encoding=None)
-            except (OSError, asyncssh.Error) as exc:
-                self._retire(state)
-                raise TransportError(f"cannot start the runner on {self.target}: {exc}") from None
-            return await self._drive(state, process, payload, timeout, on_stdout_line)
+                if self.persistent_runner and b"\n" not in payload:
+                    service = await self._service(state)
+                    try:
+                        lines = await service.request(payload, timeout, on_stdout_line)
+                    except TransportError:
+                        if not state.usable:
+                            self._retire(state)
+                        raise
+                    return RunnerOutput(0, b"".join(lines), b"")
+                async with state.slots:
+                    process = await self._open_channel(state, self._command(state.runner_path))
+                    return await self._drive(state, process, payload, timeout, on_stdout_line)
+            except _NotStarted as exc:
+                # Nothing ran: the connection had died unnoticed. Once more, over a fresh one.
+                if attempt == 2:
+                    raise TransportError(str(exc)) from None
+                log.debug("%s; reconnecting", exc)
+        raise AssertionError("unreachable")
+
+    async def _open_channel(self, state: _Connection, command: str) -> asyncssh.SSHClientProcess:
+        try:
+            return await state.conn.create_process(command, encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            if not state.conn.is_closed():
+                raise TransportError(f"{self.target} refused a new SSH channel: {exc}") from None
+            self._retire(state)
+            raise _NotStarted(
+                f"the SSH connection to {self.target} closed before the runner started"
+            ) from None
+
+    async def _service(self, state: _Connection) -> _RunnerService:
+        async with state.service_lock:
+            if state.service is None or not state.service.alive:
+                if state.service is not None:
+                    state.service.close()
+                process = await self._open_channel(state, self._command(state.runner_path, service=True))
+                state.service = _RunnerService(state.conn, process, self._lost, self.target)
+            return state.service
 
     async def _drive(
         self,
