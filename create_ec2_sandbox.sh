@@ -221,7 +221,7 @@ wait_until() {
         fi
         now=$(date +%s)
         if ((now - start >= WAIT_SECONDS)); then
-            die "gave up after ${WAIT_SECONDS}s waiting for $what"
+            die "gave up after ${WAIT_SECONDS}s waiting for $what (last state: ${WAIT_STATE:-unknown})"
         fi
         info "waiting for $what ($((now - start))s, state: ${WAIT_STATE:-unknown})"
         sleep "$POLL_SECONDS"

@@ -237,7 +237,12 @@ def test_create_end_to_end(account: Account, eic_prefix_list: str, monkeypatch: 
 
     monkeypatch.setattr(InstanceBackend, "run_instances", run_instances)
 
-    proc = account.run("--region", REGION)
+    ec2 = account.client("ec2")
+    default_vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    subnet = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [default_vpc]}])["Subnets"][0][
+        "SubnetId"
+    ]
+    proc = account.run("--region", REGION, "--subnet", subnet)
     assert proc.returncode == 0, proc.stderr
     assert "instance profile not usable yet (attempt 1" in proc.stderr
     assert "SSM agent on" in proc.stderr and "is Online" in proc.stderr
@@ -290,6 +295,7 @@ def test_create_end_to_end(account: Account, eic_prefix_list: str, monkeypatch: 
     (instance,) = account.live_instances()
     iid = instance["InstanceId"]
     assert instance["ImageId"] == AMI
+    assert instance["SubnetId"] == subnet
     assert instance["InstanceType"] == "t3.small"
     assert instance["MetadataOptions"]["HttpTokens"] == "required"
     assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
@@ -297,7 +303,6 @@ def test_create_end_to_end(account: Account, eic_prefix_list: str, monkeypatch: 
     assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group["GroupId"]]
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
     assert tags == {"Name": NAME, TAG_KEY: NAME}
-    ec2 = account.client("ec2")
     volumes = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [iid]}])["Volumes"]
     assert volumes and all(v["Encrypted"] for v in volumes)
     user_data = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
@@ -350,6 +355,28 @@ def test_rerun_reuses_everything_and_repairs_drift(account: Account, eic_prefix_
     assert again["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
     (group,) = account.tagged_groups()
     assert [p["PrefixListId"] for p in group["IpPermissions"][0]["PrefixListIds"]] == [eic_prefix_list]
+
+
+def test_an_agent_that_never_comes_online_fails_with_the_reason(account: Account) -> None:
+    (instance,) = account.live_instances()
+    iid = instance["InstanceId"]
+    account.server.standin.ping_status[iid] = "ConnectionLost"
+    try:
+        proc = subprocess.run(
+            ["bash", str(SCRIPT), "--name", NAME, "--config", str(account.config)],
+            env={**account.env, "EC2_SANDBOX_WAIT_SECONDS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        del account.server.standin.ping_status[iid]
+    assert proc.returncode == 1
+    assert f"waiting for the SSM agent on {iid} to report Online" in proc.stderr
+    reason = (
+        f"gave up after 1s waiting for the SSM agent on {iid} to report Online (last state: ConnectionLost)"
+    )
+    assert f"error: {reason}" in proc.stderr
 
 
 def test_prepare_instance_reports_each_step(account: Account, tmp_path: Path) -> None:
@@ -417,6 +444,7 @@ def test_bad_arguments_fail_before_any_call(account: Account) -> None:
         (["--ami", "not-an-ami"], "is not an AMI id"),
         (["--bogus"], "unknown option '--bogus'"),
         (["--type"], "--type needs a value"),
+        (["--arch", "arm64", "--ami", AMI], f"AMI {AMI} is x86_64, not arm64"),
     ):
         proc = account.run(*args)
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
