@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -56,9 +57,24 @@ def ssh_config(server: Sshd, base_dir: str, known_hosts: str, **changes: object)
     return SandboxConfig(**fields)
 
 
+def ssh_sandbox(config: SandboxConfig, persistent: bool = True) -> AsyncSandbox:
+    """A sandbox over the runner service (default) or over one runner process per run."""
+    transport = create_ssh_transport(config)
+    transport.persistent_runner = persistent
+    return AsyncSandbox(config, transport=transport)
+
+
 @pytest.fixture
 async def sandbox(sshd: Sshd, tmp_base_dir: str, known_hosts: str) -> AsyncIterator[AsyncSandbox]:
     async with AsyncSandbox(ssh_config(sshd, tmp_base_dir, known_hosts)) as sb:
+        yield sb
+
+
+@pytest.fixture(params=[True, False], ids=["service", "process-per-run"])
+async def either_sandbox(
+    request: pytest.FixtureRequest, sshd: Sshd, tmp_base_dir: str, known_hosts: str
+) -> AsyncIterator[AsyncSandbox]:
+    async with ssh_sandbox(ssh_config(sshd, tmp_base_dir, known_hosts), request.param) as sb:
         yield sb
 
 
@@ -106,7 +122,8 @@ async def test_more_concurrent_runs_than_sshd_allows_sessions(sandbox: AsyncSand
 
 
 # ---------------------------------------------------------------------------------------------- streaming
-async def test_streamed_output_arrives_complete_and_in_order(sandbox: AsyncSandbox) -> None:
+async def test_streamed_output_arrives_complete_and_in_order(either_sandbox: AsyncSandbox) -> None:
+    sandbox = either_sandbox
     chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
     code = (
         "import sys\n"
@@ -187,15 +204,16 @@ async def test_sftp_read_of_a_missing_path_is_a_transport_error(sandbox: AsyncSa
 
 
 # ---------------------------------------------------------------------------------------------- failures
+@pytest.mark.parametrize("persistent", [True, False], ids=["service", "process-per-run"])
 async def test_killed_sshd_fails_the_run_in_flight_and_the_next_run_reconnects(
-    own_sshd: Sshd, tmp_base_dir: str, known_hosts: str
+    own_sshd: Sshd, tmp_base_dir: str, known_hosts: str, persistent: bool
 ) -> None:
     started = asyncio.Event()
 
     def on_output(stream: str, chunk: bytes) -> None:
         started.set()
 
-    async with AsyncSandbox(ssh_config(own_sshd, tmp_base_dir, known_hosts)) as sb:
+    async with ssh_sandbox(ssh_config(own_sshd, tmp_base_dir, known_hosts), persistent) as sb:
         assert (await sb.execute_code("print('warm')")).success
         run = asyncio.ensure_future(
             sb.execute_code("import time\nprint('started', flush=True)\ntime.sleep(8)", on_output=on_output)
@@ -213,9 +231,10 @@ async def test_killed_sshd_fails_the_run_in_flight_and_the_next_run_reconnects(
         assert sb.transport.connections_opened == 2  # type: ignore[attr-defined]
 
 
-async def test_transport_timeout_closes_the_channel_and_the_connection_stays_usable(
-    sandbox: AsyncSandbox,
+async def test_transport_timeout_fails_the_call_and_the_connection_stays_usable(
+    either_sandbox: AsyncSandbox,
 ) -> None:
+    sandbox = either_sandbox
     transport = sandbox.transport
     req = protocol.request(
         "run",
@@ -224,11 +243,11 @@ async def test_transport_timeout_closes_the_channel_and_the_connection_stays_usa
         session_id=None,
         ephemeral=True,
         runtime=sandbox.runtime("sh").to_runner(),
-        code_b64=protocol.b64(b"sleep 20"),
+        code_b64=protocol.b64(b"sleep 4"),
         files=[],
         env={},
         limits={"memory_mb": 256, "file_size_mb": 10, "open_files": 64, "processes": 16, "cpu_seconds": 30},
-        timeout=20,
+        timeout=4,
         inline_chars=1000,
         isolation="auto",
         network=False,
@@ -237,6 +256,44 @@ async def test_transport_timeout_closes_the_channel_and_the_connection_stays_usa
     with pytest.raises(TransportError, match="did not finish within 1 s"):
         await transport.exec_runner(json.dumps(req).encode(), timeout=1)
     assert (await sandbox.execute_code("print('still here')")).stdout == "still here\n"
+
+
+def service_pids(runner_path: str) -> list[int]:
+    """Runner service processes on this machine (the sshd under test is local)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"-c" in argv and runner_path.encode() in argv:
+                pids.append(int(entry))
+    return pids
+
+
+async def test_a_crashed_runner_service_fails_its_runs_and_is_restarted(sandbox: AsyncSandbox) -> None:
+    transport = sandbox.transport
+    assert isinstance(transport, SSHTransport)
+    digest = hashlib.sha256(protocol.runner_source()).hexdigest()
+    runner_path = str(Path.home() / ".cache" / "ec2-sandbox" / f"runner-{digest}.py")
+    others = set(service_pids(runner_path))  # services of other connections, still finishing their runs
+    assert (await sandbox.execute_code("print('warm')")).success
+    [pid] = set(service_pids(runner_path)) - others
+    started = asyncio.Event()
+    run = asyncio.ensure_future(
+        sandbox.execute_code(
+            "import time\nprint('started', flush=True)\ntime.sleep(5)",
+            on_output=lambda stream, chunk: started.set(),
+        )
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(TransportError, match=r"stopped .*before it answered"):
+        await asyncio.wait_for(run, 60)
+    assert (await sandbox.execute_code("print('again')")).stdout == "again\n"
+    assert transport.connections_opened == 1
+    assert len(set(service_pids(runner_path)) - others - {pid}) == 1
 
 
 async def test_wrong_key_is_refused_with_a_hint(
