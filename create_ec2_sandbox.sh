@@ -16,6 +16,11 @@
 # Reruns reuse what exists; an interrupted run is finished by running it again or removed with --delete.
 set -euo pipefail
 
+if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
+    echo "create_ec2_sandbox.sh needs bash 4.4 or later (this is $BASH_VERSION; on macOS: brew install bash)" >&2
+    exit 1
+fi
+
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
 readonly USER_DATA_FILE="$SCRIPT_DIR/provisioning/user-data.sh"
@@ -53,7 +58,8 @@ Options:
   --ami AMI_ID        AMI to launch (default: latest Ubuntu 24.04 LTS from the public SSM parameter)
   --subnet SUBNET_ID  subnet to launch in (default: the default VPC's default subnet)
   --region REGION     AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, then the profile's region)
-  --profile PROFILE   AWS CLI profile (default: $AWS_PROFILE, then "default")
+  --profile PROFILE   AWS CLI profile (default: $AWS_PROFILE; else "default" if it exists and no
+                      AWS_ACCESS_KEY_ID is set; else none: the CLI's default credential chain)
   --environment NAME  environment to write in the configuration file (default: default)
   --config PATH       configuration file (default: $EC2_SANDBOX_CONFIG, then ./config.json)
   --skip-test         do not wait for SSM nor run the connection test
@@ -123,17 +129,29 @@ for tool in aws jq gzip; do
 done
 [[ -r $USER_DATA_FILE ]] || die "cannot read the instance setup script $USER_DATA_FILE"
 
-PROFILE=${PROFILE:-${AWS_PROFILE:-default}}
+# The profile used here is the one written to the configuration, so the toolkit authenticates as this script
+# did. With keys in the environment and no profile named, none is used (the CLI would otherwise prefer a
+# "default" profile over those keys), and the configuration gets none: the toolkit's default chain finds them.
+PROFILE=${PROFILE:-${AWS_PROFILE:-}}
+if [[ -z $PROFILE && -z ${AWS_ACCESS_KEY_ID:-} ]] && grep -qsE '^[[:space:]]*\[(profile )?default\]' \
+    "${AWS_CONFIG_FILE:-$HOME/.aws/config}" "${AWS_SHARED_CREDENTIALS_FILE:-$HOME/.aws/credentials}"; then
+    PROFILE=default
+fi
+PROFILE_ARGS=()
+if [[ -n $PROFILE ]]; then
+    PROFILE_ARGS=(--profile "$PROFILE")
+fi
 if [[ -z $REGION ]]; then
     REGION=${AWS_REGION:-${AWS_DEFAULT_REGION:-}}
 fi
 if [[ -z $REGION ]]; then
-    REGION=$(aws configure get region --profile "$PROFILE" 2>/dev/null || true)
+    REGION=$(aws configure get region "${PROFILE_ARGS[@]}" 2>/dev/null || true)
 fi
-[[ -n $REGION ]] || die "no region: pass --region, set AWS_REGION, or configure one for profile '$PROFILE'"
+[[ -n $REGION ]] || die "no region: pass --region, set AWS_REGION, or configure one for profile '${PROFILE:-default}'"
 [[ $REGION =~ ^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$ ]] || die "--region '$REGION' is not a region name"
 
-AWS=(aws --region "$REGION" --profile "$PROFILE" --output json)
+export AWS_PAGER=""
+AWS=(aws --region "$REGION" "${PROFILE_ARGS[@]}" --output json)
 WORK_DIR=$(mktemp -d)
 trap 'rm -rf "$WORK_DIR"' EXIT
 AWS_ERR="$WORK_DIR/aws-stderr"
@@ -164,11 +182,11 @@ aws_error_is() {
 }
 
 CALLER=$(aws_call read sts get-caller-identity) \
-    || aws_fail "AWS credentials for profile '$PROFILE' do not work (aws sts get-caller-identity)"
+    || aws_fail "AWS credentials (profile '${PROFILE:-none: default chain}') do not work (aws sts get-caller-identity)"
 ACCOUNT=$(jq -r .Account <<<"$CALLER")
 CALLER_ARN=$(jq -r .Arn <<<"$CALLER")
 PARTITION=$(cut -d: -f2 <<<"$CALLER_ARN")
-log "account $ACCOUNT as $CALLER_ARN, region $REGION, profile $PROFILE"
+log "account $ACCOUNT as $CALLER_ARN, region $REGION, profile ${PROFILE:-none (default credential chain)}"
 
 ROLE_NAME="$NAME-role"
 PROFILE_NAME="$NAME-profile"
@@ -599,7 +617,11 @@ fi
 
 log "environment '$ENVIRONMENT' in $CONFIG"
 ENTRY=$(jq -cn --arg id "$INSTANCE_ID" --arg region "$REGION" --arg profile "$PROFILE" \
-    '{transport: "ssm", instance_id: $id, region: $region, aws_profile: $profile}')
+    '{transport: "ssm", instance_id: $id, region: $region}
+     + if $profile == "" then {} else {aws_profile: $profile} end')
+if [[ -z $PROFILE ]]; then
+    info "no AWS profile in use: aws_profile is not written; the toolkit will use the default credential chain"
+fi
 if [[ -e $CONFIG ]]; then
     jq -e 'type == "object"' "$CONFIG" >/dev/null 2>&1 \
         || die "$CONFIG is not a JSON object; fix it (nothing was written)"

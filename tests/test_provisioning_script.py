@@ -450,6 +450,23 @@ def test_bad_arguments_fail_before_any_call(account: Account) -> None:
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
 
 
+def test_keys_in_the_environment_are_used_without_a_profile(account: Account) -> None:
+    env = {k: v for k, v in account.env.items() if not k.startswith("AWS_") or k == "AWS_ENDPOINT_URL"}
+    env |= {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
+    env |= {"AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--name", "absent", "--delete", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "profile none (default credential chain)" in proc.stderr
+    assert "[dry-run] reading: aws --region us-east-1 --output json sts get-caller-identity" in proc.stderr
+    assert "no instance tagged ec2-sandbox:name=absent" in proc.stderr
+
+
 def test_delete_removes_everything_tagged(account: Account) -> None:
     (instance,) = account.live_instances()
     before = account.snapshot()
