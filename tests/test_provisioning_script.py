@@ -411,6 +411,15 @@ def test_prepare_instance_reports_each_step(account: Account, tmp_path: Path) ->
     again = json.loads(account.cli(*args).stdout)
     rerun = {s["step"]: s["status"] for s in again["steps"]}
     assert rerun == {**dict.fromkeys(steps, "ok"), "userns": "skipped"}
+    # A step that fails makes the command fail, naming the step and why.
+    with (root / "etc" / "passwd").open("a") as fh:
+        fh.write("intruder:x:200001:100::/:/bin/sh\n")
+    failed = account.cli("prepare-instance", instance["InstanceId"], "--setup-root", str(root))
+    assert failed.returncode == 1
+    assert "[failed] uid-range: /etc/passwd has ids in the sandbox range" in failed.stdout
+    assert "prepare-instance " + instance["InstanceId"] + ": step uid-range failed" in failed.stderr
+    bad_id = account.cli("prepare-instance", "i-nothex")
+    assert bad_id.returncode == 2 and "is not an instance id" in bad_id.stderr
     # An instance SSM does not manage is refused before anything is sent.
     account.server.standin.unmanaged.add(instance["InstanceId"])
     try:
