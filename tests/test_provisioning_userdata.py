@@ -178,6 +178,64 @@ def test_units_pass_systemd_analyze(ubuntu: Path) -> None:
     assert problems == [], proc.stdout + proc.stderr
 
 
+@pytest.mark.requires_root
+def test_guard_puts_real_rules_in_place_in_a_private_network_namespace(ubuntu: Path, tmp_path: Path) -> None:
+    """The boot-time guard, unmodified, against the real iptables - in a network and mount namespace of its
+    own (its tables, and an overlay on /etc that catches the marker), so this machine is left alone."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create namespaces and use iptables")
+    missing = [t for t in ("iptables", "ip6tables", "unshare") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (apt-get install iptables util-linux)")
+    assert run_setup(ubuntu).returncode == 0
+    guard = ubuntu / "usr/local/lib/ec2-sandbox/imds-guard"
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    script = "\n".join(
+        [
+            "set -e",
+            f'mount -t overlay overlay -o "lowerdir=/etc,upperdir={upper},workdir={work}" /etc',
+            f'"{guard}"',
+            f'"{guard}"',  # a second boot (or a rerun) adds nothing
+            "echo ---",
+            "iptables -w -S OUTPUT",
+            "ip6tables -w -S OUTPUT",
+        ]
+    )
+    proc = subprocess.run(
+        ["unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    rules = [line for line in proc.stdout.split("---", 1)[1].splitlines() if line.startswith("-A OUTPUT")]
+    assert rules == [
+        f"-A OUTPUT -d 169.254.169.254/32 -m owner --uid-owner {UID_RANGE} -j REJECT "
+        "--reject-with icmp-port-unreachable",
+        f"-A OUTPUT -d fd00:ec2::254/128 -m owner --uid-owner {UID_RANGE} -j REJECT "
+        "--reject-with icmp6-port-unreachable",
+    ]
+    assert (upper / "ec2-sandbox" / "imds-blocked").read_text().startswith(f"uids {UID_RANGE}: REJECT")
+
+    # When a rule cannot be put in place, the guard fails and takes the marker away: no false promise.
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    (broken / "ip6tables").write_text("#!/bin/sh\necho 'ip6tables: cannot initialize' >&2\nexit 3\n")
+    (broken / "ip6tables").chmod(0o755)
+    proc = subprocess.run(
+        ["unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", script.split("\necho")[0]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": f"{broken}:/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+    assert proc.returncode != 0 and "cannot initialize" in proc.stderr
+    assert not (upper / "ec2-sandbox" / "imds-blocked").exists()
+
+
 def test_rerun_changes_nothing(ubuntu: Path) -> None:
     for tool in ("python3", "node", "bwrap", "iptables"):
         fake_tool(ubuntu, tool)
