@@ -220,6 +220,11 @@ role_is_ours() { # role_is_ours ROLE_DOCUMENT
     jq -e --arg k "$TAG_KEY" --arg v "$NAME" 'any(.Role.Tags[]?; .Key == $k and .Value == $v)' <<<"$1" >/dev/null
 }
 
+profile_is_ours() { # profile_is_ours INSTANCE_PROFILE_DOCUMENT
+    jq -e --arg k "$TAG_KEY" --arg v "$NAME" 'any(.InstanceProfile.Tags[]?; .Key == $k and .Value == $v)' \
+        <<<"$1" >/dev/null
+}
+
 # Prints the instance profile document, or nothing when it does not exist.
 get_instance_profile() {
     if aws_call read iam get-instance-profile --instance-profile-name "$PROFILE_NAME"; then
@@ -301,6 +306,9 @@ do_delete() {
         die "role $ROLE_NAME exists but is not tagged $TAG_KEY=$NAME: not deleting it"
     fi
     profile_doc=$(get_instance_profile) || exit 1
+    if [[ -n $profile_doc ]] && ! profile_is_ours "$profile_doc"; then
+        die "instance profile $PROFILE_NAME exists but is not tagged $TAG_KEY=$NAME: not deleting it"
+    fi
     if [[ -n $profile_doc ]]; then
         local role roles=()
         mapfile -t roles < <(jq -r '.InstanceProfile.Roles[].RoleName' <<<"$profile_doc")
@@ -415,6 +423,8 @@ if [[ -z $profile_doc ]]; then
     fi
     profile_roles=""
 else
+    profile_is_ours "$profile_doc" \
+        || die "instance profile $PROFILE_NAME exists but is not tagged $TAG_KEY=$NAME; choose another --name"
     profile_roles=$(jq -r '[.InstanceProfile.Roles[].RoleName] | join(" ")' <<<"$profile_doc")
 fi
 if [[ -z $profile_roles ]]; then
