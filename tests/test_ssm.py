@@ -122,6 +122,23 @@ async def test_print_is_one_command_and_few_calls(
     assert standin.calls["GetCommandInvocation"] <= 3
 
 
+async def test_runner_is_cached_on_the_instance_and_resent_when_gone(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    async with AsyncSandbox(config_for(instance_id, tmp_base_dir)) as sandbox:
+        assert (await sandbox.execute_code("print('first')")).stdout == "first\n"
+        assert (await sandbox.execute_code("print('second')")).stdout == "second\n"
+        first, second = [inv.script for inv in standin.invocations.values()]
+        assert len(second) < len(first) - 10000  # the runner travelled once
+        staging = os.path.join(tmp_base_dir, "staging")
+        (cached,) = [name for name in os.listdir(staging) if name.startswith("runner-")]
+        os.unlink(os.path.join(staging, cached))
+        assert (await sandbox.execute_code("print('third')")).stdout == "third\n"
+    codes = [inv.response_code for inv in standin.invocations.values()]
+    assert codes == [0, 0, ssm_transport.RUNNER_MISSING_EXIT, 0]
+    assert os.path.exists(os.path.join(staging, cached))
+
+
 async def test_failing_run_is_a_result_with_its_traceback(
     standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
 ) -> None:
@@ -183,7 +200,10 @@ async def test_10mb_binary_input_arrives_intact_in_chunks(
     assert standin.calls["SendCommand"] > 100  # staged over many commands, none above SSM's size limit
     staging = os.path.join(tmp_base_dir, "staging")
     assert os.stat(staging).st_mode & 0o777 == 0o700
-    assert os.listdir(staging) == []  # parts are removed once assembled
+    leftover = [
+        name for name in os.listdir(staging) if not name.startswith(("runner-", "bwrap-probe", "__pycache__"))
+    ]
+    assert leftover == []  # parts are removed once assembled
 
 
 async def test_large_input_staged_through_s3(
@@ -212,7 +232,12 @@ async def test_reserved_exit_statuses_never_reach_ssm(
         (b"import sys\nsys.exit(194)\n", "194"),
     ]:
         blob = zlib.compress(b"%d 0\n" % len(source) + source)
-        header = {"mode": "run", "sha256": hashlib.sha256(blob).hexdigest(), "base": tmp_base_dir}
+        header = {
+            "mode": "run",
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "runner": hashlib.sha256(source).hexdigest(),
+            "base": tmp_base_dir,
+        }
         inv = await transport._run(ssm_transport._script(header, blob), time.monotonic() + 30)
         assert inv["Status"] == "Failed", note
         assert inv["ResponseCode"] == 3, note
@@ -246,11 +271,13 @@ async def test_throttling_and_invocation_race_are_survived(
 async def test_throttling_beyond_botocore_retries_is_absorbed_by_the_poll_loop(
     standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
 ) -> None:
-    standin.throttle("GetCommandInvocation", 12)
+    standin.throttle("GetCommandInvocation", 5)
     config = config_for(instance_id, tmp_base_dir)
-    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+    # botocore gives up after two attempts here: the poll loop must wait and ask again on its own.
+    async with AsyncSandbox(config, transport=quick(config, retry_attempts=2)) as sandbox:
         result = await sandbox.execute_code("print('patient')")
     assert result.success and result.stdout == "patient\n"
+    assert standin.calls["GetCommandInvocation"] >= 6
 
 
 async def test_unknown_instance_is_a_clear_error(standin: ssm_standin.StandIn, tmp_base_dir: str) -> None:
@@ -403,24 +430,25 @@ def test_standin_runs_scripts_as_the_agent_does(
 ) -> None:
     ssm = boto3.client("ssm", region_name=REGION, endpoint_url=ssm_server.url)
 
-    def run(commands: list[str], timeout: str = "30") -> dict:  # type: ignore[type-arg]
+    def run(commands: list[str], timeout: str = "30", running: bool = False) -> dict:  # type: ignore[type-arg]
         cid = ssm.send_command(
             InstanceIds=[instance_id],
             DocumentName="AWS-RunShellScript",
             Parameters={"commands": commands, "executionTimeout": [timeout]},
         )["Command"]["CommandId"]
-        first = ssm.get_command_invocation(CommandId=cid, InstanceId=instance_id)
-        assert first["ResponseCode"] == -1 and first["StandardOutputContent"] == ""
-        assert first["Status"] in ("Pending", "InProgress")
+        if running:  # still running: no exit code, no output yet
+            first = ssm.get_command_invocation(CommandId=cid, InstanceId=instance_id)
+            assert first["ResponseCode"] == -1 and first["StandardOutputContent"] == ""
+            assert first["Status"] in ("Pending", "InProgress")
         while True:
             inv = ssm.get_command_invocation(CommandId=cid, InstanceId=instance_id)
             if inv["Status"] not in ("Pending", "InProgress"):
                 return inv
             time.sleep(0.05)
 
-    inv = run(["sleep 0.3", "pwd", "readlink /proc/$$/exe", "id -u"])
+    inv = run(["echo early", "sleep 1", "pwd", "readlink /proc/$$/exe", "id -u"], running=True)
     assert inv["Status"] == "Success"
-    assert inv["StandardOutputContent"].split() == ["/usr/bin", "/usr/bin/dash", str(os.getuid())]
+    assert inv["StandardOutputContent"].split() == ["early", "/usr/bin", "/usr/bin/dash", str(os.getuid())]
     inv = run(["#!/usr/bin/env python3", "import sys; print(sys.version_info[0]); sys.exit(4)"])
     assert inv["Status"] == "Failed" and inv["ResponseCode"] == 4 and inv["StandardOutputContent"] == "3\n"
     inv = run(["yes x | head -c 50000", "yes e | head -c 20000 >&2"])

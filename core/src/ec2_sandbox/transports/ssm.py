@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
+import functools
 import hashlib
 import json
 import logging
@@ -41,8 +43,9 @@ from .base import LineCallback, RunnerOutput, Transport
 
 log = logging.getLogger("ec2_sandbox")
 
-#: botocore's standard retry mode: exponential backoff with jitter on throttling and transient errors.
-BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=70)
+#: Attempts per API call in botocore's standard retry mode (exponential backoff with jitter on throttling
+#: and transient errors); the poll loop keeps asking on its own, at ``poll_max`` intervals, after that.
+RETRY_ATTEMPTS = 5
 #: Characters of parameters one command may carry; SSM refuses around 64 KB (MaxDocumentSizeExceeded).
 MAX_COMMAND_CHARS = 60_000
 #: Raw bytes of staged data per chunk command (base64 makes 4/3 of it).
@@ -55,17 +58,24 @@ SSM_STDOUT_CAP = 24_000
 DELIVERY_TIMEOUT = 60
 #: Seconds a command may stay undelivered before the instance and agent are checked.
 PENDING_CHECK_AFTER = 5.0
+#: Seconds between polls around the time commands usually finish, and how long after it to keep at it.
+DENSE_STEP, DENSE_WINDOW = 0.04, 0.3
 TRUNCATION_MARKERS = ("---Output truncated---", "--output truncated--", "----- Result truncated ----")
 THROTTLING = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 RUNNING = {"Pending", "InProgress", "Delayed", "Cancelling"}
 HEREDOC_END = "EC2_SANDBOX_DATA"
+#: What the instance answers when the runner is not cached there (the transport then sends it again).
+RUNNER_MISSING, RUNNER_MISSING_EXIT = "EC2_SANDBOX_RUNNER_MISSING", 93
 
 # The program python3 runs on the instance. It reads base64 lines from stdin: a JSON header, then the data.
 # Modes: "part" stores one chunk of staged data; "run" unpacks the runner and the request (inline, from
 # staged chunks, or from a presigned S3 URL), checks the SHA-256 and runs the runner in this interpreter.
+# The runner is cached on the instance (root-only staging dir, checked by SHA-256), so later commands carry
+# only the request. The runner's bubblewrap probe is remembered there for ten minutes: each command is a new
+# process, and probing costs a sandbox start per run.
 # It contains no single quote: the sh script holds it in single quotes.
 BOOTSTRAP = r"""
-import base64, hashlib, io, json, os, stat, sys, types, zlib
+import base64, hashlib, io, json, os, stat, sys, time, zlib
 def staging(base):
     if not base:
         if os.geteuid() == 0:
@@ -81,26 +91,28 @@ def staging(base):
         raise SystemExit("staging dir %s is not a directory owned by this user" % path)
     os.chmod(path, 0o700)
     return path
+def put(path, data):
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.rename(tmp, path)
+def get(path):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
 lines = sys.stdin.read().split()
 head = json.loads(base64.b64decode(lines[0]))
 data = base64.b64decode("".join(lines[1:]))
+where = staging(head.get("base"))
 if head["mode"] == "part":
-    name = os.path.join(staging(head.get("base")), "%s.%06d" % (head["id"], head["index"]))
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    put(os.path.join(where, "%s.%06d" % (head["id"], head["index"])), data)
     print("staged %d" % len(data))
     sys.exit(0)
 if head.get("parts"):
-    where = staging(head.get("base"))
     names = [os.path.join(where, "%s.%06d" % (head["id"], i)) for i in range(head["parts"])]
     try:
-        chunks = []
-        for name in names:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd, "rb") as fh:
-                chunks.append(fh.read())
-        data = b"".join(chunks)
+        data = b"".join(get(name) for name in names)
     finally:
         for name in names:
             try:
@@ -118,12 +130,44 @@ cut = data.index(b"\n")
 sizes = [int(n) for n in data[:cut].split()]
 source = data[cut + 1 : cut + 1 + sizes[0]]
 request = data[cut + 1 + sizes[0] : cut + 1 + sizes[0] + sizes[1]]
-module = types.ModuleType("ec2_sandbox_runner")
-module.__file__ = "ec2_sandbox_runner.py"
-sys.modules[module.__name__] = module
-exec(compile(source, module.__file__, "exec"), module.__dict__)
+path = os.path.join(where, "runner-%s.py" % head["runner"][:32])
+if source:
+    if hashlib.sha256(source).hexdigest() != head["runner"]:
+        raise SystemExit("the runner arrived corrupt: SHA-256 mismatch")
+    put(path, source)
+else:
+    try:
+        cached = get(path)
+    except OSError:
+        cached = b""
+    if hashlib.sha256(cached).hexdigest() != head["runner"]:
+        print("EC2_SANDBOX_RUNNER_MISSING")
+        sys.exit(93)
+import importlib.util
+spec = importlib.util.spec_from_file_location("ec2_sandbox_runner", path)
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+probes = getattr(module, "_BWRAP_CACHE", None)
+probe_file = os.path.join(where, "bwrap-probe.json")
+loaded = set()
+if isinstance(probes, dict):
+    try:
+        st = os.lstat(probe_file)
+        if st.st_uid == os.geteuid() and 0 <= time.time() - st.st_mtime < 600:
+            for exe, uid, ok, extra in json.loads(get(probe_file)):
+                if os.stat(exe).st_mtime < st.st_mtime:
+                    probes[(exe, uid)] = (ok, extra)
+                    loaded.add((exe, uid))
+    except (OSError, ValueError, TypeError):
+        pass
 sys.stdin = io.TextIOWrapper(io.BytesIO(request), encoding="utf-8")
 code = module.main([])
+if isinstance(probes, dict) and set(probes) - loaded:
+    try:
+        put(probe_file, json.dumps([[k[0], k[1], v[0], v[1]] for k, v in probes.items()]).encode())
+    except (OSError, TypeError, ValueError, IndexError):
+        pass
 sys.exit(3 if code in (137, 194) else code)
 """
 
@@ -146,6 +190,11 @@ def _script(header: dict[str, Any], data: bytes = b"") -> list[str]:
     ]
 
 
+@functools.cache
+def _runner_sha256() -> str:
+    return hashlib.sha256(runner_source()).hexdigest()
+
+
 def _size(commands: Sequence[str]) -> int:
     return len(json.dumps({"commands": list(commands), "executionTimeout": ["172800"]}))
 
@@ -166,6 +215,7 @@ class SsmTransport(Transport):
         delivery_timeout: int = DELIVERY_TIMEOUT,
         pending_check_after: float = PENDING_CHECK_AFTER,
         max_command_chars: int = MAX_COMMAND_CHARS,
+        retry_attempts: int = RETRY_ATTEMPTS,
     ) -> None:
         if not config.instance_id:
             raise ConfigError("the ssm transport needs instance_id (the EC2 instance to run code on)")
@@ -177,8 +227,15 @@ class SsmTransport(Transport):
         self.delivery_timeout = max(30, delivery_timeout)
         self.pending_check_after = pending_check_after
         self.max_command_chars = max_command_chars
+        self.boto_config = Config(
+            retries={"mode": "standard", "max_attempts": retry_attempts}, connect_timeout=10, read_timeout=70
+        )
         self._clients: dict[str, Any] = {}
         self._session: Any = None
+        #: Whether the runner was cached on the instance by an earlier command of this transport.
+        self._runner_on_target = False
+        #: Recent seconds from sending a command to seeing it finished: where to poll densely.
+        self._durations: collections.deque[float] = collections.deque(maxlen=16)
         self._lock = threading.Lock()
 
     @property
@@ -192,7 +249,7 @@ class SsmTransport(Transport):
             if service not in self._clients:
                 if self._session is None:
                     self._session = aws_session.make_session(self.config)
-                self._clients[service] = self._session.client(service, config=BOTO_CONFIG)
+                self._clients[service] = self._session.client(service, config=self.boto_config)
             return self._clients[service]
 
     # ------------------------------------------------------------------ running
@@ -200,9 +257,32 @@ class SsmTransport(Transport):
         self, payload: bytes, *, timeout: float, on_stdout_line: LineCallback | None = None
     ) -> RunnerOutput:
         deadline = time.monotonic() + timeout
-        source = runner_source()
+        inv = await self._exec_once(payload, deadline, ship_runner=not self._runner_on_target)
+        if inv.get("ResponseCode") == RUNNER_MISSING_EXIT and RUNNER_MISSING in inv.get(
+            "StandardOutputContent", ""
+        ):
+            # The cached copy on the instance is gone (cleaned, or a new instance behind the same id).
+            log.debug("runner not cached on %s: sending it again", self.instance_id)
+            inv = await self._exec_once(payload, deadline, ship_runner=True)
+        self._runner_on_target = True
+        stdout = inv.get("StandardOutputContent", "").encode("utf-8")
+        stderr = inv.get("StandardErrorContent", "").encode("utf-8")
+        if on_stdout_line is not None:
+            for line in stdout.splitlines():
+                on_stdout_line(line)
+        if b'{"envelope"' not in stdout:
+            raise TransportError(self._no_envelope(inv))
+        return RunnerOutput(int(inv.get("ResponseCode", 0)), stdout, stderr)
+
+    async def _exec_once(self, payload: bytes, deadline: float, *, ship_runner: bool) -> dict[str, Any]:
+        """One run of the runner: inline when it fits in one command, else staged first."""
+        source = runner_source() if ship_runner else b""
         blob = zlib.compress(b"%d %d\n" % (len(source), len(payload)) + source + payload, 6)
-        header: dict[str, Any] = {"mode": "run", "sha256": hashlib.sha256(blob).hexdigest()}
+        header: dict[str, Any] = {
+            "mode": "run",
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "runner": _runner_sha256(),
+        }
         if self.config.base_sandbox_dir:
             header["base"] = self.config.base_sandbox_dir
         commands = _script(header, blob)
@@ -214,18 +294,10 @@ class SsmTransport(Transport):
                 header["id"], header["parts"] = await self._stage_chunks(blob, header.get("base"), deadline)
             commands = _script(header)
         try:
-            inv = await self._run(commands, deadline)
+            return await self._run(commands, deadline)
         finally:
             if cleanup is not None:
                 await asyncio.to_thread(cleanup)
-        stdout = inv.get("StandardOutputContent", "").encode("utf-8")
-        stderr = inv.get("StandardErrorContent", "").encode("utf-8")
-        if on_stdout_line is not None:
-            for line in stdout.splitlines():
-                on_stdout_line(line)
-        if b'{"envelope"' not in stdout:
-            raise TransportError(self._no_envelope(inv))
-        return RunnerOutput(int(inv.get("ResponseCode", 0)), stdout, stderr)
 
     def _no_envelope(self, inv: dict[str, Any]) -> str:
         code = inv.get("ResponseCode")
@@ -300,9 +372,10 @@ class SsmTransport(Transport):
         if remaining <= 0:
             raise TransportError(f"no time left to send a command to {self.instance_id}")
         execution_timeout = min(172800, max(5, math.ceil(remaining)))
+        sent = time.monotonic()
         command_id = await self._send(commands, execution_timeout)
         try:
-            inv = await self._poll(command_id, deadline)
+            inv = await self._poll(command_id, sent, deadline)
         except BaseException:
             await self._cancel(command_id)
             raise
@@ -330,15 +403,32 @@ class SsmTransport(Transport):
         log.debug("ssm command %s sent to %s", command_id, self.instance_id)
         return command_id
 
-    async def _poll(self, command_id: str, deadline: float) -> dict[str, Any]:
+    async def _poll(self, command_id: str, sent: float, deadline: float) -> dict[str, Any]:
+        """Poll until the command reaches a final status.
+
+        The base schedule starts ``poll_first`` after sending and backs off to ``poll_max``. On top of it,
+        polls come every :data:`DENSE_STEP` around the time recent commands took to finish, so a command
+        that ends when commands usually do is seen within a few tens of milliseconds, in few calls.
+        """
         ssm = self.client("ssm")
         delay = self.poll_first
-        sent = time.monotonic()
+        next_base = sent + delay
+        hold_until = 0.0
+        last_running = sent
         checked = False
         while True:
-            await asyncio.sleep(delay)
-            delay = min(self.poll_max, delay * self.poll_factor)
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            wake = next_base
+            expected = self._expected()
+            if expected is not None and now < sent + expected + DENSE_WINDOW:
+                wake = min(wake, max(sent + expected - DENSE_STEP / 2, now + DENSE_STEP))
+            wake = max(wake, hold_until)
+            await asyncio.sleep(max(0.0, wake - now))
+            asked = time.monotonic()
+            if asked >= next_base:
+                delay = min(self.poll_max, delay * self.poll_factor)
+                next_base = asked + delay
+            if asked > deadline:
                 raise TransportError(
                     f"no result from {self.instance_id} within the time allowed; the command "
                     f"{command_id} was cancelled"
@@ -351,24 +441,37 @@ class SsmTransport(Transport):
                 code = exc.response.get("Error", {}).get("Code")
                 if code == "InvocationDoesNotExist":
                     # Eventual consistency: the invocation appears shortly after send_command.
-                    delay = min(delay, 0.2)
+                    next_base = min(next_base, time.monotonic() + self.poll_first)
                     continue
                 if code in THROTTLING:
-                    delay = self.poll_max
+                    # botocore already retried with backoff; slow down before asking again.
+                    hold_until = next_base = time.monotonic() + self.poll_max
                     continue
                 raise self._client_error(exc, "read the command's status on") from exc
             except BotoCoreError as exc:
                 log.debug("polling %s failed, retrying: %s", command_id, exc)
-                delay = self.poll_max
+                hold_until = next_base = time.monotonic() + self.poll_max
                 continue
             status = inv.get("Status")
             if status not in RUNNING:
+                if status in ("Success", "Failed"):
+                    # The command ended between the last poll that saw it running and this one: keep the
+                    # earlier bound, so the estimate can move down as well as up.
+                    self._durations.append(last_running - sent)
                 return inv
-            if status == "Pending" and not checked and time.monotonic() - sent > self.pending_check_after:
+            last_running = asked
+            if status == "Pending" and not checked and asked - sent > self.pending_check_after:
                 checked = True
                 problem = await self._delivery_problem()
                 if problem is not None:
                     raise RunnerRefusal("unreachable", problem)
+
+    def _expected(self) -> float | None:
+        """A low estimate of how long commands take here: the lower quartile of recent lower bounds."""
+        if not self._durations:
+            return None
+        ordered = sorted(self._durations)
+        return ordered[len(ordered) // 4]
 
     async def _cancel(self, command_id: str) -> None:
         """Cancel a command the caller gave up on (best effort: it may already have ended)."""
