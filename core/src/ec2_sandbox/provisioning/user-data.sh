@@ -137,14 +137,15 @@ touch "$LOG"
 
 # ---------------------------------------------------------------------------------------------------------
 STEP=packages
+eic_present() {
+    [[ -x $ROOT/usr/share/ec2-instance-connect/eic_run_authorized_keys \
+        || -x $ROOT/opt/aws/bin/eic_run_authorized_keys ]]
+}
 pkg_missing=()
 have python3 || pkg_missing+=(python3)
 have node || pkg_missing+=(nodejs)
 have bwrap || pkg_missing+=(bubblewrap)
-if [[ ! -x $ROOT/usr/share/ec2-instance-connect/eic_run_authorized_keys \
-    && ! -x $ROOT/opt/aws/bin/eic_run_authorized_keys ]]; then
-    pkg_missing+=(ec2-instance-connect)
-fi
+eic_present || pkg_missing+=(ec2-instance-connect)
 if have apt-get; then
     have iptables || pkg_missing+=(iptables)
     if ((${#pkg_missing[@]})); then
@@ -163,10 +164,23 @@ if have apt-get; then
 elif have dnf; then
     have iptables || pkg_missing+=(iptables-nft)
     if ((${#pkg_missing[@]})); then
-        system dnf -y -q install "${pkg_missing[@]}" || die "dnf could not install ${pkg_missing[*]} (see $LOG)"
+        # strict=0: a package this release does not carry is skipped; what is still missing is checked below.
+        system dnf -y -q --setopt=strict=0 install "${pkg_missing[@]}" \
+            || die "dnf could not install ${pkg_missing[*]} (see $LOG)"
     fi
 else
     die "neither apt-get nor dnf found: install ${pkg_missing[*]:-nothing} by hand (docs/manual-setup.md)"
+fi
+if [[ -z $ROOT ]] && ((${#pkg_missing[@]})); then
+    have python3 || die "python3 is still missing after the install (see $LOG)"
+    have iptables || die "iptables is still missing after the install (see $LOG)"
+    still=()
+    have node || still+=("nodejs (the node runtime will be unavailable)")
+    have bwrap || still+=("bubblewrap (runs will not be namespaced)")
+    eic_present || still+=("ec2-instance-connect (the eic transport will not work)")
+    if ((${#still[@]})); then
+        say warning "could not install: ${still[*]}"
+    fi
 fi
 if ((${#pkg_missing[@]})); then
     say changed "installed ${pkg_missing[*]}"
