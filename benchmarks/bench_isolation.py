@@ -47,7 +47,8 @@ async def main() -> None:
     os.chmod(base, 0o711)
     try:
         boxes = {
-            iso: AsyncSandbox(SandboxConfig(base_sandbox_dir=base, isolation=iso)) for iso in ("bwrap", "none")
+            iso: AsyncSandbox(SandboxConfig(base_sandbox_dir=base, isolation=iso))
+            for iso in ("bwrap", "none")
         }
         sessions = {iso: f"bench-{iso}" if args.session else None for iso in boxes}
         samples: dict[str, list[float]] = {iso: [] for iso in boxes}

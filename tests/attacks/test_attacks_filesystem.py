@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 import pytest
 
-from ec2_sandbox import protocol
+from ec2_sandbox import protocol, runner
 from ec2_sandbox.errors import InvalidInputError, TransportError
 
 from .conftest import Box
@@ -310,4 +312,29 @@ async def test_get_task_files_with_hostile_names(box: Box) -> None:
         with pytest.raises(InvalidInputError):
             await box.sb.get_task_files(task_hash, "ok.txt")
     assert await box.sb.get_task_files(result.task_hash, "ok.txt") == "fine"
+    await box.assert_recovers()
+
+
+async def test_same_session_name_in_another_base_dir(box: Box) -> None:
+    # Two environments on one machine (two base dirs), one session name: never one uid for both.
+    other_base = tempfile.mkdtemp(prefix="ec2sb-attack-other-", dir="/tmp")
+    os.chmod(other_base, 0o711)
+    try:
+        other = Box(other_base, box.isolation)
+        other.session = box.session
+        victim = await other.run("open('secret.txt', 'w').write('other environment')")
+        assert victim.success, victim
+        target = os.path.join(victim.working_directory, "secret.txt")
+        code = f"import os\nprint(os.getuid())\ntry:\n    print(open({target!r}).read())\n"
+        code += "except OSError as exc:\n    print('denied', type(exc).__name__)"
+        result = await box.run(code)
+        assert result.success, result
+        uid, outcome = result.stdout.splitlines()
+        assert outcome.startswith("denied"), result.stdout
+        assert int(uid) in box.uids() and not box.uids() & other.uids()
+        await other.sb.aclose()
+    finally:
+        for uid in Box(other_base, box.isolation).uids():
+            runner.kill_uid(uid)
+        shutil.rmtree(other_base, ignore_errors=True)
     await box.assert_recovers()

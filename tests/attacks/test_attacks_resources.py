@@ -48,7 +48,6 @@ async def test_memory_bomb_python(box: Box) -> None:
     assert result.termination_reason == "memory_limit", result
     assert result.error_message == "ran out of memory: the limit is 128 MB"
     assert "MemoryError" in result.stderr
-    assert result.peak_memory_mb < 128 + 48
     await box.assert_recovers()
 
 
@@ -57,7 +56,6 @@ async def test_memory_bomb_python_touching_pages(box: Box) -> None:
     code = "hog = []\nwhile True:\n    hog.append(b'x' * (4 << 20))"
     result = await box.run(code, timeout=10)
     assert result.termination_reason == "memory_limit", result
-    assert result.peak_memory_mb < 128 + 48
     await box.assert_recovers()
 
 

@@ -263,16 +263,49 @@ def load_record(base, task_hash):
         raise RunnerError("not_found", "no task %s on this target (it may have been cleaned up)" % task_hash)
 
 
+# Machine-wide claims on sandbox uids (one file per uid, naming the base dir that holds it): two base dirs
+# on one machine must never hand the same uid to two sessions. Persistent, as the files a uid owns are.
+UID_CLAIMS_DIR = "/var/lib/ec2-sandbox/.uid-claims"
+
+
 class UidPool(object):
     """Hands out one unprivileged uid per session (or per session-less task), kept in a locked map file.
 
     Two sessions never share a uid, so neither can read, write or signal the other's processes and files.
+    The map is per base dir; a claim file per uid in UID_CLAIMS_DIR keeps other base dirs off the same uid.
     """
 
     def __init__(self, base, first, count):
+        self.base = base
         self.path = os.path.join(base, RUNS, "uids.json")
         self.first = first
         self.count = count
+
+    def _claim(self, uid):
+        """Claim ``uid`` for this base dir machine-wide; False if another existing base dir holds it."""
+        if not os.path.isdir(os.path.dirname(UID_CLAIMS_DIR)):
+            os.makedirs(os.path.dirname(UID_CLAIMS_DIR), 0o711)
+        ensure_dir(UID_CLAIMS_DIR, 0o700)
+        lock = os.open(os.path.join(UID_CLAIMS_DIR, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            path = os.path.join(UID_CLAIMS_DIR, str(uid))
+            try:
+                with open(path, "rb") as fh:
+                    holder = fh.read().decode("utf-8", "replace")
+            except FileNotFoundError:
+                holder = None
+            if holder is not None and holder != self.base and os.path.isdir(holder):
+                return False
+            # Unclaimed, ours already, or held by a base dir that no longer exists.
+            tmp = path + ".tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.base.encode("utf-8"))
+            os.rename(tmp, path)
+            return True
+        finally:
+            os.close(lock)
 
     def _locked(self, update):
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -303,7 +336,7 @@ class UidPool(object):
             start = int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % self.count
             for i in range(self.count):
                 uid = self.first + (start + i) % self.count
-                if uid not in used:
+                if uid not in used and self._claim(uid):
                     table[key] = uid
                     return uid, True
             raise RunnerError("environment", "all %d sandbox uids are in use; run cleanup" % self.count)
@@ -313,12 +346,21 @@ class UidPool(object):
     def release(self, keys):
         def update(table):
             hit = [k for k in keys if k in table]
-            for k in hit:
-                del table[k]
-            return None, bool(hit)
+            freed = [table.pop(k) for k in hit]
+            return freed, bool(hit)
 
         if keys:
-            self._locked(update)
+            for uid in self._locked(update):
+                self._unclaim(uid)
+
+    def _unclaim(self, uid):
+        path = os.path.join(UID_CLAIMS_DIR, str(uid))
+        try:
+            with open(path, "rb") as fh:
+                if fh.read().decode("utf-8", "replace") == self.base:
+                    os.unlink(path)
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------------------------------
