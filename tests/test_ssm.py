@@ -222,6 +222,30 @@ async def test_large_input_staged_through_s3(
     assert s3.list_objects_v2(Bucket="ec2sb-staging").get("KeyCount", 0) == 0  # staged object deleted
 
 
+async def test_output_bucket_gives_whole_output_in_few_commands(
+    ssm_server: ssm_standin.Server, standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=ssm_server.url)
+    s3.create_bucket(Bucket="ec2sb-output")
+    code = (
+        "import sys\nfor i in range(500000):\n    sys.stdout.write(f'{i:09d}\\n')\n"
+        "print('x' * 30000, file=sys.stderr)"
+    )
+    expected = "".join(f"{i:09d}\n" for i in range(500000))
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20, s3_bucket="ec2sb-output")
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        assert sandbox.transport.max_output_chars is None
+        result = await sandbox.execute_code(code)
+        assert result.success and result.stdout_bytes == len(expected)
+        assert result.stdout.startswith("000000000\n") and result.stdout.endswith("000499999\n")
+        assert result.stderr_bytes == 30001
+        assert await sandbox.get_task_files(result.task_hash, "@stdout") == expected
+    assert standin.calls["SendCommand"] == 2  # the run, and one read of the whole 5 MB
+    first = next(iter(standin.invocations.values()))
+    assert ssm_standin.TRUNCATION_MARKER in first.stdout  # SSM cut it; the transport read S3's copy
+    assert s3.list_objects_v2(Bucket="ec2sb-output").get("KeyCount", 0) == 0  # outputs deleted
+
+
 async def test_reserved_exit_statuses_never_reach_ssm(
     standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
 ) -> None:

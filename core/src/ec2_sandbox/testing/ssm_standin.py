@@ -15,6 +15,7 @@ methods so that commands really run on this machine the way the SSM agent runs t
 * an instance moto does not know (or one marked unmanaged) is refused with ``InvalidInstanceId``; a stopped
   instance, or one whose agent lost its connection, never gets the command: ``DeliveryTimedOut`` after the
   command's delivery timeout;
+* with ``OutputS3BucketName``, the complete stdout and stderr uploaded to (moto's) S3 as the agent does;
 * ``cancel_command``, ``list_command_invocations`` and ``describe_instance_information`` (ping status) -
   which moto leaves unimplemented.
 
@@ -77,6 +78,13 @@ class Invocation:
     delivery_timeout: float
     comment: str
     missing_polls: int
+    account_id: str = "123456789012"
+    region: str = "us-east-1"
+    #: OutputS3BucketName / OutputS3KeyPrefix: where the agent uploads the full output, if set.
+    output_bucket: str = ""
+    output_prefix: str = ""
+    stdout_url: str = ""
+    stderr_url: str = ""
     requested: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
     status: str = "Pending"
     details: str = "Pending"
@@ -107,9 +115,9 @@ class Invocation:
             "Status": self.status,
             "StatusDetails": self.details,
             "StandardOutputContent": self.stdout if final else "",
-            "StandardOutputUrl": "",
+            "StandardOutputUrl": self.stdout_url if final else "",
             "StandardErrorContent": self.stderr if final else "",
-            "StandardErrorUrl": "",
+            "StandardErrorUrl": self.stderr_url if final else "",
         }
 
 
@@ -201,11 +209,39 @@ def _finish(
             return
         inv.stdout = _cap(out, STDOUT_CAP)
         inv.stderr = _cap(err, STDERR_CAP)
+        if inv.output_bucket and inv.started is not None:
+            _upload_output(inv, out, err)
         inv.response_code = code
         inv.ended = datetime.datetime.now(datetime.UTC)
         inv.details = details
         inv.status = status
     inv.done.set()
+
+
+def output_key(prefix: str, command_id: str, instance_id: str, stream: str) -> str:
+    """Where the agent puts a command's full output in S3 (``stream``: stdout or stderr)."""
+    parts = [prefix.strip("/")] if prefix.strip("/") else []
+    parts += [command_id, instance_id, "awsrunShellScript", "0.awsrunShellScript", stream]
+    return "/".join(parts)
+
+
+def _upload_output(inv: Invocation, out: bytes, err: bytes) -> None:
+    """The agent's upload of the complete output (as with the instance profile's s3:PutObject)."""
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[inv.account_id]["global"]
+    try:
+        backend.get_bucket(inv.output_bucket)
+    except Exception:
+        return  # the agent logs the failed upload; the invocation keeps its truncated output only
+    for stream, data in (("stdout", out), ("stderr", err)):
+        key = output_key(inv.output_prefix, inv.command_id, inv.instance_id, stream)
+        backend.put_object(inv.output_bucket, key, data)
+        url = f"https://s3.{inv.region}.amazonaws.com/{inv.output_bucket}/{key}"
+        if stream == "stdout":
+            inv.stdout_url = url
+        else:
+            inv.stderr_url = url
 
 
 def _deliverable(instance_id: str, region: str, account: str) -> bool:
@@ -376,6 +412,10 @@ def _send_command(
             delivery_timeout=delivery,
             comment=comment or "",
             missing_polls=STANDIN.missing_polls,
+            account_id=self.account_id,
+            region=self.region_name,
+            output_bucket=output_s3_bucket_name or "",
+            output_prefix=output_s3_key_prefix or "",
         )
         STANDIN.invocations[(command.command_id, instance_id)] = inv
         threading.Thread(

@@ -53,7 +53,9 @@ CHUNK_BYTES = 43_500
 #: Chunk commands in flight at once.
 CHUNK_CONCURRENCY = 4
 #: SSM's stdout cap is 24,000 characters; the envelope line and its newline stay under it.
-SSM_STDOUT_CAP = 24_000
+SSM_STDOUT_CAP, SSM_STDERR_CAP = 24_000, 8_000
+#: Key prefix of everything this transport puts in ``s3_bucket`` (staged requests, command output).
+S3_PREFIX = "ec2-sandbox"
 #: Seconds the agent has to pick a command up (TimeoutSeconds, at least 30 on AWS).
 DELIVERY_TIMEOUT = 60
 #: Seconds a command may stay undelivered before the instance and agent are checked.
@@ -195,6 +197,16 @@ def _runner_sha256() -> str:
     return hashlib.sha256(runner_source()).hexdigest()
 
 
+def output_key(command_id: str, instance_id: str, stream: str) -> str:
+    """Where the agent uploads a command's complete ``stdout`` or ``stderr`` under :data:`S3_PREFIX`."""
+    return f"{S3_PREFIX}/{command_id}/{instance_id}/awsrunShellScript/0.awsrunShellScript/{stream}"
+
+
+def _truncated(data: bytes) -> bool:
+    tail = data[-64:].decode("utf-8", "replace")
+    return any(marker in tail for marker in TRUNCATION_MARKERS)
+
+
 def _size(commands: Sequence[str]) -> int:
     return len(json.dumps({"commands": list(commands), "executionTimeout": ["172800"]}))
 
@@ -232,6 +244,12 @@ class SsmTransport(Transport):
         )
         self._clients: dict[str, Any] = {}
         self._session: Any = None
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._output_location: dict[str, str] = {}
+        if config.s3_bucket:
+            # The agent uploads each command's complete output: no envelope fitting, large read pages.
+            self.max_output_chars = None
+            self._output_location = {"OutputS3BucketName": config.s3_bucket, "OutputS3KeyPrefix": S3_PREFIX}
         #: Whether the runner was cached on the instance by an earlier command of this transport.
         self._runner_on_target = False
         #: Recent seconds from sending a command to seeing it finished: where to poll densely.
@@ -267,12 +285,58 @@ class SsmTransport(Transport):
         self._runner_on_target = True
         stdout = inv.get("StandardOutputContent", "").encode("utf-8")
         stderr = inv.get("StandardErrorContent", "").encode("utf-8")
+        if self.config.s3_bucket:
+            stdout, stderr = await self._full_output(inv, stdout, stderr)
         if on_stdout_line is not None:
             for line in stdout.splitlines():
                 on_stdout_line(line)
         if b'{"envelope"' not in stdout:
             raise TransportError(self._no_envelope(inv))
         return RunnerOutput(int(inv.get("ResponseCode", 0)), stdout, stderr)
+
+    async def _full_output(self, inv: dict[str, Any], stdout: bytes, stderr: bytes) -> tuple[bytes, bytes]:
+        """With an output bucket the agent uploaded the complete output: read what SSM cut, delete it."""
+        s3 = self.client("s3")
+        bucket = self.config.s3_bucket
+        keys = {
+            stream: output_key(inv["CommandId"], self.instance_id, stream) for stream in ("stdout", "stderr")
+        }
+        try:
+            if len(stdout) >= SSM_STDOUT_CAP or _truncated(stdout):
+                stdout = await self._s3_read(s3, bucket, keys["stdout"])
+            if len(stderr) >= SSM_STDERR_CAP or _truncated(stderr):
+                stderr = await self._s3_read(s3, bucket, keys["stderr"])
+        finally:
+            task = asyncio.ensure_future(
+                asyncio.to_thread(
+                    s3.delete_objects,
+                    Bucket=bucket,
+                    Delete={"Objects": [{"Key": k} for k in keys.values()], "Quiet": True},
+                )
+            )
+            self._pending.add(task)
+            task.add_done_callback(self._forget)
+        return stdout, stderr
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not delete command output from s3: %s", task.exception())
+
+    async def _s3_read(self, s3: Any, bucket: str | None, key: str) -> bytes:
+        try:
+            reply = await asyncio.to_thread(s3.get_object, Bucket=bucket, Key=key)
+            return await asyncio.to_thread(reply["Body"].read)
+        except (ClientError, BotoCoreError) as exc:
+            raise TransportError(
+                f"SSM cut the output of the command on {self.instance_id} and its full copy could not be "
+                f"read from s3://{bucket}/{key}: {exc}; the instance profile needs s3:PutObject on the "
+                "bucket, and these credentials s3:GetObject"
+            ) from exc
+
+    async def aclose(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def _exec_once(self, payload: bytes, deadline: float, *, ship_runner: bool) -> dict[str, Any]:
         """One run of the runner: inline when it fits in one command, else staged first."""
@@ -343,7 +407,7 @@ class SsmTransport(Transport):
         """Put ``blob`` in the configured bucket; the instance fetches it with a short-lived presigned URL."""
         s3 = self.client("s3")
         bucket = self.config.s3_bucket
-        key = f"ec2-sandbox/staging/{secrets.token_hex(16)}"
+        key = f"{S3_PREFIX}/staging/{secrets.token_hex(16)}"
         try:
             await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=key, Body=blob)
             url = await asyncio.to_thread(
@@ -394,6 +458,7 @@ class SsmTransport(Transport):
                 Comment="ec2-sandbox runner",
                 TimeoutSeconds=self.delivery_timeout,
                 Parameters={"commands": commands, "executionTimeout": [str(execution_timeout)]},
+                **self._output_location,
             )
         except ClientError as exc:
             raise self._client_error(exc, "send a command to") from exc
