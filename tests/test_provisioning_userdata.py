@@ -236,6 +236,100 @@ def test_guard_puts_real_rules_in_place_in_a_private_network_namespace(ubuntu: P
     assert not (upper / "ec2-sandbox" / "imds-blocked").exists()
 
 
+FAKE_APT = """#!/bin/sh
+# Stands in for apt-get: records the call and "installs" what the setup asked for.
+echo "apt-get $*" >> "$CALLS"
+case " $* " in *" install "*)
+    for pkg in "$@"; do
+        case $pkg in
+            ec2-instance-connect)
+                mkdir -p /usr/share/ec2-instance-connect
+                printf '#!/bin/sh\\n' > /usr/share/ec2-instance-connect/eic_run_authorized_keys
+                chmod 755 /usr/share/ec2-instance-connect/eic_run_authorized_keys ;;
+            nodejs) printf '#!/bin/sh\\n' > /usr/local/bin/node; chmod 755 /usr/local/bin/node ;;
+            bubblewrap) printf '#!/bin/sh\\n' > /usr/local/bin/bwrap; chmod 755 /usr/local/bin/bwrap ;;
+        esac
+    done ;;
+esac
+"""
+FAKE_RECORDER = '#!/bin/sh\necho "$(basename "$0") $*" >> "$CALLS"\n'
+
+
+@pytest.mark.requires_root
+def test_setup_for_real_in_private_namespaces(tmp_path: Path) -> None:
+    """The setup exactly as an instance runs it (no SANDBOX_ROOT): real files, owners, modes and iptables
+    rules, in a network namespace of its own and with overlays on /etc, /usr and /var that catch every write.
+    Only apt-get, systemctl and apparmor_parser are stand-ins (first on the setup's PATH: /usr/local/sbin)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create namespaces and use iptables")
+    missing = [t for t in ("iptables", "ip6tables", "unshare") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (apt-get install iptables util-linux)")
+    calls = tmp_path / "calls.log"
+    mounts = []
+    for top in ("etc", "usr", "var"):
+        upper, work = tmp_path / f"{top}-upper", tmp_path / f"{top}-work"
+        upper.mkdir()
+        work.mkdir()
+        mounts.append(f'mount -t overlay overlay -o "lowerdir=/{top},upperdir={upper},workdir={work}" /{top}')
+    sbin = tmp_path / "usr-upper" / "local" / "sbin"
+    sbin.mkdir(parents=True)
+    for name, text in (
+        ("apt-get", FAKE_APT),
+        ("systemctl", FAKE_RECORDER),
+        ("apparmor_parser", FAKE_RECORDER),
+    ):
+        (sbin / name).write_text(text)
+        (sbin / name).chmod(0o755)
+    script = "\n".join(
+        [
+            "set -e",
+            *mounts,
+            # Whatever this machine has in these places, the setup starts as on a fresh instance.
+            "rm -rf /etc/ec2-sandbox /var/lib/ec2-sandbox /usr/local/lib/ec2-sandbox",
+            "rm -rf /usr/share/ec2-instance-connect",
+            "sed -i '/^ec2-sandbox:/d' /etc/subuid /etc/subgid 2>/dev/null || true",
+            f'bash "{USER_DATA}" > "{tmp_path}/first.out"',
+            f'bash "{USER_DATA}" > "{tmp_path}/second.out"',
+            "iptables -w -S OUTPUT; ip6tables -w -S OUTPUT",
+            "stat -c '%a %u:%g %F %n' /var/lib/ec2-sandbox /etc/ec2-sandbox /etc/ec2-sandbox/imds-blocked",
+        ]
+    )
+    proc = subprocess.run(
+        ["unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CALLS": str(calls)},
+    )
+    first = (tmp_path / "first.out").read_text() if (tmp_path / "first.out").exists() else ""
+    assert proc.returncode == 0, proc.stderr + first
+    first_steps = {s.step: s.status for s in parse_steps(first)}
+    assert first_steps["packages"] == "changed" and first_steps["firewall"] == "changed"
+    assert first_steps["complete"] == "ok"
+    second_steps = {s.step: s.status for s in parse_steps((tmp_path / "second.out").read_text())}
+    assert set(second_steps.values()) <= {"ok", "skipped"}, second_steps
+    out = proc.stdout.splitlines()
+    assert sum("169.254.169.254/32" in line and f"--uid-owner {UID_RANGE}" in line for line in out) == 1
+    assert sum("fd00:ec2::254/128" in line and f"--uid-owner {UID_RANGE}" in line for line in out) == 1
+    assert "711 0:0 directory /var/lib/ec2-sandbox" in out
+    assert "755 0:0 directory /etc/ec2-sandbox" in out
+    assert "644 0:0 regular file /etc/ec2-sandbox/imds-blocked" in out
+    recorded_calls = calls.read_text().splitlines()
+    assert any(
+        c.startswith("apt-get") and "install" in c and "ec2-instance-connect" in c for c in recorded_calls
+    )
+    assert "systemctl enable --now ec2-sandbox-cleanup.timer" in recorded_calls
+    assert "systemctl enable ec2-sandbox-imds-guard.service" in recorded_calls
+    # Only the first run installed anything.
+    assert sum(" install " in c for c in recorded_calls) == 1
+    # Every write landed in the overlays; this machine's own directories are as they were.
+    assert (tmp_path / "etc-upper" / "ec2-sandbox" / "imds-blocked").is_file()
+    assert (tmp_path / "usr-upper" / "local" / "lib" / "ec2-sandbox" / "cleanup.py").is_file()
+    assert not Path("/etc/ec2-sandbox").exists()
+    assert not Path("/usr/local/lib/ec2-sandbox").exists()
+
+
 def test_rerun_changes_nothing(ubuntu: Path) -> None:
     for tool in ("python3", "node", "bwrap", "iptables"):
         fake_tool(ubuntu, tool)
