@@ -296,8 +296,8 @@ do_delete() {
             aws_call write ec2 delete-security-group --group-id "$sg"
         else
             wait_until "security group $sg to be deletable" delete_group "$sg"
+            info "deleted security group $sg"
         fi
-        info "deleted security group $sg"
     done
     ((${#sgs[@]})) || info "no security group tagged $TAG_KEY=$NAME"
 
@@ -618,6 +618,11 @@ if [[ $DRY_RUN -eq 0 ]]; then
     if [[ $SKIP_TEST -eq 0 ]]; then
         wait_until "the SSM agent on $INSTANCE_ID to report Online" ssm_online
         info "SSM agent on $INSTANCE_ID is Online"
+    fi
+else
+    info "[dry-run] would poll: ec2 describe-instances --instance-ids $INSTANCE_ID (until running)"
+    if [[ $SKIP_TEST -eq 0 ]]; then
+        info "[dry-run] would poll: ssm describe-instance-information (until the agent is Online)"
     fi
 fi
 
