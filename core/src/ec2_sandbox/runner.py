@@ -559,6 +559,28 @@ def private_network():
         sock.close()
 
 
+_NETNS_CACHE = []
+
+
+def netns_works():
+    """Can this (root) runner create network namespaces? Containers often drop CAP_SYS_ADMIN. Asked once."""
+    if not _NETNS_CACHE:
+        ok = False
+        if _LIBC is not None and os.geteuid() == 0:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    private_network()
+                    code = 0
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        _NETNS_CACHE.append(ok)
+    return _NETNS_CACHE[0]
+
+
 def kill_uid(uid):
     """SIGKILL every process running as ``uid`` (a sandbox uid: the session's own, nothing else's).
 
@@ -866,11 +888,11 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
         full = argv
         spawn_env = env
     # Without bubblewrap, root can still give the run a network namespace of its own.
-    netns = not bwrap and not network and run_uid is not None and _LIBC is not None
+    netns = not bwrap and not network and run_uid is not None and netns_works()
     if not network and not bwrap and not netns:
         warnings.append(
-            "network is off in the configuration, but without bubblewrap or root nothing enforces it: "
-            "this run could reach the network"
+            "network is off in the configuration, but without bubblewrap or a network namespace (root "
+            "with CAP_SYS_ADMIN) nothing enforces it: this run could reach the network"
         )
     imds = imds_warning(network)
     if imds:
@@ -977,6 +999,9 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
     if streamer is not None:
         streamer.stop()
     oom_events = cgroup_oom_kills(cg_dir)
+    # The cgroup's own high-water mark covers every process of the run; ru_maxrss is one process tree's, and
+    # starts at the runner's size (the forked child is a copy of it until it execs).
+    peak_kb = cgroup_peak_kb(cg_dir) or int(usage.ru_maxrss)
     if cg_dir is not None:
         remove_cgroup(cg_dir)
 
@@ -1002,7 +1027,7 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
             "working_directory": workdir,
             "execution_time": round(elapsed, 4),
             "cpu_time": round(usage.ru_utime + usage.ru_stime, 4),
-            "peak_memory_kb": int(usage.ru_maxrss),
+            "peak_memory_kb": peak_kb,
             "stdout": stdout_inline,
             "stderr": stderr_inline,
             "files_created": created[:MAX_FILES_LISTED],
@@ -1045,6 +1070,16 @@ def make_cgroup(root, task_hash, limits, runtime):
     if os.path.exists(os.path.join(path, "cgroup.kill")):
         applied.append("kill")
     return path, applied
+
+
+def cgroup_peak_kb(cg_dir):
+    if cg_dir is None:
+        return None
+    try:
+        with open(os.path.join(cg_dir, "memory.peak")) as fh:
+            return int(fh.read().split()[0]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def cgroup_oom_kills(cg_dir):
