@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,7 @@ class FakeEndpoint:
     def __init__(self, sshd_port: int) -> None:
         self.sshd_port = sshd_port
         self.requests: list[dict[str, str]] = []
+        self.active = 0
         self.port = 0
         self.server: Any = None
 
@@ -320,6 +322,7 @@ class FakeEndpoint:
             await ws.close(1008, "not a signed openTunnel request")
             return
         reader, writer = await asyncio.open_connection("127.0.0.1", self.sshd_port)
+        self.active += 1
 
         async def up() -> None:
             async for message in ws:
@@ -339,6 +342,7 @@ class FakeEndpoint:
         for task in tasks:
             task.cancel()
         writer.close()
+        self.active -= 1
         await ws.close(1000, "tunnel duration reached")
 
 
@@ -416,3 +420,33 @@ async def test_unknown_endpoint_is_a_clear_error(
     async with AsyncSandbox(config) as sb:
         with pytest.raises(TransportError, match="Endpoint eice-00000000000000000 was not found"):
             await sb.execute_code("print(1)")
+
+
+async def test_runs_that_would_outlive_the_tunnel_start_on_a_new_one_and_the_old_one_closes(
+    sshd: Sshd, instance: dict[str, Any], key_store: EicKeyStore, tmp_base_dir: str, tmp_path: Path
+) -> None:
+    config = eic_config(sshd, instance, tmp_base_dir, tmp_path, ssh_host=None, ssh_port=22)
+    config = config.model_copy(update={"eic_endpoint_id": ENDPOINT_ID})
+    stub_endpoint_lookup(config)
+    async with FakeEndpoint(sshd.port) as endpoint:
+
+        async def connector(url: str) -> Any:
+            parts = urlsplit(url)
+            return await websocket_connect(f"ws://127.0.0.1:{endpoint.port}{parts.path}?{parts.query}")
+
+        # A run allowed 5 s (+ the core's 30 s margin) fits before the tunnel's deadline, one of 20 s not.
+        transport = EICTransport(config, max_tunnel_duration=100, tunnel_connector=connector)
+        async with AsyncSandbox(config, transport=transport) as sb:
+            assert (await sb.execute_code("print(1)", timeout=5)).success
+            assert transport.connections_opened == 1
+            assert transport._state is not None
+            transport._state.deadline = time.monotonic() + 45
+            assert (await sb.execute_code("print(2)", timeout=5)).success
+            assert transport.connections_opened == 1  # 5 + 30 s still fit before the deadline
+            assert (await sb.execute_code("print(3)", timeout=20)).success
+            assert transport.connections_opened == 2 and transport.keys_pushed == 2
+            for _ in range(100):  # the retired tunnel closes once idle
+                if endpoint.active == 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert endpoint.active == 1

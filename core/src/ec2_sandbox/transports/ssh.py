@@ -519,9 +519,15 @@ class SSHTransport(Transport):
             self._track(self._close_state(state))
             return
 
+        def busy() -> bool:
+            service = state.service
+            calls = len(service.calls) if service is not None and service.alive else 0
+            idle_channels = 1 if service is not None and service.alive else 0
+            return calls > 0 or len(getattr(state.conn, "_channels", ())) > idle_channels
+
         async def close_when_idle() -> None:
             # A tunnel rotated for its deadline still carries runs that fit: let them finish.
-            while state.conn._channels and not state.conn.is_closed():
+            while busy() and not state.conn.is_closed():
                 await asyncio.sleep(0.5)
             await self._close_state(state)
 
