@@ -69,7 +69,8 @@ class Box:
 
     def with_config(self, **overrides: Any) -> Box:
         """Another sandbox on the same base dir and session, with other settings."""
-        other = Box(self.base, self.isolation, **overrides)
+        isolation = overrides.pop("isolation", self.isolation)
+        other = Box(self.base, isolation, **overrides)
         other.session, other.marker = self.session, self.marker
         return other
 
