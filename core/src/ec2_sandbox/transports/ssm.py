@@ -1,17 +1,20 @@
 """The SSM transport: the runner on an EC2 instance, through Systems Manager Run Command.
 
 One run is one ``AWS-RunShellScript`` command when it fits (about 64 KB of parameters): a fixed ``sh``
-script that hands a here-doc of base64 data to ``python3``. The data is the runner's source and the request,
-compressed; nothing a caller supplied ever becomes shell text. Larger requests are staged first - in chunks
-over several commands into a root-only staging file on the instance, or through S3 when ``s3_bucket`` is set -
-and the run's command then reads them from there.
+script that hands a here-doc of base64 data to ``python3``. The data is the request (and, the first time, the
+runner's source, which then stays cached on the instance), compressed; nothing a caller supplied ever becomes
+shell text. Larger requests are staged first - in chunks over several commands into a root-only staging dir
+on the instance, or through S3 when ``s3_bucket`` is set - and the run's command reads them from there.
 
 SSM returns at most 24,000 characters of a command's stdout, so :attr:`SsmTransport.max_output_chars` makes
-the runner fit its envelope under that cap; the core reads everything else back from the task dir in pages.
+the runner fit its envelope under that cap (less a margin for the newline); the core reads everything else
+back from the task dir in pages. With ``s3_bucket`` set, the agent uploads each command's complete output
+there instead: no cap, and pages of megabytes.
 
 Status is polled by this module, not by boto3's waiter (which sleeps 5 s and treats a failing program as an
-error): the first poll ~100 ms after sending, then backing off to 1 s. botocore's standard retry mode absorbs
-throttling; ``InvocationDoesNotExist`` right after sending is retried here.
+error): the first poll ~100 ms after sending, backing off to 1 s, with polls every 40 ms around the time
+recent commands took. botocore's standard retry mode absorbs throttling; ``InvocationDoesNotExist`` right
+after sending is retried here. A caller giving up (cancellation, deadline) cancels the command.
 """
 
 from __future__ import annotations
@@ -282,7 +285,6 @@ class SsmTransport(Transport):
             # The cached copy on the instance is gone (cleaned, or a new instance behind the same id).
             log.debug("runner not cached on %s: sending it again", self.instance_id)
             inv = await self._exec_once(payload, deadline, ship_runner=True)
-        self._runner_on_target = True
         stdout = inv.get("StandardOutputContent", "").encode("utf-8")
         stderr = inv.get("StandardErrorContent", "").encode("utf-8")
         if self.config.s3_bucket:
@@ -292,6 +294,7 @@ class SsmTransport(Transport):
                 on_stdout_line(line)
         if b'{"envelope"' not in stdout:
             raise TransportError(self._no_envelope(inv))
+        self._runner_on_target = True
         return RunnerOutput(int(inv.get("ResponseCode", 0)), stdout, stderr)
 
     async def _full_output(self, inv: dict[str, Any], stdout: bytes, stderr: bytes) -> tuple[bytes, bytes]:
