@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -363,3 +364,55 @@ async def test_transport_closed_refuses_new_runs(sandbox: AsyncSandbox) -> None:
     await sandbox.transport.aclose()
     with pytest.raises(TransportError, match="is closed"):
         await sandbox.execute_code("print(1)")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+async def test_cli_exec_prints_output_live_over_ssh(sshd: Sshd, tmp_base_dir: str, known_hosts: str) -> None:
+    """`ec2-sandbox exec` shows each line as it comes: the program only goes on once we have seen it."""
+    gate_dir = tempfile.mkdtemp(prefix="ec2sb-gate-", dir="/tmp")
+    os.chmod(gate_dir, 0o755)
+    gate = os.path.join(gate_dir, "go")
+    code = (
+        "import os, sys, time\n"
+        "print('waiting', flush=True)\n"
+        "for _ in range(400):\n"
+        f"    if os.path.exists({gate!r}): print('released'); sys.exit(7)\n"
+        "    time.sleep(0.05)\n"
+        "print('never released'); sys.exit(1)\n"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("EC2_SANDBOX_") or k == "EC2_SANDBOX_NO_SKIPS"
+    }
+    env.update(
+        EC2_SANDBOX_TRANSPORT="ssh",
+        EC2_SANDBOX_SSH_HOST="127.0.0.1",
+        EC2_SANDBOX_SSH_PORT=str(sshd.port),
+        EC2_SANDBOX_SSH_USER="root",
+        EC2_SANDBOX_SSH_KEY_FILE=str(sshd.client_key_path),
+        EC2_SANDBOX_SSH_KNOWN_HOSTS=known_hosts,
+        EC2_SANDBOX_BASE_SANDBOX_DIR=tmp_base_dir,
+        EC2_SANDBOX_ISOLATION="none",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ec2_sandbox.cli",
+        "exec",
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert first == b"waiting\n"
+        Path(gate).touch()
+        rest, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        shutil.rmtree(gate_dir, ignore_errors=True)
+    assert rest == b"released\n", err
+    assert proc.returncode == 7
