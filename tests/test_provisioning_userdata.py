@@ -286,8 +286,9 @@ def test_setup_for_real_in_private_namespaces(tmp_path: Path) -> None:
             "set -e",
             *mounts,
             # Whatever this machine has in these places, the setup starts as on a fresh instance.
-            "rm -rf /etc/ec2-sandbox /var/lib/ec2-sandbox /usr/local/lib/ec2-sandbox",
-            "rm -rf /usr/share/ec2-instance-connect",
+            # /var/lib gets a tmpfs of its own: runners here may be writing to /var/lib/ec2-sandbox.
+            "mount -t tmpfs tmpfs /var/lib",
+            "rm -rf /etc/ec2-sandbox /usr/local/lib/ec2-sandbox /usr/share/ec2-instance-connect",
             "sed -i '/^ec2-sandbox:/d' /etc/subuid /etc/subgid 2>/dev/null || true",
             f'bash "{USER_DATA}" > "{tmp_path}/first.out"',
             f'bash "{USER_DATA}" > "{tmp_path}/second.out"',
