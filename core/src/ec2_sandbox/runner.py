@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 PROTOCOL = 1
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -562,12 +563,20 @@ def private_network():
 _NETNS_CACHE = []
 
 
+def quiet_fork():
+    """os.fork() for a child that makes a few syscalls and exits (no locks, no imports): Python 3.12+ warns
+    about forking a threaded process (the in-process local transport is one), which is safe here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
 def netns_works():
     """Can this (root) runner create network namespaces? Containers often drop CAP_SYS_ADMIN. Asked once."""
     if not _NETNS_CACHE:
         ok = False
         if _LIBC is not None and os.geteuid() == 0:
-            pid = os.fork()
+            pid = quiet_fork()
             if pid == 0:
                 code = 1
                 try:
@@ -587,7 +596,7 @@ def kill_uid(uid):
     One kill(-1) from a child that became ``uid``: the kernel signals every process of that uid in one pass,
     in every pid namespace, so a process forking meanwhile cannot slip through. True if any was found.
     """
-    pid = os.fork()
+    pid = quiet_fork()
     if pid == 0:
         code = 2
         try:
