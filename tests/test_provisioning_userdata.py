@@ -521,9 +521,34 @@ def test_cleanup_script_removes_what_the_age_policy_selects(ubuntu: Path, tmp_ba
         assert "session:old-session" in before_uids and "session:old-session" not in after_uids
         assert f"task:{old_task.task_hash}" not in after_uids
         assert after_uids["session:new-session"] == before_uids["session:new-session"]
+        # ... and out of the machine-wide claims, as the runner's own remove does.
+        claims = Path(runner.UID_CLAIMS_DIR)
+        freed = before_uids["session:old-session"]
+        assert not (claims / str(freed)).exists() or (claims / str(freed)).read_text() != tmp_base_dir
+        kept = claims / str(after_uids["session:new-session"])
+        assert kept.read_text() == tmp_base_dir
     # The new session still works, and the toolkit's own cleanup finds nothing more to remove.
     assert sandbox.execute_code("print(4)", session_id="new-session").stdout == "4\n"
     assert sandbox.cleanup_tasks(24).removed == []
+
+
+def test_cleanup_script_agrees_with_the_runner_on_layout(ubuntu: Path) -> None:
+    """cleanup.py repeats what the runner's remove does; when the runner's layout changes, this fails."""
+    import importlib.util
+
+    assert run_setup(ubuntu).returncode == 0
+    spec = importlib.util.spec_from_file_location(
+        "ec2_sandbox_cleanup", ubuntu / "usr/local/lib/ec2-sandbox/cleanup.py"
+    )
+    cleanup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cleanup)
+    assert cleanup.TASK_HASH_RE.pattern == runner.TASK_HASH_RE.pattern
+    assert cleanup.SESSION_ID_RE.pattern == runner.SESSION_ID_RE.pattern
+    assert cleanup.UID_CLAIMS_DIR == runner.UID_CLAIMS_DIR
+    expected = [(sub, kind, pattern.pattern) for sub, kind, pattern in runner.WORKDIR_KINDS]
+    expected.append((runner.RUNS, "run", runner.TASK_HASH_RE.pattern))
+    assert sorted((sub, kind, p.pattern) for sub, kind, p in cleanup.LAYOUT) == sorted(expected)
+    assert runner.UidPool("/b", *runner.SANDBOX_UID_RANGE).path == os.path.join("/b", "runs", "uids.json")
 
 
 def test_cleanup_script_refuses_a_foreign_base_dir(ubuntu: Path, tmp_path: Path) -> None:

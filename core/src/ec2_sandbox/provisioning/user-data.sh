@@ -334,7 +334,9 @@ install_file 0755 "$LIB_DIR/cleanup.py" <<'PYTHON'
 Installed by the instance setup and run by ec2-sandbox-cleanup.timer, so an instance cleans up even when no
 client ever calls the cleanup tool. It applies the toolkit's default "age" policy to the layout the runner
 keeps under the base dir (the same names, the same age: the dir's mtime) and gives each removed task's or
-session's uid back to the runner's pool (runs/uids.json, under the lock the runner takes). Stdlib only.
+session's uid back the way the runner's remove does: out of the base dir's map (runs/uids.json, under the
+lock the runner takes) and out of the machine-wide claims (UID_CLAIMS_DIR). Stdlib only. The toolkit's tests
+check that this file and the runner agree.
 """
 
 import argparse
@@ -355,6 +357,7 @@ LAYOUT = (
     ("sessions", "session", SESSION_ID_RE),
     ("runs", "run", TASK_HASH_RE),
 )
+UID_CLAIMS_DIR = "/var/lib/ec2-sandbox/.uid-claims"
 
 
 def expired(base, cutoff):
@@ -392,8 +395,7 @@ def release_uids(base, keys):
             raw += chunk
         table = json.loads(raw.decode("utf-8")) if raw else {}
         hit = [k for k in keys if k in table]
-        for key in hit:
-            del table[key]
+        freed = [table.pop(k) for k in hit]
         if hit:
             data = json.dumps(table, sort_keys=True).encode("utf-8")
             os.lseek(fd, 0, os.SEEK_SET)
@@ -401,6 +403,19 @@ def release_uids(base, keys):
             os.write(fd, data)
     finally:
         os.close(fd)
+    for uid in freed:
+        unclaim(base, uid)
+
+
+def unclaim(base, uid):
+    """Drop this base dir's machine-wide claim on ``uid`` (a claim file holds the base dir's path)."""
+    path = os.path.join(UID_CLAIMS_DIR, str(uid))
+    try:
+        with open(path, "rb") as fh:
+            if fh.read().decode("utf-8", "replace") == base:
+                os.unlink(path)
+    except OSError:
+        pass
 
 
 def main(argv=None):
