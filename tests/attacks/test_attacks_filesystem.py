@@ -338,3 +338,21 @@ async def test_same_session_name_in_another_base_dir(box: Box) -> None:
             runner.kill_uid(uid)
         shutil.rmtree(other_base, ignore_errors=True)
     await box.assert_recovers()
+
+
+async def test_read_other_session_files_left_in_shared_tmp(box: Box) -> None:
+    # Without bubblewrap /tmp is the host's: the umask keeps what one session leaves there from the others.
+    path = f"/tmp/left-behind-{box.marker}"
+    victim = await box.run(f"open({path!r}, 'w').write('victim tmp secret')", session="victim-" + box.marker)
+    assert victim.success, victim
+    code = f"try:\n    print(open({path!r}).read())\n"
+    code += "except OSError as exc:\n    print('denied', type(exc).__name__)"
+    result = await box.run(code)
+    assert result.success, result
+    assert "victim tmp secret" not in result.stdout
+    expected = "denied FileNotFoundError" if box.isolation == "bwrap" else "denied PermissionError"
+    assert result.stdout.strip() == expected
+    if os.path.exists(path):
+        assert os.stat(path).st_mode & 0o077 == 0
+        os.unlink(path)
+    await box.assert_recovers()

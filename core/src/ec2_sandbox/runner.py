@@ -650,6 +650,8 @@ def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False):
 
     def preexec():
         os.setsid()
+        # Files the program makes are its session's alone, also in shared places such as /tmp without bwrap.
+        os.umask(0o077)
         if cgroup_dir is not None:
             with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as fh:
                 fh.write(str(os.getpid()))
