@@ -482,27 +482,34 @@ def imds_guard_present():
 
 
 def on_ec2():
-    """True when DMI or the hypervisor says this is an EC2 instance (read from /sys; no traffic)."""
+    """True when DMI or the hypervisor says this is an EC2 instance, False when they name something else,
+    None when neither can be read (read from /sys; no traffic)."""
+    seen = False
     for path in EC2_DMI_FILES:
         try:
             with open(path, "rb") as fh:
                 text = fh.read(256).decode("ascii", "replace").strip().lower()
         except OSError:
             continue
+        seen = True
         if "amazon" in text or text.startswith("ec2"):
             return True
-    return False
+    return False if seen else None
 
 
 def imds_warning(network):
-    """Why the metadata service may be reachable from user code, or None when it is not."""
+    """Why the metadata service may be reachable from user code, or None when it is not (or cannot be:
+    a machine that says it is not on EC2)."""
     if not network or imds_guard_present():
+        return None
+    ec2 = on_ec2()
+    if ec2 is False:
         return None
     return (
         "network is on and %s has no firewall rule keeping sandbox uids off the instance metadata service "
         "(marker %s is missing): code may obtain the instance role's credentials; run the provisioning "
         "script or `ec2-sandbox prepare-instance`"
-        % ("this EC2 instance" if on_ec2() else "this target", IMDS_MARKER)
+        % ("this EC2 instance" if ec2 else "this target (if it is an EC2 instance)", IMDS_MARKER)
     )
 
 
