@@ -1568,6 +1568,7 @@ def probe(req):
         "cgroup_kill": bool(cg) and os.path.exists(os.path.join(cg, "cgroup.kill")),
         "imds_guard": imds_guard_present(),
         "on_ec2": on_ec2(),
+        "netns_usable": netns_works(),
         "runtimes": runtimes,
     }
 

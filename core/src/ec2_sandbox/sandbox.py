@@ -391,12 +391,13 @@ def _isolation_warnings(config: SandboxConfig, probe: dict[str, Any], transport:
         warnings.append(
             "bubblewrap is not usable on the target: code runs without namespaces (install 'bubblewrap')"
         )
+    if not bwrap and not config.network and not probe.get("netns_usable"):
+        warnings.append(
+            "network is off in the configuration, but without bubblewrap or a network namespace (root with "
+            "CAP_SYS_ADMIN) nothing enforces it: code can reach the network"
+        )
     if not probe["privileged"]:
         warnings.append("the runner is not root: code runs as the invoking user, not a per-session uid")
-        if not bwrap and not config.network:
-            warnings.append(
-                "network is off in the configuration, but without bubblewrap or root nothing enforces it"
-            )
         if not bwrap and not probe.get("cgroup_kill"):
             warnings.append(
                 "without bubblewrap, a cgroup or root, a program that calls setsid() can outlive its run"
