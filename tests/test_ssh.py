@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -21,7 +22,13 @@ from ec2_sandbox import AsyncSandbox, SandboxConfig, protocol
 from ec2_sandbox.errors import ConfigError, TransportError
 from ec2_sandbox.plugins import get_registry
 from ec2_sandbox.testing.conformance import ConformanceSuite
-from ec2_sandbox.transports.ssh import HostKeyPolicy, SSHTransport, create_ssh_transport
+from ec2_sandbox.transports.ssh import (
+    SERVICE,
+    SERVICE_MARK,
+    HostKeyPolicy,
+    SSHTransport,
+    create_ssh_transport,
+)
 
 pytestmark = requires_sshd
 
@@ -96,23 +103,48 @@ def test_no_user_data_in_the_command_line() -> None:
     assert transport._command("/root/.cache/ec2-sandbox/runner-ab12.py") == (
         "exec python3 -I -S /root/.cache/ec2-sandbox/runner-ab12.py"
     )
+    digest = hashlib.sha256(protocol.runner_source()).hexdigest()
+    assert shlex.split(transport._command()) == [
+        "exec",
+        "python3",
+        "-I",
+        "-S",
+        "-c",
+        SERVICE,
+        SERVICE_MARK,
+        digest,
+    ]
     transport.sudo = True
     assert transport._command("/home/u/x y/r.py") == "exec sudo -n -- python3 -I -S '/home/u/x y/r.py'"
 
 
-async def test_many_runs_share_one_connection_and_the_runner_is_installed_once(
-    sandbox: AsyncSandbox,
-) -> None:
-    for _ in range(3):
-        assert (await sandbox.execute_code("print(1)")).stdout == "1\n"
+async def test_many_runs_share_one_connection_and_one_runner_service(sandbox: AsyncSandbox) -> None:
     transport = sandbox.transport
     assert isinstance(transport, SSHTransport)
-    assert transport.connections_opened == 1
+    assert (await sandbox.execute_code("print(0)")).stdout == "0\n"
     state = transport._state
-    assert state is not None
-    digest = hashlib.sha256(protocol.runner_source()).hexdigest()
-    assert state.runner_path == str(Path.home() / ".cache" / "ec2-sandbox" / f"runner-{digest}.py")
-    assert Path(state.runner_path).read_bytes() == protocol.runner_source()
+    assert state is not None and state.service is not None
+    service = state.service
+    for i in range(1, 4):
+        assert (await sandbox.execute_code(f"print({i})")).stdout == f"{i}\n"
+    assert transport.connections_opened == 1
+    assert transport._state is state and state.service is service and service.alive
+    assert state.runner_path is None  # the service keeps the runner in memory: nothing installed
+
+
+async def test_process_per_run_installs_the_runner_once(
+    sshd: Sshd, tmp_base_dir: str, known_hosts: str
+) -> None:
+    async with ssh_sandbox(ssh_config(sshd, tmp_base_dir, known_hosts), persistent=False) as sb:
+        for i in range(3):
+            assert (await sb.execute_code(f"print({i})")).stdout == f"{i}\n"
+        transport = sb.transport
+        assert isinstance(transport, SSHTransport) and transport._state is not None
+        assert transport.connections_opened == 1 and transport._state.service is None
+        digest = hashlib.sha256(protocol.runner_source()).hexdigest()
+        path = transport._state.runner_path
+        assert path == str(Path.home() / ".cache" / "ec2-sandbox" / f"runner-{digest}.py")
+        assert Path(path).read_bytes() == protocol.runner_source()
 
 
 async def test_more_concurrent_runs_than_sshd_allows_sessions(sandbox: AsyncSandbox) -> None:
@@ -259,7 +291,7 @@ async def test_transport_timeout_fails_the_call_and_the_connection_stays_usable(
     assert (await sandbox.execute_code("print('still here')")).stdout == "still here\n"
 
 
-def service_pids(runner_path: str) -> list[int]:
+def service_pids() -> list[int]:
     """Runner service processes on this machine (the sshd under test is local)."""
     pids = []
     for entry in os.listdir("/proc"):
@@ -268,7 +300,7 @@ def service_pids(runner_path: str) -> list[int]:
                 argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"-c" in argv and runner_path.encode() in argv:
+            if SERVICE_MARK.encode() in argv:
                 pids.append(int(entry))
     return pids
 
@@ -276,11 +308,9 @@ def service_pids(runner_path: str) -> list[int]:
 async def test_a_crashed_runner_service_fails_its_runs_and_is_restarted(sandbox: AsyncSandbox) -> None:
     transport = sandbox.transport
     assert isinstance(transport, SSHTransport)
-    digest = hashlib.sha256(protocol.runner_source()).hexdigest()
-    runner_path = str(Path.home() / ".cache" / "ec2-sandbox" / f"runner-{digest}.py")
-    others = set(service_pids(runner_path))  # services of other connections, still finishing their runs
+    others = set(service_pids())  # services of other connections, still finishing their runs
     assert (await sandbox.execute_code("print('warm')")).success
-    [pid] = set(service_pids(runner_path)) - others
+    [pid] = set(service_pids()) - others
     started = asyncio.Event()
     run = asyncio.ensure_future(
         sandbox.execute_code(
@@ -294,7 +324,7 @@ async def test_a_crashed_runner_service_fails_its_runs_and_is_restarted(sandbox:
         await asyncio.wait_for(run, 60)
     assert (await sandbox.execute_code("print('again')")).stdout == "again\n"
     assert transport.connections_opened == 1
-    assert len(set(service_pids(runner_path)) - others - {pid}) == 1
+    assert len(set(service_pids()) - others - {pid}) == 1
 
 
 async def test_wrong_key_is_refused_with_a_hint(

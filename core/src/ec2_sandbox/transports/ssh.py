@@ -1,9 +1,16 @@
 """The ``ssh`` transport: the runner over one persistent SSH connection (asyncssh).
 
-One connection is opened on first use and kept: every run is one channel on it, concurrent runs are
-concurrent channels. The runner program is copied to the target once per connection
-(``~/.cache/ec2-sandbox/runner-<sha256>.py``, written atomically) and started as
-``python3 -I -S <that path>`` with the request on stdin - no user data ever appears in a command line.
+One connection is opened on first use and kept. On it, one long-lived "runner service" channel runs
+``python3 -I -S -c <fixed loader>``: the loader receives the runner's source over stdin (checked against
+the SHA-256 on its command line), then serves requests - one JSON line each, many in flight, each handled
+on its own thread, its stream events and envelope sent back tagged with the request's id. A warm run
+therefore costs one round trip, not a process start (and not the login shell that every SSH command
+starts). No user data ever appears in a command line.
+
+With ``persistent_runner=False`` (or for a request that is not one line) each run gets a channel and a
+runner process of its own instead: the runner is copied once per connection to
+``~/.cache/ec2-sandbox/runner-<sha256>.py`` (atomically) and started as ``python3 -I -S <that path>`` with
+the request on stdin. sshd's MaxSessions bounds channels per connection, so such runs queue beyond 8.
 
 Host keys are trusted on first use and recorded in a known-hosts file under the user's cache dir (or a file
 the configuration names); ``ssh_strict_host_keys`` refuses unknown keys instead, and a key that differs from
@@ -137,14 +144,21 @@ class _Client(asyncssh.SSHClient):
         return True
 
 
-#: The runner service: started once per connection, it loads the runner and serves requests on its stdin,
-#: each on its own thread (as the local transport does in-process). Lines both ways are ``<id> <json>``.
-#: Fixed text - Python 3.8, stdlib only; the runner's path is its only argument.
+#: The runner service: started once per connection, it receives the runner's source first (length line,
+#: bytes; checked against the digest on its command line), then serves requests on its stdin, each on its
+#: own thread (as the local transport does in-process). Lines both ways are ``<id> <json>``.
+#: Fixed text - Python 3.8, stdlib only. Nothing is written on the target for it.
+SERVICE_MARK = "ec2-sandbox-runner-service"
 SERVICE = r"""
-import importlib.util, json, os, sys, threading
-spec = importlib.util.spec_from_file_location("ec2_sandbox_runner", sys.argv[1])
-runner = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(runner)
+import hashlib, json, os, sys, threading, types
+stdin = sys.stdin.buffer
+source = stdin.read(int(stdin.readline()))
+if hashlib.sha256(source).hexdigest() != sys.argv[2]:
+    sys.stderr.write("the runner's source arrived damaged\n")
+    sys.exit(2)
+runner = types.ModuleType("ec2_sandbox_runner")
+sys.modules["ec2_sandbox_runner"] = runner
+exec(compile(source, "ec2_sandbox_runner.py", "exec"), runner.__dict__)
 try:
     # Probe bubblewrap once before requests run side by side (each would otherwise probe it on its own).
     bwrap = runner.find_bwrap()
@@ -173,7 +187,7 @@ def serve(rid, raw):
         error = {"kind": "protocol", "message": "bad request: %s: %s" % (type(exc).__name__, exc)}
         text = json.dumps({"envelope": {"ok": False, "error": error}})
     send(rid, text)
-for line in sys.stdin.buffer:
+for line in stdin:
     rid, _, raw = line.partition(b" ")
     threading.Thread(target=serve, args=(int(rid), raw)).start()
 """
@@ -306,8 +320,9 @@ class _RunnerService:
 @dataclass
 class _Connection:
     conn: asyncssh.SSHClientConnection
-    runner_path: str
     loop: asyncio.AbstractEventLoop
+    #: Where the runner file is on the target: installed on first need (one runner process per run).
+    runner_path: str | None = None
     opened: float = field(default_factory=time.monotonic)
     #: Monotonic time after which no new run should start on it (EIC Endpoint tunnels end).
     deadline: float | None = None
@@ -446,18 +461,9 @@ class SSHTransport(Transport):
             ) from None
         if client.accepted is not None:
             await asyncio.to_thread(self.host_keys.record, self.host_key_name, self.port, client.accepted)
-        try:
-            runner_path = await self._install_runner(conn)
-        except BaseException:
-            conn.abort()
-            for close in closers:
-                await close()
-            raise
         self.connections_opened += 1
         log.debug("SSH connection %d to %s open", self.connections_opened, self.target)
-        return _Connection(
-            conn, runner_path, asyncio.get_running_loop(), deadline=self._deadline(), closers=closers
-        )
+        return _Connection(conn, asyncio.get_running_loop(), deadline=self._deadline(), closers=closers)
 
     def _auth_hint(self) -> str:
         if self.key_file:
@@ -549,10 +555,13 @@ class SSHTransport(Transport):
                 await close()
 
     # ------------------------------------------------------------------ running
-    def _command(self, runner_path: str, service: bool = False) -> str:
-        argv = ["python3", "-I", "-S", runner_path]
-        if service:
-            argv = ["python3", "-I", "-S", "-c", SERVICE, runner_path]
+    def _command(self, runner_path: str | None = None) -> str:
+        """The runner (a file on the target) or, without a path, the runner service. Fixed text only."""
+        if runner_path is None:
+            digest = hashlib.sha256(runner_source()).hexdigest()
+            argv = ["python3", "-I", "-S", "-c", SERVICE, SERVICE_MARK, digest]
+        else:
+            argv = ["python3", "-I", "-S", runner_path]
         if self.sudo:
             argv = ["sudo", "-n", "--", *argv]
         return "exec " + shlex.join(argv)
@@ -575,6 +584,8 @@ class SSHTransport(Transport):
                         raise
                     return RunnerOutput(0, b"".join(lines), b"")
                 async with state.slots:
+                    if state.runner_path is None:
+                        state.runner_path = await self._install_runner(state.conn)
                     process = await self._open_channel(state, self._command(state.runner_path))
                     return await self._drive(state, process, payload, timeout, on_stdout_line)
             except _NotStarted as exc:
@@ -600,7 +611,10 @@ class SSHTransport(Transport):
             if state.service is None or not state.service.alive:
                 if state.service is not None:
                     state.service.close()
-                process = await self._open_channel(state, self._command(state.runner_path, service=True))
+                process = await self._open_channel(state, self._command())
+                source = runner_source()
+                process.stdin.write(b"%d\n" % len(source))
+                process.stdin.write(source)
                 state.service = _RunnerService(state.conn, process, self._lost, self.target)
             return state.service
 
@@ -725,7 +739,7 @@ class SSHTransport(Transport):
                     "server_version": state.conn.get_extra_info("server_version"),
                     "host_key": fingerprint(key) if key else None,
                     "known_hosts": str(self.host_keys.path),
-                    "runner_path": state.runner_path,
+                    "runner": "service" if self.persistent_runner else state.runner_path,
                     "connections_opened": self.connections_opened,
                 },
             )
