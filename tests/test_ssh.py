@@ -446,3 +446,27 @@ async def test_cli_exec_prints_output_live_over_ssh(sshd: Sshd, tmp_base_dir: st
         shutil.rmtree(gate_dir, ignore_errors=True)
     assert rest == b"released\n", err
     assert proc.returncode == 7
+
+
+@pytest.mark.skipif(shutil.which("sudo") is None, reason="sudo not installed (Debian package sudo)")
+async def test_ssh_sudo_starts_the_runner_through_sudo(
+    sshd: Sshd, tmp_base_dir: str, known_hosts: str
+) -> None:
+    """``ssh_sudo``: the login user's runner goes through ``sudo -n`` (here root to root: the path works)."""
+    config = ssh_config(sshd, tmp_base_dir, known_hosts, ssh_sudo=True)
+    for persistent in (True, False):
+        async with ssh_sandbox(config, persistent) as sb:
+            others = set(service_pids())
+            result = await sb.execute_code("print('via sudo')")
+            assert result.stdout == "via sudo\n", result
+            if persistent:
+                # sudo and, under it, the python3 it started (both carry the service's argv).
+                pids = set(service_pids()) - others
+                comm = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids}
+                [python] = [pid for pid in pids if comm[pid] != "sudo"]
+                ppid = int(Path(f"/proc/{python}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                assert comm.get(ppid) == "sudo"
+            status = await sb.instance_status()
+            assert status.healthy, status
+            probe = next(p for p in status.parts if p.name == "probe")
+            assert probe.details["privileged"] is True
