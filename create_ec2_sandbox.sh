@@ -119,6 +119,10 @@ esac
 [[ $WAIT_SECONDS =~ ^[0-9]+$ && $POLL_SECONDS =~ ^[0-9]+([.][0-9]+)?$ ]] \
     || die "EC2_SANDBOX_WAIT_SECONDS and EC2_SANDBOX_POLL_SECONDS must be numbers"
 CONFIG=${CONFIG:-${EC2_SANDBOX_CONFIG:-./config.json}}
+# Checked before anything is created: the environment is merged into this file at the end.
+if [[ $DELETE -eq 0 && -e $CONFIG ]] && ! jq -e 'type == "object"' "$CONFIG" >/dev/null 2>&1; then
+    die "$CONFIG is not a JSON object (broken JSON?); fix or move it first - nothing was changed"
+fi
 
 # ------------------------------------------------------------------------------------------------------
 # Tools and AWS access

@@ -36,6 +36,10 @@ UBUNTU_PARAM = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/
 AMI = "ami-1e749f67"  # one of moto's built-in x86_64 images (Ubuntu, root device /dev/sda1)
 SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 BIN = Path(sys.executable).parent
+SCRIPT_FLAGS = (
+    "--name", "--type", "--arch", "--ami", "--subnet", "--region", "--profile",
+    "--environment", "--config", "--skip-test", "--dry-run", "--delete", "--help",
+)  # fmt: skip
 
 pytestmark = pytest.mark.skipif(
     shutil.which("aws", path=str(BIN)) is None or shutil.which("jq") is None,
@@ -66,6 +70,7 @@ class Account:
             "AWS_ENDPOINT_URL": server.url,
             "AWS_CONFIG_FILE": str(aws / "config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true",  # never the metadata address, whatever the chain tries
             "EC2_SANDBOX_POLL_SECONDS": "0.2",
             "EC2_SANDBOX_WAIT_SECONDS": "60",
         }
@@ -429,6 +434,19 @@ def test_prepare_instance_reports_each_step(account: Account, tmp_path: Path) ->
     assert refused.returncode == 1 and "not managed by SSM" in refused.stderr
 
 
+def test_refuses_a_role_with_more_than_the_ssm_policy(account: Account) -> None:
+    iam = account.client("iam")
+    extra = "arn:aws:iam::aws:policy/AmazonSSMFullAccess"  # includes ssm:SendCommand on every instance
+    iam.attach_role_policy(RoleName=f"{NAME}-role", PolicyArn=extra)
+    try:
+        proc = account.run("--skip-test")
+    finally:
+        iam.detach_role_policy(RoleName=f"{NAME}-role", PolicyArn=extra)
+    assert proc.returncode == 1
+    assert f"role {NAME}-role has policies besides AmazonSSMManagedInstanceCore ({extra})" in proc.stderr
+    assert "must not be able to command other instances" in proc.stderr
+
+
 def test_refuses_a_role_it_did_not_create(account: Account) -> None:
     iam = account.client("iam")
     iam.create_role(RoleName="foreign-role", AssumeRolePolicyDocument="{}")
@@ -446,7 +464,24 @@ def test_refuses_a_role_it_did_not_create(account: Account) -> None:
     iam.delete_role(RoleName="foreign-role")
 
 
-def test_bad_arguments_fail_before_any_call(account: Account) -> None:
+def test_bad_arguments_fail_before_any_call(account: Account, tmp_path: Path) -> None:
+    help_text = account.run("--help").stdout
+    for flag in SCRIPT_FLAGS:
+        assert flag in help_text, flag
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"default": {"region": "us-east-1",}')
+    before = account.snapshot()
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--name", NAME, "--config", str(broken)],
+        env=account.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "is not a JSON object (broken JSON?)" in proc.stderr
+    assert "sts" not in proc.stderr and account.snapshot() == before
+    assert broken.read_text() == '{"default": {"region": "us-east-1",}'
+
     for args, message in (
         (["--arch", "sparc"], "--arch 'sparc'"),
         (["--environment", "../x"], "--environment '../x'"),
