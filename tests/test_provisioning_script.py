@@ -495,7 +495,8 @@ def test_bad_arguments_fail_before_any_call(account: Account, tmp_path: Path) ->
 
 
 def test_keys_in_the_environment_are_used_without_a_profile(account: Account) -> None:
-    env = {k: v for k, v in account.env.items() if not k.startswith("AWS_") or k == "AWS_ENDPOINT_URL"}
+    keep = ("AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED")
+    env = {k: v for k, v in account.env.items() if not k.startswith("AWS_") or k in keep}
     env |= {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
     env |= {"AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
     proc = subprocess.run(
