@@ -369,6 +369,7 @@ class UidPool(object):
 # --------------------------------------------------------------------------------------------------
 
 _BWRAP_CACHE = {}
+_BWRAP_LOCK = threading.Lock()
 # No user namespaces inside the box (a large kernel attack surface), and a session of its own.
 BWRAP_HARDENING = ["--unshare-user", "--disable-userns", "--new-session"]
 
@@ -385,29 +386,35 @@ def bwrap_works(bwrap, as_uid):
     if as_uid is not None:
         as_uid = SANDBOX_UID_RANGE[0]
     key = (bwrap, as_uid)
-    if key not in _BWRAP_CACHE:
-        # First with the hardening flags of bubblewrap >= 0.8 (no nested user namespaces, a size cap on
-        # the private /tmp, a new session); older versions still isolate, without those extras.
-        plain = ["--ro-bind", "/", "/", "--unshare-all", "--die-with-parent"]
-        hardened = plain + BWRAP_HARDENING + ["--size", "1048576", "--tmpfs", "/tmp"]
-        _BWRAP_CACHE[key] = (False, False)
-        for extra, flags in ((True, hardened), (False, plain)):
-            try:
-                res = subprocess.run(
-                    [bwrap] + flags + ["--", "/bin/true"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    timeout=10,
-                    preexec_fn=(lambda: drop_privileges(as_uid)) if as_uid is not None else None,
-                    env={"PATH": SYSTEM_PATH},
-                )
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if res.returncode == 0:
-                _BWRAP_CACHE[key] = (True, extra)
-                break
+    with _BWRAP_LOCK:
+        # Runs served side by side wait for the one probe: none may see a half-made answer and go
+        # without namespaces.
+        if key not in _BWRAP_CACHE:
+            _BWRAP_CACHE[key] = _probe_bwrap(bwrap, as_uid)
     return _BWRAP_CACHE[key][0]
+
+
+def _probe_bwrap(bwrap, as_uid):
+    """(usable, hardened): first with the hardening flags of bubblewrap >= 0.8 (no nested user
+    namespaces, a size cap on the private /tmp, a new session); older versions still isolate."""
+    plain = ["--ro-bind", "/", "/", "--unshare-all", "--die-with-parent"]
+    hardened = plain + BWRAP_HARDENING + ["--size", "1048576", "--tmpfs", "/tmp"]
+    for extra, flags in ((True, hardened), (False, plain)):
+        try:
+            res = subprocess.run(
+                [bwrap] + flags + ["--", "/bin/true"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+                preexec_fn=(lambda: drop_privileges(as_uid)) if as_uid is not None else None,
+                env={"PATH": SYSTEM_PATH},
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if res.returncode == 0:
+            return (True, extra)
+    return (False, False)
 
 
 def bwrap_hardened(bwrap, as_uid):
