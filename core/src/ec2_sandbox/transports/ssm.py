@@ -12,7 +12,7 @@ back from the task dir in pages. With ``s3_bucket`` set, the agent uploads each 
 there instead: no cap, and pages of megabytes.
 
 Status is polled by this module, not by boto3's waiter (which sleeps 5 s and treats a failing program as an
-error): the first poll ~100 ms after sending, backing off to 1 s, with polls every 40 ms around the time
+error): the first poll ~100 ms after sending, backing off to 1 s, with polls every 30 ms from the time
 recent commands took. botocore's standard retry mode absorbs throttling; ``InvocationDoesNotExist`` right
 after sending is retried here. A caller giving up (cancellation, deadline) cancels the command.
 """
@@ -64,7 +64,7 @@ DELIVERY_TIMEOUT = 60
 #: Seconds a command may stay undelivered before the instance and agent are checked.
 PENDING_CHECK_AFTER = 5.0
 #: Seconds between polls around the time commands usually finish, and how long after it to keep at it.
-DENSE_STEP, DENSE_WINDOW = 0.04, 0.3
+DENSE_STEP, DENSE_WINDOW = 0.03, 0.3
 TRUNCATION_MARKERS = ("---Output truncated---", "--output truncated--", "----- Result truncated ----")
 THROTTLING = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 RUNNING = {"Pending", "InProgress", "Delayed", "Cancelling"}
@@ -489,7 +489,7 @@ class SsmTransport(Transport):
             wake = next_base
             expected = self._expected()
             if expected is not None and now < sent + expected + DENSE_WINDOW:
-                wake = min(wake, max(sent + expected - DENSE_STEP / 2, now + DENSE_STEP))
+                wake = min(wake, max(sent + expected, now + DENSE_STEP))
             wake = max(wake, hold_until)
             await asyncio.sleep(max(0.0, wake - now))
             asked = time.monotonic()
