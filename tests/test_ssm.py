@@ -608,3 +608,37 @@ def test_cli_interrupt_cancels_the_command(
     assert standin.calls["CancelCommand"] == 1
     (inv,) = standin.invocations.values()
     assert inv.done.wait(5) and inv.status == "Cancelled"
+
+
+def test_cli_status_reports_instance_agent_and_probe(
+    ssm_server: ssm_standin.Server,
+    standin: ssm_standin.StandIn,
+    fresh_instance: str,
+    tmp_base_dir: str,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    config = _write_config(str(tmp_path / "config.json"), fresh_instance, tmp_base_dir)
+    ok = subprocess.run(
+        [*CLI, "--config", config, "status"],
+        env=_cli_env(ssm_server),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"ssm -> {fresh_instance}: healthy" in ok.stdout
+    assert "[ok] instance" in ok.stdout and "[ok] ssm_agent" in ok.stdout and "[ok] probe" in ok.stdout
+    standin.ping_status[fresh_instance] = "ConnectionLost"
+    standin.delivery_timeout = 1.0
+    bad = subprocess.run(
+        [*CLI, "--config", config, "status", "--json"],
+        env=_cli_env(ssm_server),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    parts = {p["name"]: p for p in json.loads(bad.stdout)["parts"]}
+    assert parts["instance"]["ok"] and not parts["ssm_agent"]["ok"] and not parts["probe"]["ok"]
+    assert "ConnectionLost" in parts["ssm_agent"]["message"]
+    assert "offline" in parts["probe"]["message"]
