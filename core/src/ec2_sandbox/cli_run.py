@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable
+from contextlib import nullcontext
 
 from . import cli
 from .errors import InvalidInputError
@@ -135,15 +136,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_files(args: argparse.Namespace) -> int:
-    if args.name is not None:
+    if args.name is not None and args.json:
         content = cli.with_sandbox(args, lambda sandbox: sandbox.read_task_file(args.task_hash, args.name))
-        if args.json:
-            print(content.model_dump_json(indent=2))
-        elif args.output:
-            with open(args.output, "wb") as fh:
-                fh.write(content.data())
-        else:
-            sys.stdout.buffer.write(content.data())
+        print(content.model_dump_json(indent=2))
+        return 0
+    if args.name is not None:
+        # Page by page straight to the destination: a file of any size passes through little memory.
+        with open(args.output, "wb") if args.output else nullcontext(sys.stdout.buffer) as out:
+            cli.with_sandbox(
+                args, lambda sandbox: sandbox.download_task_file(args.task_hash, args.name, out.write)
+            )
         return 0
     listing = cli.with_sandbox(args, lambda sandbox: sandbox.list_task_files(args.task_hash))
     if args.json:

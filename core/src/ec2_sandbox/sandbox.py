@@ -250,31 +250,55 @@ class AsyncSandbox:
         )
 
     # ------------------------------------------------------------------ files
-    async def read_task_file(
-        self, task_hash: str, filename: str, offset: int = 0, max_bytes: int | None = None
-    ) -> FileContent:
-        """One file of a task (or ``@stdout``/``@stderr``), from ``offset``, at most ``max_bytes``."""
+    async def download_task_file(
+        self,
+        task_hash: str,
+        filename: str,
+        sink: Callable[[bytes], object],
+        offset: int = 0,
+        max_bytes: int | None = None,
+    ) -> tuple[int, int]:
+        """Stream one file of a task (or ``@stdout``/``@stderr``) into ``sink`` page by page.
+
+        Only one page is held at a time, so a file of any size fits in memory (``sink`` may be a file's
+        ``write``). Returns ``(bytes written, full size of the file)``.
+        """
         _field_error("task_hash", check_task_hash, task_hash)
         if filename not in runner.STREAMS:
             _field_error("filename", check_filename, filename)
         if offset < 0:
             raise InvalidInputError("offset: must not be negative")
         want = max_bytes if max_bytes is not None else 1 << 62
-        chunks: list[bytes] = []
         size = position = offset
         while want > 0:
             length = min(want, self._page_bytes())
             page = await self._call(
                 "read", task_hash=task_hash, path=filename, offset=position, length=length
             )
-            data = base64.b64decode(page["b64"])
             size = page["size"]
-            chunks.append(data)
+            data = base64.b64decode(page.pop("b64"))
+            sink(data)
             position += len(data)
             want -= len(data)
             if not data or position >= size:
                 break
-        return _file_content(filename, b"".join(chunks), size, offset)
+        return position - offset, size
+
+    async def read_task_file(
+        self, task_hash: str, filename: str, offset: int = 0, max_bytes: int | None = None
+    ) -> FileContent:
+        """One file of a task (or ``@stdout``/``@stderr``), from ``offset``, at most ``max_bytes``."""
+        buffer = bytearray()
+        _, size = await self.download_task_file(task_hash, filename, buffer.extend, offset, max_bytes)
+        return _file_content(filename, bytes(buffer), size, offset)
+
+    async def _file_value(self, task_hash: str, filename: str) -> FileData:
+        buffer = bytearray()
+        await self.download_task_file(task_hash, filename, buffer.extend)
+        try:
+            return buffer.decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(buffer)
 
     async def list_task_files(self, task_hash: str) -> dict[str, Any]:
         _field_error("task_hash", check_task_hash, task_hash)
@@ -289,12 +313,9 @@ class AsyncSandbox:
         may also be ``@stdout`` or ``@stderr``: the run's full captured output.
         """
         if filename is not None:
-            return (await self.read_task_file(task_hash, filename)).value()
+            return await self._file_value(task_hash, filename)
         listing = await self.list_task_files(task_hash)
-        out: dict[str, FileData] = {}
-        for entry in listing["files"]:
-            out[entry["path"]] = (await self.read_task_file(task_hash, entry["path"])).value()
-        return out
+        return {entry["path"]: await self._file_value(task_hash, entry["path"]) for entry in listing["files"]}
 
     async def get_files_for_model(
         self, task_hash: str, filename: str | None = None, offset: int = 0
@@ -538,6 +559,11 @@ class Sandbox:
         self, task_hash: str, filename: str, offset: int = 0, max_bytes: int | None = None
     ) -> FileContent:
         return self._run(self.aio.read_task_file(task_hash, filename, offset, max_bytes))
+
+    def download_task_file(
+        self, task_hash: str, filename: str, sink: Callable[[bytes], object]
+    ) -> tuple[int, int]:
+        return self._run(self.aio.download_task_file(task_hash, filename, sink))
 
     def cleanup_tasks(self, hours: float | None = None) -> CleanupResult:
         return self._run(self.aio.cleanup_tasks(hours))
