@@ -43,6 +43,21 @@ async def test_fork_bomb_shell(box: Box) -> None:
     await box.assert_recovers()
 
 
+async def test_thread_bomb(box: Box) -> None:
+    code = """
+import threading, time
+threads = []
+while True:
+    t = threading.Thread(target=time.sleep, args=(60,), daemon=True)
+    t.start()
+    threads.append(t)
+"""
+    result = await box.run(code, timeout=10)
+    assert result.termination_reason == "process_limit", result
+    assert "can't start new thread" in result.stderr
+    await box.assert_recovers()
+
+
 async def test_memory_bomb_python(box: Box) -> None:
     result = await box.run("hog = []\nwhile True:\n    hog.append(bytearray(8 << 20))", timeout=10)
     assert result.termination_reason == "memory_limit", result

@@ -1180,7 +1180,7 @@ SIGNAL_CAUSES = {
 FSIZE_MARKERS = ["File too large", "EFBIG", "File size limit exceeded"]
 # Any runtime: allocation failures that name memory (the runtime's own oom_markers come first).
 MEMORY_MARKERS = ["MemoryError", "Array buffer allocation failed", "Cannot allocate memory", "std::bad_alloc"]
-NPROC_MARKERS = ["Resource temporarily unavailable", "EAGAIN"]
+NPROC_MARKERS = ["Resource temporarily unavailable", "EAGAIN", "can't start new thread"]
 
 
 def describe_exit(
