@@ -29,9 +29,13 @@ class SandboxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- where code runs -------------------------------------------------------------------------
-    transport: Literal["auto", "local", "ssm", "eic", "ssh"] = Field(
+    transport: str = Field(
         default="auto",
-        description="How to reach the target: 'auto' = ssm when instance_id is set, local otherwise.",
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description=(
+            "How to reach the target: 'auto' (ssm when instance_id is set, local otherwise), 'local', 'ssm', "
+            "'eic', 'ssh', or a transport a plugin registers."
+        ),
     )
     instance_id: str | None = Field(default=None, description="EC2 instance id, e.g. i-0123456789abcdef0.")
     region: str | None = Field(default=None, description="AWS region, e.g. us-east-1.")
@@ -113,6 +117,19 @@ class SandboxConfig(BaseModel):
     def _region(cls, value: str | None) -> str | None:
         if value is not None and not REGION_RE.match(value):
             raise ValueError("is not a region name like 'us-east-1'")
+        return value
+
+    @field_validator("transport")
+    @classmethod
+    def _transport(cls, value: str, info: ValidationInfo) -> str:
+        """Like runtimes, transports come from plugins too: checked against the registry's names when the
+        configuration manager passes them as validation context ``registered_transports``."""
+        registered = (info.context or {}).get("registered_transports")
+        if value != "auto" and registered is not None and value not in registered:
+            raise ValueError(
+                f"is not a registered transport; registered (built-ins and plugins): auto, "
+                f"{', '.join(sorted(registered))}"
+            )
         return value
 
     @field_validator("allowed_runtimes")

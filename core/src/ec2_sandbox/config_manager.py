@@ -290,6 +290,12 @@ class ConfigManager:
         return self._registered
 
     @property
+    def registered_transports(self) -> set[str]:
+        from .plugins import get_registry
+
+        return set(get_registry().transports)
+
+    @property
     def registered_policies(self) -> set[str]:
         if self._policies is None:
             from .plugins import get_registry
@@ -351,7 +357,10 @@ class ConfigManager:
         sources.pop("extends", None)
         if extends is not None and not isinstance(extends, str):
             problems.append(f"{name}.extends: {extends!r} is not the name of an environment or preset")
-        context = {"registered_runtimes": self.registered_runtimes}
+        context = {
+            "registered_runtimes": self.registered_runtimes,
+            "registered_transports": self.registered_transports,
+        }
         config = None
         cross = _cross_checks(name, merged, sources)
         try:
