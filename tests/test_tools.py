@@ -65,3 +65,11 @@ async def test_get_files_pages_large_files_for_models(tmp_base_dir: str) -> None
     assert page.size == 5000 and page.truncated and page.next_offset == 1000
     rest = await tool.invoke(sandbox, {"task_hash": result.task_hash, "filename": "big.txt", "offset": 4500})
     assert rest.files[0].content == "y" * 500 and not rest.files[0].truncated
+
+
+async def test_default_runtime_follows_the_environment(tmp_base_dir: str) -> None:
+    sandbox = AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir, allowed_runtimes=["bash", "node"]))
+    tool = TOOLS_BY_NAME["ec2_code_execution"]
+    assert tool.input_schema(sandbox)["properties"]["runtime"]["default"] == "bash"
+    result = await tool.invoke(sandbox, {"code": "echo $BASH_VERSION | cut -c1"})
+    assert result.success and result.runtime == "bash" and result.stdout.strip().isdigit()

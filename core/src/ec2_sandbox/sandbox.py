@@ -104,6 +104,11 @@ class AsyncSandbox:
             return sorted(registered)
         return [name for name in self.config.allowed_runtimes if name in registered]
 
+    def default_runtime(self) -> str:
+        """python3 where allowed, else the environment's first allowed runtime."""
+        allowed = self.allowed_runtimes()
+        return "python3" if "python3" in allowed or not allowed else allowed[0]
+
     def runtime(self, name: str) -> Runtime:
         allowed = self.allowed_runtimes()
         if name not in allowed:

@@ -42,6 +42,7 @@ class ToolSpec:
             allowed = sandbox.allowed_runtimes()
             prop = schema["properties"]["runtime"]
             prop["enum"] = allowed
+            prop["default"] = sandbox.default_runtime()
             prop["description"] = f"{prop['description']} One of: " + "; ".join(
                 f"{n} ({sandbox.registry.runtimes[n].description})" for n in allowed
             )
@@ -60,7 +61,8 @@ class ToolSpec:
 async def _execute(sandbox: AsyncSandbox, data: CodeExecutionInput) -> ExecutionResult:
     return await sandbox.execute_code(
         data.code,
-        runtime=data.runtime,
+        # A model that leaves runtime out means the environment's default, which the schema advertised.
+        runtime=data.runtime if "runtime" in data.model_fields_set else sandbox.default_runtime(),
         session_id=data.session_id,
         files=data.files,
         env_vars=data.env_vars,
