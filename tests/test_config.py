@@ -427,7 +427,7 @@ def test_misspelled_generic_variable_warns(
         ("max_memory_mb", 1.5, "1.5 is not a whole number"),
         ("max_memory_mb", "lots", "'lots' is not a whole number"),
         ("network", "maybe", "'maybe' is not true or false"),
-        ("transport", "ftp", "'ftp' is not a registered transport; registered (built-ins and plugins): auto, eic"),
+        ("transport", "ftp", "'ftp' is not a registered transport; registered (built-ins and plugins)"),
         ("instance_id", "i-123", "'i-123' is not an instance id: expected 'i-' and 8 or 17 hex digits"),
         ("instance_id", "i-0123456789ABCDEF0", "is not an instance id"),
         ("instance_id", "i-0123456789abcdef", "is not an instance id"),
