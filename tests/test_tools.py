@@ -73,3 +73,14 @@ async def test_default_runtime_follows_the_environment(tmp_base_dir: str) -> Non
     assert tool.input_schema(sandbox)["properties"]["runtime"]["default"] == "bash"
     result = await tool.invoke(sandbox, {"code": "echo $BASH_VERSION | cut -c1"})
     assert result.success and result.runtime == "bash" and result.stdout.strip().isdigit()
+
+
+async def test_get_files_for_models_stops_reading_when_the_budget_is_spent(tmp_base_dir: str) -> None:
+    sandbox = AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir, max_output_chars=1000))
+    code = "for i in range(40):\n    open(f'f{i:02d}.txt', 'w').write('z' * 100)"
+    result = await sandbox.execute_code(code)
+    out = await TOOLS_BY_NAME["ec2_get_files"].invoke(sandbox, {"task_hash": result.task_hash})
+    assert isinstance(out, GetFilesResult)
+    assert len(out.files) == 10  # the budget (1000) is spent after ten 100-byte files
+    assert len(out.files) + len(out.not_shown) == 40
+    assert out.not_shown[-1] == "f39.txt"

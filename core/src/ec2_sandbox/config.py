@@ -78,7 +78,9 @@ class SandboxConfig(BaseModel):
     isolation: Literal["auto", "bwrap", "none"] = Field(
         default="auto",
         description=(
-            "'auto': bubblewrap when usable; 'bwrap': refuse to run without it; 'none': no namespaces."
+            "'auto': bubblewrap when usable; 'bwrap': refuse to run without it; 'none': no bubblewrap "
+            "(a root runner still gives each session its own uid and, with network off, its own network "
+            "namespace)."
         ),
     )
     cleanup_policy: str = Field(default="age", description="Cleanup policy (plugins may add more).")

@@ -230,12 +230,19 @@ def render_files(result: GetFilesResult, limit: int) -> Rendered:
             images.append(image)
     for s in result.skipped:
         parts.append(f"(skipped {s.path}: {s.reason})")
-    if not result.files and not result.skipped:
+    if result.not_shown:
+        parts.append(
+            f"({len(result.not_shown)} more file(s) not shown to keep this short: "
+            f"{', '.join(result.not_shown[:50])}{' ...' if len(result.not_shown) > 50 else ''}; "
+            f'read each with ec2_get_files(task_hash="{result.task_hash}", filename=...))'
+        )
+    if not result.files and not result.skipped and not result.not_shown:
         parts.append("The task has no files.")
     data = {
         "task_hash": result.task_hash,
         "files": entries,
         "skipped": [s.model_dump(mode="json") for s in result.skipped],
+        "not_shown": result.not_shown,
     }
     return Rendered("ec2_get_files", "\n".join(parts), data, images)
 

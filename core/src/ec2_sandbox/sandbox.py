@@ -44,6 +44,8 @@ from .transports.base import Transport
 log = logging.getLogger("ec2_sandbox")
 T = TypeVar("T")
 OutputCallback = Callable[[str, bytes], None]
+#: ec2_get_files without a filename shows at least this many files, however small the output budget.
+FILES_ALWAYS_SHOWN = 10
 #: Seconds a transport may take beyond the run's own limit before the call is abandoned.
 TRANSPORT_MARGIN = 30.0
 FileData = str | bytes
@@ -251,6 +253,7 @@ class AsyncSandbox:
             peak_memory_mb=round(raw["peak_memory_kb"] / 1024, 1),
             isolation=raw["isolation"],
             limits_enforced=raw["limits_enforced"],
+            warnings=raw.get("warnings", []),
             transport=self.transport.name,
         )
 
@@ -332,11 +335,19 @@ class AsyncSandbox:
             return GetFilesResult(task_hash=task_hash, files=[page])
         listing = await self.list_task_files(task_hash)
         files: list[FileContent] = []
-        for entry in listing["files"]:
-            share = max(256, budget - sum(len(f.content) for f in files))
-            files.append(await self.read_task_file(task_hash, entry["path"], 0, share))
+        not_shown: list[str] = []
+        left = budget
+        for index, entry in enumerate(listing["files"]):
+            # One runner call per file: the first few always get a glimpse (256 bytes at least); once the
+            # budget is spent, the rest are named instead of read.
+            if left <= 0 and index >= FILES_ALWAYS_SHOWN:
+                not_shown.append(entry["path"])
+                continue
+            page = await self.read_task_file(task_hash, entry["path"], 0, max(256, left))
+            files.append(page)
+            left -= len(page.content)
         skipped = [SkippedFile(**s) for s in listing["skipped"]]
-        return GetFilesResult(task_hash=task_hash, files=files, skipped=skipped)
+        return GetFilesResult(task_hash=task_hash, files=files, skipped=skipped, not_shown=not_shown)
 
     # ------------------------------------------------------------------ cleanup and status
     async def cleanup_tasks(self, hours: float | None = None) -> CleanupResult:

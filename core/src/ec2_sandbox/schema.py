@@ -208,6 +208,9 @@ class ExecutionResult(BaseModel):
         default_factory=list,
         description="Which limits were really in force (rlimit:*, cgroup:*, ...).",
     )
+    warnings: list[str] = Field(
+        default_factory=list, description="Protections that were missing for this run, in words."
+    )
     transport: str | None = Field(default=None, description="Transport that carried the run.")
 
     @property
@@ -253,6 +256,10 @@ class GetFilesResult(BaseModel):
     files: list[FileContent] = Field(default_factory=list)
     skipped: list[SkippedFile] = Field(
         default_factory=list, description="Entries not returned (symlinks, special files) and why."
+    )
+    not_shown: list[str] = Field(
+        default_factory=list,
+        description="Files left out once the output budget was spent; fetch each with its filename.",
     )
 
 
