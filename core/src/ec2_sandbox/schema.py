@@ -202,7 +202,14 @@ class ExecutionResult(BaseModel):
     stdout_bytes: int = Field(default=0, description="Full size of stdout in bytes (kept on the target).")
     stderr_bytes: int = Field(default=0, description="Full size of stderr in bytes (kept on the target).")
     cpu_time: float = Field(default=0.0, description="CPU seconds (user + system) the run used.")
-    peak_memory_mb: float = Field(default=0.0, description="Peak resident memory of the run in MB.")
+    peak_memory_mb: float = Field(
+        default=0.0,
+        description=(
+            "Peak resident memory of the run in MB: exact where a memory cgroup is in force "
+            "('cgroup:memory' in limits_enforced); otherwise the kernel's high-water mark, an upper bound "
+            "that can include the memory of the process that started the run."
+        ),
+    )
     isolation: str | None = Field(default=None, description="Isolation in force: 'bwrap' or 'none'.")
     limits_enforced: list[str] = Field(
         default_factory=list,
