@@ -124,3 +124,25 @@ async def test_download_streams_a_large_file_page_by_page(tmp_base_dir: str, tmp
     assert written == size == 3 * 1024 * 1024 + 7
     assert len(pages) > 10 and max(pages) <= 150_000
     assert isinstance(whole, bytes) and hashlib.sha256(whole).hexdigest() == digest.hexdigest()
+
+
+@pytest.mark.parametrize("mode", ["inprocess", "subprocess"])
+async def test_cancelling_a_local_run_kills_its_program(tmp_base_dir: str, mode: str) -> None:
+    from ec2_sandbox.transports.local import LocalTransport
+
+    config = SandboxConfig(base_sandbox_dir=tmp_base_dir)
+    async with AsyncSandbox(config, transport=LocalTransport(mode=mode)) as sandbox:  # type: ignore[arg-type]
+        code = "import time\nwhile True:\n    open('beat.txt', 'a').write('x')\n    time.sleep(0.05)\n"
+        task = asyncio.create_task(sandbox.execute_code(code, session_id=f"cancel-{mode}", timeout=120))
+        await asyncio.sleep(1.5)
+        started = asyncio.get_running_loop().time()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        follow = await sandbox.execute_code(
+            "import os, time\nn = os.path.getsize('beat.txt')\ntime.sleep(0.5)\n"
+            "print(n == os.path.getsize('beat.txt'))",
+            session_id=f"cancel-{mode}",
+        )
+        assert follow.stdout == "True\n", "the cancelled program kept running"
+        assert asyncio.get_running_loop().time() - started < 30

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ec2_sandbox import runner
 
 
@@ -76,3 +78,50 @@ def test_envelope_fits_a_small_output_cap() -> None:
 
 def test_reserved_exit_statuses_are_never_used() -> None:
     assert runner.RESERVED_EXIT == {137: 3, 194: 3}
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "none"])
+def test_program_dies_when_the_runner_is_killed_outright(tmp_base_dir: str, isolation: str) -> None:
+    """A cancelled SSM command or a lost SSH channel can SIGKILL the runner: its program must not live on."""
+    import base64
+    import os
+    import time
+
+    from ec2_sandbox.runtimes import BUILTIN_RUNTIMES
+
+    code = b"import time\nwhile True:\n    open('beat.txt','a').write('x')\n    time.sleep(0.05)\n"
+    request = {
+        "v": 1,
+        "op": "run",
+        "base_dir": tmp_base_dir,
+        "task_hash": "ab" * 16,
+        "session_id": "orphan",
+        "runtime": BUILTIN_RUNTIMES[0].to_runner(),
+        "code_b64": base64.b64encode(code).decode(),
+        "limits": {
+            "memory_mb": 512,
+            "file_size_mb": 10,
+            "open_files": 256,
+            "processes": 32,
+            "cpu_seconds": 100,
+        },
+        "timeout": 60,
+        "isolation": isolation,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", runner.__file__], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(request).encode())
+    proc.stdin.close()
+    beat = Path(tmp_base_dir, "sessions", "orphan", "beat.txt")
+    deadline = time.monotonic() + 20
+    while not (beat.exists() and beat.stat().st_size > 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert beat.exists(), "the program never started"
+    proc.kill()
+    proc.wait()
+    time.sleep(0.3)
+    size = os.path.getsize(beat)
+    time.sleep(1.0)
+    assert os.path.getsize(beat) == size, "the program outlived its runner"

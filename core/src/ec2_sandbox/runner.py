@@ -544,6 +544,7 @@ def _load_libc():
 # child forked from a threaded process must not import anything).
 _CTYPES, _LIBC = _load_libc()
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
@@ -552,6 +553,13 @@ def no_new_privs():
     """PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privileges inside the run."""
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def die_with_runner():
+    """PR_SET_PDEATHSIG: if the runner is killed outright (SIGKILL from a cancelled SSM command, a lost
+    SSH channel), the program it started dies too. Set after the uid change, which clears it."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def private_network():
@@ -685,6 +693,7 @@ def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False):
             resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         no_new_privs()
+        die_with_runner()
 
     return preexec
 
@@ -1003,18 +1012,27 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
         streamer = Streamer(stdout_path, stderr_path, emit)
         streamer.start()
     timed_out = threading.Event()
+    cancelled = threading.Event()
 
     def on_timeout():
         timed_out.set()
         kill_group(proc.pid, cg_dir)
 
+    def on_cancel():
+        cancelled.set()
+        kill_group(proc.pid, cg_dir, grace=0)
+
     timer = threading.Timer(timeout, on_timeout)
     timer.daemon = True
     timer.start()
+    with ACTIVE_LOCK:
+        ACTIVE_RUNS[meta["task_hash"]] = on_cancel
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     finally:
         timer.cancel()
+        with ACTIVE_LOCK:
+            ACTIVE_RUNS.pop(meta["task_hash"], None)
     proc.returncode = status  # tell Popen the child is reaped
     elapsed = time.monotonic() - started
     # Whatever the program left behind (background children, daemons) goes with it.
@@ -1041,6 +1059,8 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
         stderr_path,
         oom_events,
     )
+    if cancelled.is_set() and not result["success"]:
+        result["error_message"] = "cancelled: the caller gave up and the run was killed"
     stdout_inline = inline_text(stdout_path, inline_chars)
     stderr_inline = inline_text(stderr_path, inline_chars)
     after = snapshot_files(workdir)
@@ -1066,6 +1086,29 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
         }
     )
     return result
+
+
+# Runs in progress in this process, by task hash, with how to stop each: a caller that gives up (an
+# in-process transport cancelled, SIGTERM to a runner process) must not leave its program running.
+ACTIVE_RUNS = {}
+ACTIVE_LOCK = threading.Lock()
+
+
+def cancel_run(task_hash):
+    """Kill the run ``task_hash`` if it is in progress in this process; True if it was."""
+    with ACTIVE_LOCK:
+        stop = ACTIVE_RUNS.get(task_hash)
+    if stop is None:
+        return False
+    stop()
+    return True
+
+
+def cancel_all_runs(*_signal_args):
+    with ACTIVE_LOCK:
+        stops = list(ACTIVE_RUNS.values())
+    for stop in stops:
+        stop()
 
 
 def make_cgroup(root, task_hash, limits, runtime):
@@ -1675,6 +1718,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     out = sys.stdout
     lock = threading.Lock()
+    # The caller giving up (a cancelled SSM command, a terminated local subprocess) kills the run's
+    # program; the envelope still follows, for whoever is still listening.
+    signal.signal(signal.SIGTERM, cancel_all_runs)
 
     def emit(event):
         with lock:

@@ -51,7 +51,14 @@ class LocalTransport(Transport):
             envelope = runner.handle(req, emit)
             return runner.fit_envelope(envelope, req.get("max_envelope_chars")).encode() + b"\n"
 
-        stdout = await asyncio.wait_for(loop.run_in_executor(_POOL, work), timeout)
+        try:
+            stdout = await asyncio.wait_for(loop.run_in_executor(_POOL, work), timeout)
+        except BaseException:
+            # Cancelled or out of time: the worker thread cannot be interrupted, but its program can.
+            task_hash = json.loads(payload).get("task_hash")
+            if task_hash:
+                runner.cancel_run(task_hash)
+            raise
         return RunnerOutput(0, stdout, b"")
 
     async def _subprocess(
