@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -61,11 +60,9 @@ def plugin_registry(plugin_path: str) -> Registry:
 
 
 @pytest.fixture
-def base_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="ec2sb-adapters-", dir="/tmp")
-    os.chmod(path, 0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def base_dir(tmp_base_dir: str) -> str:
+    """The suite-wide sandbox base dir (tests/conftest.py), under the name these tests use."""
+    return tmp_base_dir
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -165,11 +164,9 @@ class Box:
 
 
 @pytest.fixture
-def base_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="ec2sb-attack-", dir="/tmp")
-    os.chmod(path, 0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def base_dir(tmp_base_dir: str) -> str:
+    """The suite-wide sandbox base dir (tests/conftest.py), under the name these tests use."""
+    return tmp_base_dir
 
 
 @pytest.fixture
