@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,29 @@ def test_program_dies_when_the_runner_is_killed_outright(tmp_base_dir: str, isol
     size = os.path.getsize(beat)
     time.sleep(1.0)
     assert os.path.getsize(beat) == size, "the program outlived its runner"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the probe is remembered only by a root runner")
+def test_a_root_runner_remembers_the_bwrap_probe_across_processes(tmp_base_dir: str) -> None:
+    """SSM starts a runner process per request: the sandbox probe must not be paid again each time."""
+    probe_file = Path(runner.BWRAP_PROBE_FILE)
+    probe_file.unlink(missing_ok=True)
+    request = {"v": 1, "op": "probe", "base_dir": tmp_base_dir, "runtimes": []}
+    try:
+        _, lines = run_program(request)
+        usable = lines[-1]["envelope"]["result"]["bwrap_usable"]
+        remembered = json.loads(probe_file.read_text())
+        assert [value[0] for value in remembered.values()] == [usable]
+        assert probe_file.stat().st_mode & 0o777 == 0o600
+        # A later process takes the remembered answer as it is (here: a planted opposite one)...
+        key = next(iter(remembered))
+        probe_file.write_text(json.dumps({key: [not usable, False]}))
+        _, lines = run_program(request)
+        assert lines[-1]["envelope"]["result"]["bwrap_usable"] is (not usable)
+        # ...but never a stale one.
+        old = time.time() - runner.BWRAP_PROBE_TTL - 5
+        os.utime(probe_file, (old, old))
+        _, lines = run_program(request)
+        assert lines[-1]["envelope"]["result"]["bwrap_usable"] is usable
+    finally:
+        probe_file.unlink(missing_ok=True)

@@ -390,8 +390,54 @@ def bwrap_works(bwrap, as_uid):
         # Runs served side by side wait for the one probe: none may see a half-made answer and go
         # without namespaces.
         if key not in _BWRAP_CACHE:
-            _BWRAP_CACHE[key] = _probe_bwrap(bwrap, as_uid)
+            answer = _remembered_probe(key)
+            if answer is None:
+                answer = _probe_bwrap(bwrap, as_uid)
+                _remember_probe(key, answer)
+            _BWRAP_CACHE[key] = answer
     return _BWRAP_CACHE[key][0]
+
+
+# A root runner is often a new process per request (SSM): it keeps the probe's answer on disk for a while
+# instead of starting a sandbox before every run. Root-only file; stale once bwrap is replaced.
+BWRAP_PROBE_FILE = "/var/lib/ec2-sandbox/.bwrap-probe.json"
+BWRAP_PROBE_TTL = 600
+
+
+def _remembered_probe(key):
+    if os.geteuid() != 0:
+        return None
+    try:
+        fd = os.open(BWRAP_PROBE_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
+                return None
+            if (
+                not 0 <= time.time() - st.st_mtime < BWRAP_PROBE_TTL
+                or os.stat(key[0]).st_mtime >= st.st_mtime
+            ):
+                return None
+            answer = json.loads(fh.read().decode("utf-8")).get("%s|%s" % key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(answer, list) and len(answer) == 2 and all(isinstance(x, bool) for x in answer):
+        return tuple(answer)
+    return None
+
+
+def _remember_probe(key, answer):
+    if os.geteuid() != 0:
+        return
+    try:
+        os.makedirs(os.path.dirname(BWRAP_PROBE_FILE), 0o711, exist_ok=True)
+        tmp = "%s.%d.tmp" % (BWRAP_PROBE_FILE, os.getpid())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(json.dumps({"%s|%s" % key: list(answer)}).encode("utf-8"))
+        os.rename(tmp, BWRAP_PROBE_FILE)
+    except OSError:
+        pass
 
 
 def _probe_bwrap(bwrap, as_uid):
@@ -1027,6 +1073,8 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
     timer.start()
     with ACTIVE_LOCK:
         ACTIVE_RUNS[meta["task_hash"]] = on_cancel
+    if STOPPING.is_set():  # told to stop while this run was being prepared
+        on_cancel()
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     finally:
@@ -1104,7 +1152,12 @@ def cancel_run(task_hash):
     return True
 
 
+# Set once this runner process is told to stop: a run that registers afterwards is killed at once.
+STOPPING = threading.Event()
+
+
 def cancel_all_runs(*_signal_args):
+    STOPPING.set()
     with ACTIVE_LOCK:
         stops = list(ACTIVE_RUNS.values())
     for stop in stops:

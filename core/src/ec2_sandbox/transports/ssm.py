@@ -76,11 +76,10 @@ RUNNER_MISSING, RUNNER_MISSING_EXIT = "EC2_SANDBOX_RUNNER_MISSING", 93
 # Modes: "part" stores one chunk of staged data; "run" unpacks the runner and the request (inline, from
 # staged chunks, or from a presigned S3 URL), checks the SHA-256 and runs the runner in this interpreter.
 # The runner is cached on the instance (root-only staging dir, checked by SHA-256), so later commands carry
-# only the request. The runner's bubblewrap probe is remembered there for ten minutes: each command is a new
-# process, and probing costs a sandbox start per run.
+# only the request.
 # It contains no single quote: the sh script holds it in single quotes.
 BOOTSTRAP = r"""
-import base64, hashlib, io, json, os, stat, sys, time, zlib
+import base64, hashlib, io, json, os, stat, sys, zlib
 def staging(base):
     if not base:
         if os.geteuid() == 0:
@@ -153,26 +152,8 @@ spec = importlib.util.spec_from_file_location("ec2_sandbox_runner", path)
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
-probes = getattr(module, "_BWRAP_CACHE", None)
-probe_file = os.path.join(where, "bwrap-probe.json")
-loaded = set()
-if isinstance(probes, dict):
-    try:
-        st = os.lstat(probe_file)
-        if st.st_uid == os.geteuid() and 0 <= time.time() - st.st_mtime < 600:
-            for exe, uid, ok, extra in json.loads(get(probe_file)):
-                if os.stat(exe).st_mtime < st.st_mtime:
-                    probes[(exe, uid)] = (ok, extra)
-                    loaded.add((exe, uid))
-    except (OSError, ValueError, TypeError):
-        pass
 sys.stdin = io.TextIOWrapper(io.BytesIO(request), encoding="utf-8")
 code = module.main([])
-if isinstance(probes, dict) and set(probes) - loaded:
-    try:
-        put(probe_file, json.dumps([[k[0], k[1], v[0], v[1]] for k, v in probes.items()]).encode())
-    except (OSError, TypeError, ValueError, IndexError):
-        pass
 sys.exit(3 if code in (137, 194) else code)
 """
 
@@ -440,7 +421,18 @@ class SsmTransport(Transport):
             raise TransportError(f"no time left to send a command to {self.instance_id}")
         execution_timeout = min(172800, max(5, math.ceil(remaining)))
         sent = time.monotonic()
-        command_id = await self._send(commands, execution_timeout)
+        sending = asyncio.ensure_future(self._send(commands, execution_timeout))
+        try:
+            command_id = await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            # Given up while SSM was still answering: the command may already run. Learn its id and
+            # cancel it rather than leave it running on the instance.
+            try:
+                command_id = await sending
+            except Exception:  # it was never sent: nothing to cancel
+                raise asyncio.CancelledError from None
+            await self._cancel(command_id)
+            raise
         try:
             inv = await self._poll(command_id, sent, deadline)
         except BaseException:
