@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError, InvalidInputError, SandboxError
-from .sandbox import AsyncSandbox
+from .sandbox import AsyncSandbox, load_config
 
 T = TypeVar("T")
 EXIT_TIMEOUT = 124
@@ -64,16 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def open_sandbox(args: argparse.Namespace) -> AsyncSandbox:
     """The sandbox the global options describe."""
-    try:
-        from .config_manager import ConfigManager
-    except ImportError:  # configuration files are optional; without them the defaults apply
-        from .config import SandboxConfig
-
-        if args.config:
-            raise ConfigError("configuration files are not supported by this installation") from None
-        return AsyncSandbox(SandboxConfig())
-    manager = ConfigManager(args.config)
-    return AsyncSandbox(manager.get_config(args.environment or "default"))
+    return AsyncSandbox(load_config(args.config, args.environment or "default"))
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

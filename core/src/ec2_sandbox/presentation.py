@@ -436,7 +436,7 @@ def sandbox_for(config: SandboxConfig | AsyncSandbox | Sandbox | str | None = No
     manager), an ``AsyncSandbox`` or ``Sandbox`` (shared as is), or None (the local default).
     """
     from .config import SandboxConfig
-    from .sandbox import AsyncSandbox, Sandbox
+    from .sandbox import AsyncSandbox, Sandbox, load_config
 
     if isinstance(config, AsyncSandbox):
         return config
@@ -445,14 +445,7 @@ def sandbox_for(config: SandboxConfig | AsyncSandbox | Sandbox | str | None = No
     if config is None or isinstance(config, SandboxConfig):
         return AsyncSandbox(config)
     if isinstance(config, str):
-        try:
-            from .config_manager import ConfigManager
-        except ImportError as exc:
-            raise ConfigError(
-                f"environment {config!r} cannot be loaded: configuration files are not supported by this "
-                "installation; pass a SandboxConfig instead"
-            ) from exc
-        return AsyncSandbox(ConfigManager().get_config(config))
+        return AsyncSandbox(load_config(None, config))
     raise TypeError(
         "config must be a SandboxConfig, an environment name, an AsyncSandbox or Sandbox, or None; "
         f"got {type(config).__name__}"
