@@ -12,19 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from ec2_sandbox import runner
+from ec2_sandbox import runner, zygote
 
 
-def test_runner_is_python38_syntax_and_stdlib_only() -> None:
-    source = Path(runner.__file__).read_text()
+@pytest.mark.parametrize("module", [runner, zygote], ids=["runner", "zygote"])
+def test_runner_is_python38_syntax_and_stdlib_only(module: object) -> None:
+    """The runner (and the zygote it starts where it is long-lived) may run on an old distro's python3."""
+    source = Path(module.__file__).read_text()
     tree = ast.parse(source, feature_version=(3, 8))
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for alias in getattr(node, "names", [])
-    }
+    imported, siblings = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            siblings |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+    assert siblings <= {"zygote"}, siblings  # optional: a runner shipped alone runs without it
 
 
 def run_program(request: object) -> tuple[int, list[dict]]:

@@ -83,6 +83,14 @@ class SandboxConfig(BaseModel):
             "namespace)."
         ),
     )
+    warm_start: bool = Field(
+        default=True,
+        description=(
+            "Where the runner is long-lived (the in-process local transport), fork Python runs from an "
+            "interpreter that is already running, inside the run's own bubblewrap sandbox, instead of "
+            "starting a new one. Runs that set PYTHON*, LC_*, LANG, LD_* or HOME still start cold."
+        ),
+    )
     cleanup_policy: str = Field(default="age", description="Cleanup policy (plugins may add more).")
 
     # --- SSH / EC2 Instance Connect ---------------------------------------------------------------

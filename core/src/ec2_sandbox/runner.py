@@ -709,12 +709,27 @@ class UidLease(object):
             os.close(self.fd)
 
 
-def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False):
+def rlimit_table(limits, rlimit_memory):
+    """The run's rlimits but RLIMIT_NPROC (set after the uid change), as (name, (soft, hard)) pairs."""
     memory_bytes = limits["memory_mb"] * 1024 * 1024
     fsize = limits["file_size_mb"] * 1024 * 1024
-    nofile = limits["open_files"]
-    nproc = limits["processes"]
     cpu = limits["cpu_seconds"]
+    table = [
+        ("RLIMIT_CORE", (0, 0)),
+        ("RLIMIT_FSIZE", (fsize, fsize)),
+        ("RLIMIT_NOFILE", (limits["open_files"], limits["open_files"])),
+        ("RLIMIT_CPU", (cpu, cpu + 1)),
+    ]
+    if rlimit_memory == "data":
+        table.append(("RLIMIT_DATA", (memory_bytes, memory_bytes)))
+    elif rlimit_memory == "as":
+        table.append(("RLIMIT_AS", (memory_bytes, memory_bytes)))
+    return table
+
+
+def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False):
+    table = [(getattr(resource, name), value) for name, value in rlimit_table(limits, rlimit_memory)]
+    nproc = limits["processes"]
 
     def preexec():
         os.setsid()
@@ -723,14 +738,8 @@ def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False):
         if cgroup_dir is not None:
             with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as fh:
                 fh.write(str(os.getpid()))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        if rlimit_memory == "data":
-            resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
-        elif rlimit_memory == "as":
-            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        for limit, value in table:
+            resource.setrlimit(limit, value)
         if netns:
             private_network()
         if run_uid is not None:
@@ -1024,26 +1033,47 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
     stderr_path = os.path.join(rdir, "stderr")
     out_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     err_fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    preexec = make_preexec(limits, rlimit_memory, run_uid, cg_dir, netns)
     lease = UidLease(base, run_uid) if run_uid is not None else None
-    started = time.monotonic()
+    streamer = None
+    outcome = None
     try:
-        proc = subprocess.Popen(
-            full,
-            stdin=subprocess.DEVNULL,
-            stdout=out_fd,
-            stderr=err_fd,
-            cwd=workdir,
-            env=spawn_env,
-            preexec_fn=preexec,
-            close_fds=True,
-        )
-    except subprocess.SubprocessError as exc:
-        if lease is not None:
-            lease.finish(False)
-        if cg_dir is not None:
-            remove_cgroup(cg_dir)
-        raise RunnerError("environment", "the sandbox could not be set up for this run: %s" % exc)
+        # A warm start needs the sandbox to be bubblewrap's alone: a cgroup would have to take the program in.
+        zyg = warm_zygote(req, runtime, argv, workdir) if bwrap and cg_dir is None else None
+        if zyg is not None:
+            warm_req = {
+                "bwrap_argv": holder_argv(bwrap, workdir, network, hardened, limits, source_path),
+                "path": SYSTEM_PATH,
+                "uid": run_uid,
+                "workdir": workdir,
+                "program": source_path,
+                "env": dict(env, PWD=workdir),  # bubblewrap sets PWD for the programs it starts
+                # As many processes of the run's uid as under a cold start: bubblewrap, the placeholder (in
+                # the place of bubblewrap's pid 1) and the program; the program's parent keeps root's uid.
+                "rlimits": rlimit_table(limits, rlimit_memory) + nproc_limit(limits, run_uid),
+            }
+            started = time.monotonic()
+            handle = start_warm(zyg, warm_req, out_fd, err_fd)
+            if handle is not None:
+                streamer = start_streamer(req, stdout_path, stderr_path, emit)
+                outcome = watch(handle, started, timeout, meta["task_hash"])
+                if outcome is None:  # the zygote could not set the run up: start it cold
+                    warm_failed(zyg)
+                    if streamer is not None:
+                        streamer.stop()
+                    for fd in (out_fd, err_fd):
+                        os.ftruncate(fd, 0)
+                        os.lseek(fd, 0, os.SEEK_SET)
+                else:
+                    zyg.failures = 0
+        if outcome is None:
+            preexec = make_preexec(limits, rlimit_memory, run_uid, cg_dir, netns)
+            started = time.monotonic()
+            try:
+                handle = ColdRun(full, workdir, spawn_env, preexec, out_fd, err_fd, cg_dir)
+            except subprocess.SubprocessError as exc:
+                raise RunnerError("environment", "the sandbox could not be set up for this run: %s" % exc)
+            streamer = start_streamer(req, stdout_path, stderr_path, emit)
+            outcome = watch(handle, started, timeout, meta["task_hash"])
     except BaseException:
         if lease is not None:
             lease.finish(False)
@@ -1053,38 +1083,7 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
     finally:
         os.close(out_fd)
         os.close(err_fd)
-    streamer = None
-    if req.get("stream"):
-        streamer = Streamer(stdout_path, stderr_path, emit)
-        streamer.start()
-    timed_out = threading.Event()
-    cancelled = threading.Event()
-
-    def on_timeout():
-        timed_out.set()
-        kill_group(proc.pid, cg_dir)
-
-    def on_cancel():
-        cancelled.set()
-        kill_group(proc.pid, cg_dir, grace=0)
-
-    timer = threading.Timer(timeout, on_timeout)
-    timer.daemon = True
-    timer.start()
-    with ACTIVE_LOCK:
-        ACTIVE_RUNS[meta["task_hash"]] = on_cancel
-    if STOPPING.is_set():  # told to stop while this run was being prepared
-        on_cancel()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-        with ACTIVE_LOCK:
-            ACTIVE_RUNS.pop(meta["task_hash"], None)
-    proc.returncode = status  # tell Popen the child is reaped
-    elapsed = time.monotonic() - started
-    # Whatever the program left behind (background children, daemons) goes with it.
-    leftovers = kill_group(proc.pid, cg_dir, grace=0)
+    leftovers = outcome.leftovers
     if lease is not None:
         leftovers = lease.finish(sweep) or leftovers
     if streamer is not None:
@@ -1092,14 +1091,14 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
     oom_events = cgroup_oom_kills(cg_dir)
     # The cgroup's own high-water mark covers every process of the run; ru_maxrss is one process tree's, and
     # starts at the runner's size (the forked child is a copy of it until it execs).
-    peak_kb = cgroup_peak_kb(cg_dir) or int(usage.ru_maxrss)
+    peak_kb = cgroup_peak_kb(cg_dir) or int(outcome.maxrss_kb)
     if cg_dir is not None:
         remove_cgroup(cg_dir)
 
     result = describe_exit(
-        status,
-        bool(bwrap),
-        timed_out.is_set(),
+        outcome.status,
+        bool(bwrap) and not outcome.exact_status,
+        outcome.timed_out,
         timeout,
         runtime,
         limits,
@@ -1107,7 +1106,7 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
         stderr_path,
         oom_events,
     )
-    if cancelled.is_set() and not result["success"]:
+    if outcome.cancelled and not result["success"]:
         result["error_message"] = "cancelled: the caller gave up and the run was killed"
     stdout_inline = inline_text(stdout_path, inline_chars)
     stderr_inline = inline_text(stderr_path, inline_chars)
@@ -1118,8 +1117,8 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
             "task_hash": meta["task_hash"],
             "session_id": meta["session_id"],
             "working_directory": workdir,
-            "execution_time": round(elapsed, 4),
-            "cpu_time": round(usage.ru_utime + usage.ru_stime, 4),
+            "execution_time": round(outcome.elapsed, 4),
+            "cpu_time": round(outcome.cpu_time, 4),
             "peak_memory_kb": peak_kb,
             "stdout": stdout_inline,
             "stderr": stderr_inline,
@@ -1134,6 +1133,213 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
         }
     )
     return result
+
+
+class Outcome(object):
+    """How a started run ended, as the runner saw it."""
+
+    def __init__(self, status, cpu_time, maxrss_kb, elapsed, timed_out, cancelled, leftovers, exact_status):
+        self.status = status
+        self.cpu_time = cpu_time
+        self.maxrss_kb = maxrss_kb
+        self.elapsed = elapsed
+        self.timed_out = timed_out
+        self.cancelled = cancelled
+        self.leftovers = leftovers
+        # bubblewrap reports a program's death by signal N as exit status 128+N; a warm start sees the
+        # program's own wait status.
+        self.exact_status = exact_status
+
+
+class ColdRun(object):
+    """The runtime started as a new process (under bubblewrap or not), the runner's own child."""
+
+    exact_status = False
+
+    def __init__(self, argv, cwd, env, preexec, out_fd, err_fd, cg_dir):
+        self.cg_dir = cg_dir
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=err_fd,
+            cwd=cwd,
+            env=env,
+            preexec_fn=preexec,
+            close_fds=True,
+        )
+
+    def kill(self, grace):
+        kill_group(self.proc.pid, self.cg_dir, grace)
+
+    def wait(self):
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = status  # tell Popen the child is reaped
+        return status, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+
+    def leftovers(self):
+        # Whatever the program left behind (background children, daemons) goes with it.
+        return kill_group(self.proc.pid, self.cg_dir, grace=0)
+
+
+class WarmStart(object):
+    """A Python run forked from the zygote (see zygote.py); its end also ends its sandbox."""
+
+    exact_status = True
+
+    def __init__(self, run):
+        self.run = run
+
+    def kill(self, grace):
+        # Its sandbox is one pid namespace: a grace period would change nothing for the program.
+        self.run.kill()
+
+    def wait(self):
+        report = self.run.wait()
+        return report["status"], report["cpu_time"], report["maxrss_kb"]
+
+    def leftovers(self):
+        return False
+
+
+def watch(handle, started, timeout, task_hash):
+    """Wait for a started run under its wall-clock limit, cancellable through ACTIVE_RUNS.
+
+    Returns an Outcome, or None when a warm start reports that it could not set the run up.
+    """
+    timed_out = threading.Event()
+    cancelled = threading.Event()
+
+    def on_timeout():
+        timed_out.set()
+        handle.kill(KILL_GRACE_SECONDS)
+
+    def on_cancel():
+        cancelled.set()
+        handle.kill(0)
+
+    timer = threading.Timer(timeout, on_timeout)
+    timer.daemon = True
+    timer.start()
+    with ACTIVE_LOCK:
+        ACTIVE_RUNS[task_hash] = on_cancel
+    if STOPPING.is_set():  # told to stop while this run was being prepared
+        on_cancel()
+    try:
+        status, cpu_time, maxrss_kb = handle.wait()
+    except WarmSetupError:
+        return None
+    finally:
+        timer.cancel()
+        with ACTIVE_LOCK:
+            ACTIVE_RUNS.pop(task_hash, None)
+    elapsed = time.monotonic() - started
+    return Outcome(
+        status,
+        cpu_time,
+        maxrss_kb,
+        elapsed,
+        timed_out.is_set(),
+        cancelled.is_set(),
+        handle.leftovers(),
+        handle.exact_status,
+    )
+
+
+def start_streamer(req, stdout_path, stderr_path, emit):
+    if not req.get("stream"):
+        return None
+    streamer = Streamer(stdout_path, stderr_path, emit)
+    streamer.start()
+    return streamer
+
+
+# --------------------------------------------------------------------------------------------------
+# Warm starts (zygote.py): only a long-lived runner keeps a zygote, and asks for it with "warm": true
+# --------------------------------------------------------------------------------------------------
+
+try:
+    from . import zygote as _zygote_module
+
+    WarmSetupError = _zygote_module.SetupError
+except ImportError:  # the runner alone on a target, run as a script: no warm starts there
+    _zygote_module = None
+
+    class WarmSetupError(Exception):
+        pass
+
+
+# What CPython, the dynamic loader or libc read once at start-up: a zygote started earlier cannot honour
+# them, so a run that sets any of them starts cold.
+WARM_UNSAFE_ENV = re.compile(r"^(PYTHON|LC_|LD_|MALLOC_|GLIBC_)|^(LANG|LANGUAGE|HOME)$")
+WARM_MAX_FAILURES = 3
+_ZYGOTES = {}
+_ZYGOTES_REFUSED = set()
+_ZYGOTE_LOCK = threading.Lock()
+
+
+def warm_zygote(req, runtime, argv, workdir):
+    """The zygote for this run's interpreter and flags, started on first use; None when the run must start
+    cold (not asked for, not a Python runtime, start-up-sensitive environment, or no zygote here)."""
+    if _zygote_module is None or not req.get("warm") or runtime.get("warm_start") != "python":
+        return None
+    if runtime["argv"][-1:] != ["{file}"]:
+        return None
+    if any(WARM_UNSAFE_ENV.match(name) for name in req.get("env") or {}):
+        return None
+    # A user site directory (pip install --user in a session) is added to sys.path at start-up.
+    if os.path.lexists(os.path.join(workdir, ".local")):
+        return None
+    key = tuple(argv[:-1])
+    with _ZYGOTE_LOCK:
+        if key in _ZYGOTES_REFUSED:
+            return None
+        zyg = _ZYGOTES.get(key)
+        if zyg is not None and not zyg.alive():
+            zyg = None
+        if zyg is None:
+            try:
+                zyg = _zygote_module.Zygote(list(key), build_env({}, "/nonexistent", "/tmp"))
+            except (OSError, WarmSetupError):
+                _ZYGOTES_REFUSED.add(key)
+                return None
+            _ZYGOTES[key] = zyg
+    return zyg
+
+
+def start_warm(zyg, warm_req, out_fd, err_fd):
+    try:
+        return WarmStart(zyg.start(warm_req, out_fd, err_fd))
+    except WarmSetupError:
+        warm_failed(zyg)
+        return None
+
+
+def warm_failed(zyg):
+    """A zygote that keeps failing to set runs up is not asked again (each failure costs a cold start)."""
+    with _ZYGOTE_LOCK:
+        zyg.failures += 1
+        if zyg.failures >= WARM_MAX_FAILURES or not zyg.alive():
+            for key, value in list(_ZYGOTES.items()):
+                if value is zyg:
+                    del _ZYGOTES[key]
+                    if zyg.failures >= WARM_MAX_FAILURES:
+                        _ZYGOTES_REFUSED.add(key)
+            zyg.close()
+
+
+def nproc_limit(limits, run_uid):
+    if run_uid is None:
+        return []
+    return [("RLIMIT_NPROC", (limits["processes"], limits["processes"]))]
+
+
+def holder_argv(bwrap, workdir, network, hardened, limits, source_path):
+    """The run's bubblewrap as a cold start would build it, reporting its pid, around a placeholder."""
+    argv = bwrap_argv(
+        bwrap, workdir, {}, network, None, hardened, limits["memory_mb"] * 1024 * 1024, [source_path]
+    )
+    return argv[:-1] + ["--as-pid-1", "--info-fd", "3", "--", resolve_executable("cat") or "/bin/cat"]
 
 
 # Runs in progress in this process, by task hash, with how to stop each: a caller that gives up (an

@@ -41,6 +41,13 @@ class Runtime(BaseModel):
         default_factory=list,
         description="Text in stderr that proves the program died of the memory limit.",
     )
+    warm_start: Literal["python"] | None = Field(
+        default=None,
+        description=(
+            "'python' when argv is a CPython interpreter, its flags and '{file}': a long-lived runner may "
+            "then fork the program from an interpreter that is already running instead of starting one."
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -72,6 +79,7 @@ BUILTIN_RUNTIMES: tuple[Runtime, ...] = (
         argv=["python3", "{file}"],
         version_argv=["python3", "--version"],
         oom_markers=PYTHON_OOM,
+        warm_start="python",
     ),
     Runtime(
         name="python",
@@ -80,6 +88,7 @@ BUILTIN_RUNTIMES: tuple[Runtime, ...] = (
         argv=["python3", "{file}"],
         version_argv=["python3", "--version"],
         oom_markers=PYTHON_OOM,
+        warm_start="python",
     ),
     Runtime(
         name="node",

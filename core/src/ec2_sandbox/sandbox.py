@@ -194,6 +194,7 @@ class AsyncSandbox:
             isolation=self.config.isolation,
             network=self.config.network,
             stream=stream,
+            warm=self.config.warm_start and self.transport.supports_warm_start,
         )
 
         def on_event(event: dict[str, Any]) -> None:

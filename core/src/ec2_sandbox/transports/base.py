@@ -36,6 +36,8 @@ class Transport(abc.ABC):
     max_output_chars: int | None = None
     #: Whether ``on_stdout_line`` is called while the runner is still running.
     supports_streaming: bool = False
+    #: Whether the runner outlives a call, so that it can keep a warm interpreter for Python runs.
+    supports_warm_start: bool = False
 
     @property
     @abc.abstractmethod

@@ -29,6 +29,7 @@ class LocalTransport(Transport):
 
     def __init__(self, mode: Literal["inprocess", "subprocess"] = "inprocess") -> None:
         self.mode = mode
+        self.supports_warm_start = mode == "inprocess"
 
     @property
     def target(self) -> str:

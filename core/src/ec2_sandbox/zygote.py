@@ -1,0 +1,544 @@
+"""Warm starts: Python programs forked from an interpreter that is already running, inside a fresh sandbox.
+
+Starting CPython costs more than everything else in a short run, and bubblewrap adds its own start-up on
+top. A long-lived runner (the in-process local transport) therefore keeps one idle interpreter per Python
+runtime: the zygote. It never runs user code itself. For each run it forks a supervisor, which
+
+1. starts the run's own bubblewrap sandbox, exactly as a cold run would, with ``cat`` as a placeholder
+   pid 1 that holds the sandbox open (and proves, by echoing a byte, that its set-up is complete); as pid 1
+   it cannot be killed from inside;
+2. joins that sandbox's namespaces: user (both levels when user namespaces are disabled inside), mount,
+   network, IPC, UTS, cgroup and, for the child it forks next, pid;
+3. forks, inside the sandbox's pid namespace, the program's parent (which keeps root's uid, so that the
+   program cannot signal it, and reaps the program's orphans), which forks the program. That takes the
+   run's uid, drops every capability the user namespace gave it (and checks that none is left), sets
+   no_new_privs, its rlimits and its output files, and runs the program as ``python3 main.py`` would, in a
+   fresh ``__main__``;
+4. reports the program's wait status and resource usage, then closes the placeholder, which ends the
+   sandbox: the kernel kills whatever the program left running in its pid namespace.
+
+The runner falls back to a cold start for anything the interpreter reads only when it starts (PYTHON*,
+LC_*, LANG, LD_* and malloc tuning in the user's environment, a user site directory in the work dir), and
+whenever the zygote reports that it could not set a run up.
+
+This file is stdlib-only and Python 3.8-compatible. The zygote runs it as ``python3 -c SOURCE FD``; the
+runner imports it for :class:`Zygote`, whose imports are deferred so that they never load in the zygote
+(whatever the zygote imports is in ``sys.modules`` for every program it starts).
+"""
+
+import atexit
+import ctypes
+import fcntl
+import gc
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import sys
+import types
+from importlib.machinery import SourceFileLoader
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+# Joined in this order, after the user namespace that owns them and before the nested one (if any).
+NAMESPACES = (
+    ("mnt", CLONE_NEWNS),
+    ("net", CLONE_NEWNET),
+    ("ipc", CLONE_NEWIPC),
+    ("uts", CLONE_NEWUTS),
+    ("cgroup", CLONE_NEWCGROUP),
+)
+NS_GET_PARENT = 0xB702  # _IO(0xb7, 0x2)
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(platform.machine())
+MAX_REQUEST_BYTES = 1 << 20
+FDS_PER_REQUEST = 3  # stdout, stderr, report pipe
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# Resolved here, once: in a forked run each first use would look the symbol up again.
+_setns, _prctl, _syscall = _libc.setns, _libc.prctl, _libc.syscall
+CapHeader, CapData = ctypes.c_uint32 * 2, ctypes.c_uint32 * 6
+with open("/proc/sys/kernel/cap_last_cap") as _fh:
+    CAP_LAST = int(_fh.read())
+
+
+class SetupError(Exception):
+    """A run could not be set up warm; the runner starts it cold instead."""
+
+
+def _call(what, result):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise SetupError("%s: %s" % (what, os.strerror(err)))
+
+
+def setns(fd, nstype, what):
+    _call("setns(%s)" % what, _setns(fd, nstype))
+
+
+def prctl(option, arg):
+    _call("prctl(%d)" % option, _prctl(option, arg, 0, 0, 0))
+
+
+def drop_all_capabilities():
+    """Joining a user namespace grants every capability in it; a uid change there does not clear them (the
+    joiner was not that namespace's root), so clear the bounding, ambient and process sets explicitly."""
+    if SYS_CAPSET is None:
+        raise SetupError("no capset syscall number for %s" % platform.machine())
+    for cap in range(CAP_LAST + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    _call("prctl(PR_CAP_AMBIENT)", _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0))
+    # Two {effective, permitted, inheritable} triples, all zero.
+    _call("capset", _syscall(SYS_CAPSET, CapHeader(LINUX_CAPABILITY_VERSION_3, 0), CapData()))
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Cap") and int(line.split()[1], 16) != 0:
+                raise SetupError("capabilities left after dropping them: %s" % line.strip())
+
+
+def report(fd, message):
+    os.write(fd, (json.dumps(message) + "\n").encode())
+
+
+def serve(sock):
+    """The zygote's loop: one request (JSON and three fds) per message, one supervisor forked for each.
+
+    Returns only in a program process, with what to run; returns None when the runner has gone.
+    """
+    # Supervisors are reaped by the kernel; each one resets this before it forks children it waits for.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    fd_space = socket.CMSG_SPACE(FDS_PER_REQUEST * 4)
+    while True:
+        try:
+            data, ancillary, _flags, _addr = sock.recvmsg(
+                MAX_REQUEST_BYTES, fd_space, socket.MSG_CMSG_CLOEXEC
+            )
+        except InterruptedError:
+            continue
+        if not data:
+            return None
+        fds = []
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += list(memoryview(payload).cast("i")[: len(payload) // 4])
+        if len(fds) != FDS_PER_REQUEST:
+            for fd in fds:
+                os.close(fd)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            return supervise(json.loads(data.decode()), *fds)
+        for fd in fds:
+            os.close(fd)
+
+
+def supervise(req, out_fd, err_fd, report_fd):
+    """One run's supervisor (root when the runner is): returns only in the program process."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone (its runner gone): so is this run
+        report(report_fd, {"pid": os.getpid()})
+        holder_pid, holder_in, sandbox_pid, namespaces = start_holder(req, err_fd)
+        report(report_fd, {"sandbox": sandbox_pid})
+        uid = req.get("uid")
+        if uid is not None:
+            # In the user namespace the groups can no longer be set: do it while still root out here.
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+        outer, inner = namespaces.pop("user")
+        setns(outer, CLONE_NEWUSER, "user")
+        setns(namespaces.pop("pid"), CLONE_NEWPID, "pid")  # for the program, forked next
+    except (SetupError, OSError, ValueError, KeyError) as exc:
+        report(report_fd, {"error": str(exc)})
+        os._exit(0)
+    pid = os.fork()
+    if pid == 0:
+        # This process alone keeps the placeholder's input open: when it dies, so does the sandbox.
+        os.close(holder_in)
+        return enter(req, namespaces, inner, out_fd, err_fd, report_fd)
+    os.close(out_fd)
+    os.close(err_fd)
+    os.waitpid(pid, 0)
+    # EOF for the placeholder ends the sandbox; the kernel kills whatever is left in its pid namespace. The
+    # runner's read of the report pipe ends when this process exits: after the sandbox is gone.
+    os.close(holder_in)
+    os.waitpid(holder_pid, 0)
+    os._exit(0)
+
+
+def start_holder(req, err_fd):
+    """Start the run's bubblewrap with a placeholder program; return its pid, the placeholder's stdin and
+    the sandbox's namespaces (user as an (outer, inner) pair), once its set-up is complete."""
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    info_r, info_w = os.pipe()
+    uid = req.get("uid")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            # Above any fd being placed, so that no dup2 below overwrites one still to be moved.
+            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (in_r, out_w, err_fd, info_w)]
+            for target, fd in enumerate(moved):
+                os.dup2(fd, target)
+            os.closerange(4, 1 << 16)
+            os.setsid()
+            os.umask(0o077)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            os.execve(req["bwrap_argv"][0], req["bwrap_argv"], {"PATH": req["path"]})
+        finally:
+            os._exit(127)
+    for fd in (in_r, out_w, info_w):
+        os.close(fd)
+    with os.fdopen(info_r, "rb") as fh:  # written, then closed, once bubblewrap has created the sandbox
+        info = fh.read()
+    os.write(in_w, b"\n")
+    if os.read(out_r, 1) != b"\n":
+        os.close(out_r)
+        os.waitpid(pid, 0)
+        raise SetupError("bubblewrap did not start the sandbox")
+    os.close(out_r)
+    child = json.loads(info.decode())["child-pid"]
+    namespaces = {}
+    for name in ("user", "pid") + tuple(name for name, _ in NAMESPACES):
+        fd = os.open("/proc/%d/ns/%s" % (child, name), os.O_RDONLY | os.O_CLOEXEC)
+        if name != "user" and same_namespace(fd, name):
+            os.close(fd)  # shared with the host (network on): nothing to join
+            continue
+        namespaces[name] = fd
+    # With user namespaces disabled inside, bubblewrap nests a second one: the sandbox's other namespaces
+    # belong to the outer one, which must be joined first.
+    inner = namespaces["user"]
+    outer = fcntl.ioctl(inner, NS_GET_PARENT)
+    if same_namespace(outer, "user"):
+        os.close(outer)
+        outer, inner = inner, None
+    namespaces["user"] = (outer, inner)
+    return pid, in_w, child, namespaces
+
+
+def same_namespace(fd, name):
+    mine = os.stat("/proc/self/ns/%s" % name)
+    theirs = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+
+def enter(req, namespaces, inner, out_fd, err_fd, report_fd):
+    """The program's parent, inside the sandbox: joins its remaining namespaces, forks the program, waits
+    for it and reports its status. Returns only in the program process.
+
+    The program's parent is in its pid namespace, as under bubblewrap, so that os.getppid() names a
+    process it can see; it keeps its own (root's) uid, so that the program cannot signal it.
+    """
+    try:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        for name, flag in NAMESPACES:
+            if name in namespaces:
+                fd = namespaces.pop(name)
+                setns(fd, flag, name)
+                os.close(fd)
+        if inner is not None:
+            setns(inner, CLONE_NEWUSER, "nested user")
+            os.close(inner)
+        # The placeholder is the namespace's pid 1 and reaps nothing: orphans of the program come here.
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        # The program joins this session and process group, as under bubblewrap it joins those of its pid 1.
+        os.setsid()
+        pid = os.fork()
+        if pid == 0:
+            return become_program(req, out_fd, err_fd, report_fd)
+        os.close(out_fd)
+        os.close(err_fd)
+        drop_all_capabilities()
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+    except (SetupError, OSError, ValueError, KeyError) as exc:
+        report(report_fd, {"error": "in the sandbox: %s" % exc})
+        os._exit(0)
+    while True:
+        reaped, status, usage = os.wait4(-1, 0)
+        if reaped == pid:
+            break
+    report(
+        report_fd,
+        {"status": status, "cpu_time": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss},
+    )
+    os._exit(0)
+
+
+def become_program(req, out_fd, err_fd, report_fd):
+    """Become the run's uid without a capability left, apply the limits; return what to run."""
+    try:
+        uid = req.get("uid")
+        if uid is not None:
+            os.setresuid(uid, uid, uid)
+        drop_all_capabilities()
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        os.umask(0o077)
+        os.chdir(req["workdir"])
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        for limit, value in req["rlimits"]:
+            resource.setrlimit(getattr(resource, limit), (value[0], value[1]))
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
+        with open(req["program"], "rb") as fh:
+            source = fh.read()
+    except (SetupError, OSError, ValueError, KeyError) as exc:
+        report(report_fd, {"error": "program process: %s" % exc})
+        os._exit(0)
+    os.closerange(3, 1 << 16)
+    os.environ.clear()
+    os.environ.update(req["env"])
+    # The user site directory follows HOME, which site.py read when the zygote started.
+    site = sys.modules.get("site")
+    if site is not None:
+        site.USER_BASE = site.USER_SITE = None
+        site.getusersitepackages()
+    return req["program"], source
+
+
+def run_program(path, source):
+    """Run ``source`` as ``python3 path`` would: a fresh __main__, the argv and path[0] of a script, and the
+    interpreter's handling of SystemExit, uncaught exceptions and KeyboardInterrupt."""
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__cached__ = None
+    main.__loader__ = SourceFileLoader("__main__", path)
+    main.__builtins__ = __builtins__
+    main.__annotations__ = {}
+    sys.modules["__main__"] = main
+    sys.argv = [path]
+    sys.orig_argv = [sys.executable, path]
+    sys.path[0] = os.path.dirname(path)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        exec(compile(source, path, "exec", dont_inherit=True), main.__dict__)
+    except SystemExit as exc:
+        finish(main, exit_status(exc))
+    except BaseException as exc:
+        # The traceback starts at this frame: leave it out, as the interpreter's own frames are.
+        exc.__traceback__ = exc.__traceback__.tb_next
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        finish(main, 1, interrupted=isinstance(exc, KeyboardInterrupt))
+    finish(main, 0)
+
+
+def exit_status(exc):
+    """The exit status the interpreter gives an uncaught SystemExit (printing a non-integer code)."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        sys.stderr.write("%s\n" % (code,))
+    except Exception:
+        pass
+    return 1
+
+
+def finish(main, status, interrupted=False):
+    """End the program as the interpreter ends one: non-daemon threads joined, atexit handlers run, the
+    program's objects finalized (files it left open are flushed), standard streams flushed (status 120 when
+    stdout cannot be), SIGINT for an uncaught KeyboardInterrupt.
+
+    The interpreter's own teardown is skipped: in a forked copy it would write to, and so copy, every page
+    of the zygote's heap, which costs more than the whole run.
+    """
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()
+    atexit._run_exitfuncs()
+    gc.collect()
+    # The order of the interpreter's own module clean-up: names with one leading underscore, then the rest.
+    namespace = main.__dict__
+    for single_underscore in (True, False):
+        for name in list(namespace):
+            if name != "__builtins__" and (name[:1] == "_" and name[1:2] != "_") == single_underscore:
+                namespace[name] = None
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception as exc:
+            status = 120
+            try:
+                os.write(
+                    2, ("Exception ignored in: %r\n%s: %s\n" % (stream, type(exc).__name__, exc)).encode()
+                )
+            except OSError:
+                pass
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(status)
+
+
+class Zygote(object):
+    """The runner's handle on one zygote: an idle interpreter started with a runtime's argv and flags."""
+
+    def __init__(self, argv, env):
+        import subprocess
+
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with open(__file__) as fh:
+            source = fh.read()
+        try:
+            self.proc = subprocess.Popen(
+                list(argv) + ["-c", source, str(child.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=[child.fileno()],
+                env=env,
+                cwd="/",
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        parent.settimeout(10)
+        try:
+            ready = parent.recv(16)
+        except OSError as exc:
+            ready = repr(exc).encode()
+        if ready != b"ready":
+            parent.close()
+            self.proc.kill()
+            self.proc.wait()
+            raise SetupError("the zygote did not start: %r" % ready)
+        parent.settimeout(None)
+        self.sock = parent
+        self.failures = 0
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def start(self, request, out_fd, err_fd):
+        """Hand a run to the zygote; returns a :class:`WarmRun`. Raises SetupError if it cannot."""
+        return WarmRun(self, request, out_fd, err_fd)
+
+    def close(self):
+        self.sock.close()  # EOF: the zygote exits, and with it any run it still supervises
+        self.proc.wait()
+
+
+class WarmRun(object):
+    """A run handed to the zygote, seen from the runner: killable, and waited for through its report pipe."""
+
+    def __init__(self, zygote, request, out_fd, err_fd):
+        import array
+        import threading
+
+        data = json.dumps(request).encode()
+        if len(data) > MAX_REQUEST_BYTES:
+            raise SetupError("request of %d bytes is too large for a warm start" % len(data))
+        self.fd, report_w = os.pipe()
+        try:
+            fds = array.array("i", [out_fd, err_fd, report_w])
+            zygote.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        except OSError as exc:
+            os.close(self.fd)
+            raise SetupError("the zygote cannot take runs: %s" % exc)
+        finally:
+            os.close(report_w)
+        self.lock = threading.Lock()
+        self.pid = None
+        self.pidfd = None
+        self.sandbox_pid = None
+        self.kill_requested = False
+
+    def kill(self):
+        with self.lock:
+            self.kill_requested = True
+            self._kill_locked()
+
+    def _kill_locked(self):
+        # The sandbox's pid 1 takes every process of the run with it, while the supervisor stays to reap them
+        # (the namespace is not gone until they are reaped). Before the sandbox exists, the supervisor's death
+        # ends the run: it closes the placeholder's input.
+        pid, pidfd = (self.sandbox_pid, None) if self.sandbox_pid is not None else (self.pid, self.pidfd)
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            elif pid is not None:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self):
+        """The run's final report: {"status", "cpu_time", "maxrss_kb"}; {"status": SIGKILL} when it was
+        killed. Raises SetupError when the run never started (the runner then starts it cold)."""
+        buf = b""
+        while True:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                self._message(json.loads(line.decode()))
+        os.close(self.fd)
+        with self.lock:
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+                self.pidfd = None
+        if self.error is not None:
+            raise SetupError(self.error)
+        return self.final or {"status": signal.SIGKILL, "cpu_time": 0.0, "maxrss_kb": 0}
+
+    error = None
+    final = None
+
+    def _message(self, message):
+        if "pid" in message:
+            with self.lock:
+                self.pid = message["pid"]
+                if hasattr(os, "pidfd_open"):
+                    try:
+                        self.pidfd = os.pidfd_open(self.pid)
+                    except OSError:
+                        pass
+                if self.kill_requested:
+                    self._kill_locked()
+        elif "sandbox" in message:
+            with self.lock:
+                self.sandbox_pid = message["sandbox"]
+                if self.kill_requested:
+                    self._kill_locked()
+        elif "error" in message:
+            self.error = message["error"]
+        elif "status" in message:
+            self.final = message
+
+
+def zygote_main(fd):
+    sock = socket.socket(fileno=fd)
+    # Every run is a fork of this process: objects that exist now are never collected in a run, so keep the
+    # collector from touching (and copying) their pages.
+    gc.freeze()
+    sock.send(b"ready")
+    job = serve(sock)
+    if job is None:
+        return
+    run_program(*job)
+
+
+if __name__ == "__main__" and sys.argv[1:2] and sys.argv[1].isdigit():
+    zygote_main(int(sys.argv[1]))
