@@ -18,6 +18,7 @@ import base64
 import errno
 import fcntl
 import hashlib
+import heapq
 import json
 import os
 import re
@@ -1033,7 +1034,10 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
     stderr_path = os.path.join(rdir, "stderr")
     out_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     err_fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    lease = UidLease(base, run_uid) if run_uid is not None else None
+    # A session's uid is shared by its runs, which may not all be alike (isolation is per environment); a
+    # task's is its single run's own, and needs no lease unless that run sweeps.
+    needs_lease = run_uid is not None and (sweep or meta["session_id"] is not None)
+    lease = UidLease(base, run_uid) if needs_lease else None
     streamer = None
     outcome = None
     try:
@@ -1195,11 +1199,56 @@ class WarmStart(object):
         self.run.kill()
 
     def wait(self):
-        report = self.run.wait()
-        return report["status"], report["cpu_time"], report["maxrss_kb"]
+        return self.run.wait()
 
     def leftovers(self):
         return False
+
+
+class Watchdog(object):
+    """One thread for every run's wall-clock limit: a thread per run would cost more than a short run."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.alarms = []  # heap of (deadline, sequence, callback)
+        self.active = set()
+        self.sequence = 0
+        self.thread = None
+
+    def schedule(self, delay, callback):
+        with self.cond:
+            self.sequence += 1
+            heapq.heappush(self.alarms, (time.monotonic() + delay, self.sequence, callback))
+            self.active.add(self.sequence)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="ec2-sandbox-watchdog", daemon=True)
+                self.thread.start()
+            self.cond.notify()
+            return self.sequence
+
+    def cancel(self, alarm):
+        with self.cond:
+            self.active.discard(alarm)
+
+    def _loop(self):
+        while True:
+            with self.cond:
+                while self.alarms and self.alarms[0][1] not in self.active:
+                    heapq.heappop(self.alarms)
+                if not self.alarms:
+                    self.cond.wait()
+                    continue
+                deadline, alarm, callback = self.alarms[0]
+                if deadline > time.monotonic():
+                    self.cond.wait(deadline - time.monotonic())
+                    continue
+                heapq.heappop(self.alarms)
+                self.active.discard(alarm)
+            # Outside the lock: a kill may wait out its grace period.
+            threading.Thread(target=callback, daemon=True).start()
+
+
+WATCHDOG = Watchdog()
 
 
 def watch(handle, started, timeout, task_hash):
@@ -1218,9 +1267,7 @@ def watch(handle, started, timeout, task_hash):
         cancelled.set()
         handle.kill(0)
 
-    timer = threading.Timer(timeout, on_timeout)
-    timer.daemon = True
-    timer.start()
+    alarm = WATCHDOG.schedule(timeout, on_timeout)
     with ACTIVE_LOCK:
         ACTIVE_RUNS[task_hash] = on_cancel
     if STOPPING.is_set():  # told to stop while this run was being prepared
@@ -1230,7 +1277,7 @@ def watch(handle, started, timeout, task_hash):
     except WarmSetupError:
         return None
     finally:
-        timer.cancel()
+        WATCHDOG.cancel(alarm)
         with ACTIVE_LOCK:
             ACTIVE_RUNS.pop(task_hash, None)
     elapsed = time.monotonic() - started

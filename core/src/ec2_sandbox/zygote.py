@@ -26,19 +26,19 @@ runner imports it for :class:`Zygote`, whose imports are deferred so that they n
 (whatever the zygote imports is in ``sys.modules`` for every program it starts).
 """
 
+# The C modules under signal and socket, marshal for requests: the Python wrappers and json would pull in
+# enum and re, which every run would then carry in its (copied) memory.
+import _frozen_importlib_external
+import _signal as signal
+import _socket as socket
 import atexit
 import ctypes
 import fcntl
 import gc
-import json
+import marshal
 import os
-import platform
 import resource
-import signal
-import socket
 import sys
-import types
-from importlib.machinery import SourceFileLoader
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -63,7 +63,7 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
-SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(platform.machine())
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
 MAX_REQUEST_BYTES = 1 << 20
 FDS_PER_REQUEST = 3  # stdout, stderr, report pipe
 
@@ -97,7 +97,7 @@ def drop_all_capabilities():
     """Joining a user namespace grants every capability in it; a uid change there does not clear them (the
     joiner was not that namespace's root), so clear the bounding, ambient and process sets explicitly."""
     if SYS_CAPSET is None:
-        raise SetupError("no capset syscall number for %s" % platform.machine())
+        raise SetupError("no capset syscall number for %s" % os.uname().machine)
     for cap in range(CAP_LAST + 1):
         prctl(PR_CAPBSET_DROP, cap)
     _call("prctl(PR_CAP_AMBIENT)", _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0))
@@ -109,8 +109,10 @@ def drop_all_capabilities():
                 raise SetupError("capabilities left after dropping them: %s" % line.strip())
 
 
-def report(fd, message):
-    os.write(fd, (json.dumps(message) + "\n").encode())
+def report(fd, kind, *values):
+    """One line to the runner: a kind (pid, sandbox, status, error) and its values, space-separated."""
+    text = " ".join([kind] + [str(value).replace("\n", " ") for value in values])
+    os.write(fd, (text + "\n").encode("utf-8", "replace"))
 
 
 def serve(sock):
@@ -141,7 +143,8 @@ def serve(sock):
         pid = os.fork()
         if pid == 0:
             sock.close()
-            return supervise(json.loads(data.decode()), *fds)
+            # The socket's other end is the runner that started this process, and no one else's.
+            return supervise(marshal.loads(data), *fds)  # noqa: S302
         for fd in fds:
             os.close(fd)
 
@@ -151,19 +154,14 @@ def supervise(req, out_fd, err_fd, report_fd):
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone (its runner gone): so is this run
-        report(report_fd, {"pid": os.getpid()})
+        report(report_fd, "pid", os.getpid())
         holder_pid, holder_in, sandbox_pid, namespaces = start_holder(req, err_fd)
-        report(report_fd, {"sandbox": sandbox_pid})
-        uid = req.get("uid")
-        if uid is not None:
-            # In the user namespace the groups can no longer be set: do it while still root out here.
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
+        report(report_fd, "sandbox", sandbox_pid)
         outer, inner = namespaces.pop("user")
         setns(outer, CLONE_NEWUSER, "user")
         setns(namespaces.pop("pid"), CLONE_NEWPID, "pid")  # for the program, forked next
     except (SetupError, OSError, ValueError, KeyError) as exc:
-        report(report_fd, {"error": str(exc)})
+        report(report_fd, "error", exc)
         os._exit(0)
     pid = os.fork()
     if pid == 0:
@@ -186,26 +184,27 @@ def start_holder(req, err_fd):
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     info_r, info_w = os.pipe()
+    # Sources above the targets, so that no dup2 overwrites one still to be placed.
+    sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (in_r, out_w, err_fd, info_w)]
+    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(sources)]
     uid = req.get("uid")
-    pid = os.fork()
-    if pid == 0:
-        try:
-            # Above any fd being placed, so that no dup2 below overwrites one still to be moved.
-            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (in_r, out_w, err_fd, info_w)]
-            for target, fd in enumerate(moved):
-                os.dup2(fd, target)
-            os.closerange(4, 1 << 16)
-            os.setsid()
-            os.umask(0o077)
-            if uid is not None:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-            _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            os.execve(req["bwrap_argv"][0], req["bwrap_argv"], {"PATH": req["path"]})
-        finally:
-            os._exit(127)
+    if uid is not None:
+        # bubblewrap runs as the run's uid, as in a cold start. Spawned (vfork, no copy of this interpreter)
+        # it takes this process's ids: lend it the uid, keeping root as the saved uid to come back to. The
+        # groups stay dropped: this process needs none.
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, 0)
+    try:
+        # bubblewrap sets no_new_privs and, with --die-with-parent, its own parent-death signal.
+        pid = os.posix_spawn(
+            req["bwrap_argv"][0], req["bwrap_argv"], {"PATH": req["path"]}, file_actions=actions, setsid=True
+        )
+    finally:
+        if uid is not None:
+            os.setresuid(0, 0, 0)
+    for fd in sources:
+        os.close(fd)
     for fd in (in_r, out_w, info_w):
         os.close(fd)
     with os.fdopen(info_r, "rb") as fh:  # written, then closed, once bubblewrap has created the sandbox
@@ -216,7 +215,8 @@ def start_holder(req, err_fd):
         os.waitpid(pid, 0)
         raise SetupError("bubblewrap did not start the sandbox")
     os.close(out_r)
-    child = json.loads(info.decode())["child-pid"]
+    # {"child-pid": N, ...}: the pid (here) of the sandbox's first process, its pid 1 with --as-pid-1.
+    child = int(info.split(b'"child-pid":', 1)[1].split(b",", 1)[0].split(b"}", 1)[0])
     namespaces = {}
     for name in ("user", "pid") + tuple(name for name, _ in NAMESPACES):
         fd = os.open("/proc/%d/ns/%s" % (child, name), os.O_RDONLY | os.O_CLOEXEC)
@@ -270,16 +270,13 @@ def enter(req, namespaces, inner, out_fd, err_fd, report_fd):
         drop_all_capabilities()
         prctl(PR_SET_NO_NEW_PRIVS, 1)
     except (SetupError, OSError, ValueError, KeyError) as exc:
-        report(report_fd, {"error": "in the sandbox: %s" % exc})
+        report(report_fd, "error", "in the sandbox: %s" % exc)
         os._exit(0)
     while True:
         reaped, status, usage = os.wait4(-1, 0)
         if reaped == pid:
             break
-    report(
-        report_fd,
-        {"status": status, "cpu_time": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss},
-    )
+    report(report_fd, "status", status, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
     os._exit(0)
 
 
@@ -301,7 +298,7 @@ def become_program(req, out_fd, err_fd, report_fd):
         with open(req["program"], "rb") as fh:
             source = fh.read()
     except (SetupError, OSError, ValueError, KeyError) as exc:
-        report(report_fd, {"error": "program process: %s" % exc})
+        report(report_fd, "error", "program process: %s" % exc)
         os._exit(0)
     os.closerange(3, 1 << 16)
     os.environ.clear()
@@ -317,10 +314,10 @@ def become_program(req, out_fd, err_fd, report_fd):
 def run_program(path, source):
     """Run ``source`` as ``python3 path`` would: a fresh __main__, the argv and path[0] of a script, and the
     interpreter's handling of SystemExit, uncaught exceptions and KeyboardInterrupt."""
-    main = types.ModuleType("__main__")
+    main = type(sys)("__main__")
     main.__file__ = path
     main.__cached__ = None
-    main.__loader__ = SourceFileLoader("__main__", path)
+    main.__loader__ = _frozen_importlib_external.SourceFileLoader("__main__", path)
     main.__builtins__ = __builtins__
     main.__annotations__ = {}
     sys.modules["__main__"] = main
@@ -395,9 +392,10 @@ class Zygote(object):
     """The runner's handle on one zygote: an idle interpreter started with a runtime's argv and flags."""
 
     def __init__(self, argv, env):
+        import socket as sockets
         import subprocess
 
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent, child = sockets.socketpair(sockets.AF_UNIX, sockets.SOCK_SEQPACKET)
         with open(__file__) as fh:
             source = fh.read()
         try:
@@ -444,15 +442,16 @@ class WarmRun(object):
 
     def __init__(self, zygote, request, out_fd, err_fd):
         import array
+        import socket as sockets
         import threading
 
-        data = json.dumps(request).encode()
+        data = marshal.dumps(request)
         if len(data) > MAX_REQUEST_BYTES:
             raise SetupError("request of %d bytes is too large for a warm start" % len(data))
         self.fd, report_w = os.pipe()
         try:
             fds = array.array("i", [out_fd, err_fd, report_w])
-            zygote.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            zygote.sock.sendmsg([data], [(sockets.SOL_SOCKET, sockets.SCM_RIGHTS, fds)])
         except OSError as exc:
             os.close(self.fd)
             raise SetupError("the zygote cannot take runs: %s" % exc)
@@ -463,6 +462,8 @@ class WarmRun(object):
         self.pidfd = None
         self.sandbox_pid = None
         self.kill_requested = False
+        self.error = None
+        self.final = None
 
     def kill(self):
         with self.lock:
@@ -483,49 +484,38 @@ class WarmRun(object):
             pass
 
     def wait(self):
-        """The run's final report: {"status", "cpu_time", "maxrss_kb"}; {"status": SIGKILL} when it was
-        killed. Raises SetupError when the run never started (the runner then starts it cold)."""
-        buf = b""
-        while True:
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                break
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                self._message(json.loads(line.decode()))
-        os.close(self.fd)
+        """The run's end: (wait status, CPU seconds, peak RSS in KB); SIGKILL when it was killed before it
+        could report. Raises SetupError when the run never started (the runner then starts it cold)."""
+        with os.fdopen(self.fd, "rb") as fh:
+            for line in fh:
+                self._message(line.decode("utf-8", "replace").split())
         with self.lock:
             if self.pidfd is not None:
                 os.close(self.pidfd)
                 self.pidfd = None
         if self.error is not None:
             raise SetupError(self.error)
-        return self.final or {"status": signal.SIGKILL, "cpu_time": 0.0, "maxrss_kb": 0}
+        return self.final or (signal.SIGKILL, 0.0, 0)
 
-    error = None
-    final = None
-
-    def _message(self, message):
-        if "pid" in message:
+    def _message(self, words):
+        kind, values = words[0], words[1:]
+        if kind == "error":
+            self.error = " ".join(values)
+        elif kind == "status":
+            self.final = (int(values[0]), float(values[1]), int(values[2]))
+        elif kind in ("pid", "sandbox"):
             with self.lock:
-                self.pid = message["pid"]
-                if hasattr(os, "pidfd_open"):
-                    try:
-                        self.pidfd = os.pidfd_open(self.pid)
-                    except OSError:
-                        pass
+                if kind == "pid":
+                    self.pid = int(values[0])
+                    if hasattr(os, "pidfd_open"):
+                        try:
+                            self.pidfd = os.pidfd_open(self.pid)
+                        except OSError:
+                            pass
+                else:
+                    self.sandbox_pid = int(values[0])
                 if self.kill_requested:
                     self._kill_locked()
-        elif "sandbox" in message:
-            with self.lock:
-                self.sandbox_pid = message["sandbox"]
-                if self.kill_requested:
-                    self._kill_locked()
-        elif "error" in message:
-            self.error = message["error"]
-        elif "status" in message:
-            self.final = message
 
 
 def zygote_main(fd):
