@@ -5,12 +5,17 @@
 Prints medians and two ratios (targets: latency <= 1.5x a raw `python3 -c 'print(1)'`; throughput of 50
 concurrent runs >= 0.7x that of 50 concurrent raw subprocesses). The raw baseline uses the same interpreter
 the sandbox resolves, so the ratio measures the sandbox's own cost. Both sides alternate to share the noise.
+
+A run creates a handful of files and directories (its work dir, its record, its captured output), so the
+filesystem under the base dir counts: by default the base dir is a fresh directory beside the one the
+sandbox uses when none is configured (root: /var/lib); --base-parent puts it elsewhere, e.g. on tmpfs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import subprocess
@@ -56,18 +61,35 @@ async def sandbox_concurrent(sandbox: AsyncSandbox, n: int) -> float:
     return time.perf_counter() - start
 
 
+def filesystem(path: str) -> str:
+    """The type of the filesystem holding ``path``, from /proc/mounts (longest matching mount point)."""
+    best, kind = "", "unknown"
+    with open("/proc/mounts") as fh:
+        for line in fh:
+            fields = line.split()
+            mount = fields[1]
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                best, kind = mount, fields[2]
+    return kind
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "none"])
+    parser.add_argument("--cold", action="store_true", help="turn warm starts off (every run starts python3)")
+    parser.add_argument(
+        "--base-parent",
+        default=os.path.dirname(runner.default_base_dir()),
+        help="directory the benchmark's base dir is made in (default: beside the default base dir)",
+    )
     args = parser.parse_args()
-    base = tempfile.mkdtemp(prefix="ec2sb-bench-", dir="/tmp")
-    import os
-
+    os.makedirs(args.base_parent, exist_ok=True)
+    base = tempfile.mkdtemp(prefix="ec2sb-bench-", dir=args.base_parent)
     os.chmod(base, 0o711)
-    config = SandboxConfig(base_sandbox_dir=base, isolation=args.isolation)
+    config = SandboxConfig(base_sandbox_dir=base, isolation=args.isolation, warm_start=not args.cold)
     async with AsyncSandbox(config) as sandbox:
         await sandbox_once(sandbox)  # warm caches (bwrap probe, imports)
         raw_once()
@@ -84,7 +106,8 @@ async def main() -> None:
     shutil.rmtree(base, ignore_errors=True)
     raw_med, box_med = statistics.median(raw), statistics.median(boxed)
     raw_t, box_t = statistics.median(raw_tp), statistics.median(boxed_tp)
-    print(f"isolation in force: {isolation}; interpreter: {PYTHON}")
+    print(f"isolation in force: {isolation}; interpreter: {PYTHON}; warm starts: {config.warm_start}")
+    print(f"base dir in {args.base_parent} ({filesystem(args.base_parent)})")
     print(f"latency  raw subprocess  median {raw_med * 1000:7.1f} ms   ({args.runs} runs)")
     print(f"latency  execute_code    median {box_med * 1000:7.1f} ms")
     print(f"LATENCY RATIO (target <= 1.5): {box_med / raw_med:.2f}")

@@ -285,9 +285,11 @@ class UidPool(object):
 
     def _claim(self, uid):
         """Claim ``uid`` for this base dir machine-wide; False if another existing base dir holds it."""
-        if not os.path.isdir(os.path.dirname(UID_CLAIMS_DIR)):
-            os.makedirs(os.path.dirname(UID_CLAIMS_DIR), 0o711)
-        ensure_dir(UID_CLAIMS_DIR, 0o700)
+        if UID_CLAIMS_DIR not in _PREPARED:
+            if not os.path.isdir(os.path.dirname(UID_CLAIMS_DIR)):
+                os.makedirs(os.path.dirname(UID_CLAIMS_DIR), 0o711)
+            ensure_dir(UID_CLAIMS_DIR, 0o700)
+            _PREPARED.add(UID_CLAIMS_DIR)
         lock = os.open(os.path.join(UID_CLAIMS_DIR, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -299,12 +301,11 @@ class UidPool(object):
                 holder = None
             if holder is not None and holder != self.base and os.path.isdir(holder):
                 return False
-            # Unclaimed, ours already, or held by a base dir that no longer exists.
-            tmp = path + ".tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            # Unclaimed, ours already, or held by a base dir that no longer exists. Written in place, under
+            # the lock: a claim cut short names no existing base dir, so it is free again.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(self.base.encode("utf-8"))
-            os.rename(tmp, path)
             return True
         finally:
             os.close(lock)

@@ -2,20 +2,22 @@
 
 Starting CPython costs more than everything else in a short run, and bubblewrap adds its own start-up on
 top. A long-lived runner (the in-process local transport) therefore keeps one idle interpreter per Python
-runtime: the zygote. It never runs user code itself. For each run it forks a supervisor, which
+runtime: the zygote. It never runs user code itself. For each run:
 
-1. starts the run's own bubblewrap sandbox, exactly as a cold run would, with ``cat`` as a placeholder
-   pid 1 that holds the sandbox open (and proves, by echoing a byte, that its set-up is complete); as pid 1
-   it cannot be killed from inside;
-2. joins that sandbox's namespaces: user (both levels when user namespaces are disabled inside), mount,
-   network, IPC, UTS, cgroup and, for the child it forks next, pid;
-3. forks, inside the sandbox's pid namespace, the program's parent (which keeps root's uid, so that the
-   program cannot signal it, and reaps the program's orphans), which forks the program. That takes the
-   run's uid, drops every capability the user namespace gave it (and checks that none is left), sets
-   no_new_privs, its rlimits and its output files, and runs the program as ``python3 main.py`` would, in a
-   fresh ``__main__``;
-4. reports the program's wait status and resource usage, then closes the placeholder, which ends the
-   sandbox: the kernel kills whatever the program left running in its pid namespace.
+1. it starts the run's own bubblewrap sandbox, with the arguments of a cold start, with ``cat`` as a
+   placeholder pid 1 that holds the sandbox open (and proves, by echoing a byte, that its set-up is
+   complete); as pid 1 it cannot be killed from inside;
+2. it forks the program's parent into that sandbox's pid namespace. The parent joins the sandbox's other
+   namespaces: user (both levels when user namespaces are disabled inside), mount, network, IPC, UTS and
+   cgroup. It keeps root's uid, so that the program cannot signal it, and reaps the program's orphans;
+3. the parent forks the program, which takes the run's uid, drops every capability the user namespace gave
+   it (and checks that none is left), sets no_new_privs, its rlimits and its output files, and runs the
+   code as ``python3 main.py`` would, in a fresh ``__main__``;
+4. the parent reports the program's wait status and resource usage and exits; it held the placeholder's
+   input, so the sandbox ends, and the kernel kills whatever the program left running in it.
+
+A zygote without root cannot enter a pid namespace itself, so there a supervisor process per run does
+steps 1 and 2 (it first joins the sandbox's user namespace, as its owner).
 
 The runner falls back to a cold start for anything the interpreter reads only when it starts (PYTHON*,
 LC_*, LANG, LD_* and malloc tuning in the user's environment, a user site directory in the work dir), and
@@ -38,6 +40,7 @@ import gc
 import marshal
 import os
 import resource
+import select
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -115,124 +118,223 @@ def report(fd, kind, *values):
     os.write(fd, (text + "\n").encode("utf-8", "replace"))
 
 
-def serve(sock):
-    """The zygote's loop: one request (JSON and three fds) per message, one supervisor forked for each.
+class Holder(object):
+    """A run's bubblewrap, started with a placeholder pid 1 that echoes a byte once the sandbox is set up."""
 
-    Returns only in a program process, with what to run; returns None when the runner has gone.
-    """
-    # Supervisors are reaped by the kernel; each one resets this before it forks children it waits for.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    fd_space = socket.CMSG_SPACE(FDS_PER_REQUEST * 4)
-    while True:
+    def __init__(self, req, err_fd):
+        in_r, self.stdin = os.pipe()
+        self.stdout, out_w = os.pipe()
+        self.info, info_w = os.pipe()
+        # Sources above the targets, so that no dup2 overwrites one still to be placed.
+        sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (in_r, out_w, err_fd, info_w)]
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(sources)]
+        uid = req.get("uid")
+        if uid is not None:
+            # bubblewrap runs as the run's uid, as in a cold start. Spawned (vfork: no copy of this
+            # interpreter) it takes this process's ids: lend it the uid, keeping root as the saved uid to
+            # come back to.
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, 0)
         try:
-            data, ancillary, _flags, _addr = sock.recvmsg(
-                MAX_REQUEST_BYTES, fd_space, socket.MSG_CMSG_CLOEXEC
+            # bubblewrap sets no_new_privs and, with --die-with-parent, its own parent-death signal.
+            self.pid = os.posix_spawn(
+                req["bwrap_argv"][0],
+                req["bwrap_argv"],
+                {"PATH": req["path"]},
+                file_actions=actions,
+                setsid=True,
+                # As a cold start leaves them: a child of this process would inherit SIGCHLD ignored.
+                setsigdef=(signal.SIGCHLD, signal.SIGPIPE),
             )
-        except InterruptedError:
-            continue
-        if not data:
-            return None
-        fds = []
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds += list(memoryview(payload).cast("i")[: len(payload) // 4])
-        if len(fds) != FDS_PER_REQUEST:
-            for fd in fds:
+        finally:
+            if uid is not None:
+                os.setresuid(0, 0, 0)
+                os.setresgid(0, 0, 0)
+            for fd in sources + [in_r, out_w, info_w]:
                 os.close(fd)
-            continue
-        pid = os.fork()
-        if pid == 0:
-            sock.close()
-            # The socket's other end is the runner that started this process, and no one else's.
-            return supervise(marshal.loads(data), *fds)  # noqa: S302
+        os.write(self.stdin, b"\n")
+
+    def sandbox(self):
+        """Once the echo is back: the pid (here) of the sandbox's pid 1 and its namespaces (user as an
+        (outer, inner) pair). Closes the set-up pipes; the placeholder's stdin stays open."""
+        echo = os.read(self.stdout, 1)
+        os.close(self.stdout)
+        with os.fdopen(self.info, "rb") as fh:  # written, then closed, once bubblewrap made the sandbox
+            info = fh.read()
+        if echo != b"\n":
+            raise SetupError("bubblewrap did not start the sandbox")
+        # {"child-pid": N, ...}: its first process, pid 1 with --as-pid-1.
+        child = int(info.split(b'"child-pid":', 1)[1].split(b",", 1)[0].split(b"}", 1)[0])
+        namespaces = {}
+        for name in ("user", "pid") + tuple(name for name, _ in NAMESPACES):
+            fd = os.open("/proc/%d/ns/%s" % (child, name), os.O_RDONLY | os.O_CLOEXEC)
+            if name != "user" and same_namespace(fd, name):
+                os.close(fd)  # shared with the host (network on): nothing to join
+                continue
+            namespaces[name] = fd
+        # With user namespaces disabled inside, bubblewrap nests a second one: the sandbox's other
+        # namespaces belong to the outer one, which must be joined first.
+        inner = namespaces["user"]
+        outer = fcntl.ioctl(inner, NS_GET_PARENT)
+        if same_namespace(outer, "user"):
+            os.close(outer)
+            outer, inner = inner, None
+        namespaces["user"] = (outer, inner)
+        return child, namespaces
+
+
+def receive(sock):
+    """The next request and its three fds; None when the runner has gone, () for a malformed message."""
+    try:
+        data, ancillary, _flags, _addr = sock.recvmsg(
+            MAX_REQUEST_BYTES, socket.CMSG_SPACE(FDS_PER_REQUEST * 4), socket.MSG_CMSG_CLOEXEC
+        )
+    except InterruptedError:
+        return ()
+    if not data:
+        return None
+    fds = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += list(memoryview(payload).cast("i")[: len(payload) // 4])
+    if len(fds) != FDS_PER_REQUEST:
         for fd in fds:
             os.close(fd)
+        return ()
+    # The socket's other end is the runner that started this process, and no one else's.
+    return marshal.loads(data), fds  # noqa: S302
+
+
+def serve(sock):
+    """The zygote's loop. Returns only in a program process, with what to run; None when the runner has gone.
+
+    As root it starts each run's bubblewrap itself and, when that is ready, forks the program's parent
+    straight into the sandbox's pid namespace; runs overlap. Without root it cannot enter a pid namespace
+    (only a process inside the sandbox's user namespace can): a supervisor per run does that.
+    """
+    # Children are reaped by the kernel; a supervisor resets this before it forks children it waits for.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    privileged = os.geteuid() == 0
+    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    waiting = {}  # placeholder's stdout -> (request, fds, holder)
+    while True:
+        try:
+            events = poller.poll()
+        except InterruptedError:
+            continue
+        for fd, _event in events:
+            if fd != sock.fileno():
+                poller.unregister(fd)
+                req, fds, holder = waiting.pop(fd)
+                job = launch(req, fds, holder, own_pid_ns, sock, waiting)
+                if job is not None:
+                    return job
+                continue
+            message = receive(sock)
+            if message is None:
+                return None
+            if not message:
+                continue
+            req, fds = message
+            if not privileged:
+                if os.fork() == 0:
+                    sock.close()
+                    return supervise(req, *fds)
+                for each in fds:
+                    os.close(each)
+                continue
+            try:
+                holder = Holder(req, fds[1])
+            except OSError as exc:
+                report(fds[2], "error", exc)
+                for each in fds:
+                    os.close(each)
+                continue
+            report(fds[2], "pid", holder.pid)  # what the runner kills until the sandbox exists
+            waiting[holder.stdout] = (req, fds, holder)
+            poller.register(holder.stdout, select.POLLIN)
+
+
+def launch(req, fds, holder, own_pid_ns, sock, waiting):
+    """A root zygote's second step for a run whose sandbox is ready: fork the program's parent into it."""
+    out_fd, err_fd, report_fd = fds
+    namespaces = {}
+    pid = None
+    try:
+        sandbox_pid, namespaces = holder.sandbox()
+        report(report_fd, "sandbox", sandbox_pid)
+        setns(namespaces["pid"], CLONE_NEWPID, "pid")
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                setns(own_pid_ns, CLONE_NEWPID, "own pid")
+    except (SetupError, OSError, ValueError, IndexError) as exc:
+        report(report_fd, "error", exc)
+    if pid == 0:
+        # The program's parent. Nothing of the zygote's (its socket, other runs' pipes) goes with it; it
+        # alone keeps the placeholder's stdin open: when it exits, the sandbox ends.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it waits for the program
+        sock.close()
+        os.close(own_pid_ns)
+        for other_fds, other in [(f, h) for _, f, h in waiting.values()]:
+            for each in other_fds + [other.stdin, other.stdout, other.info]:
+                os.close(each)
+        uid = req.get("uid")
+        outer, inner = namespaces.pop("user")
+        try:
+            if uid is not None:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+            setns(outer, CLONE_NEWUSER, "user")
+        except (SetupError, OSError) as exc:
+            report(report_fd, "error", exc)
+            os._exit(0)
+        return enter(req, namespaces, inner, out_fd, err_fd, report_fd)
+    for each in fds + [holder.stdin] + [fd for fd in flatten(namespaces.values()) if fd is not None]:
+        os.close(each)
+    return None
+
+
+def flatten(values):
+    for value in values:
+        if isinstance(value, tuple):
+            yield from value
+        else:
+            yield value
 
 
 def supervise(req, out_fd, err_fd, report_fd):
-    """One run's supervisor (root when the runner is): returns only in the program process."""
+    """One run's supervisor, for a zygote without root: returns only in the program process."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone (its runner gone): so is this run
         report(report_fd, "pid", os.getpid())
-        holder_pid, holder_in, sandbox_pid, namespaces = start_holder(req, err_fd)
+        holder = Holder(req, err_fd)
+        sandbox_pid, namespaces = holder.sandbox()
         report(report_fd, "sandbox", sandbox_pid)
         outer, inner = namespaces.pop("user")
         setns(outer, CLONE_NEWUSER, "user")
         setns(namespaces.pop("pid"), CLONE_NEWPID, "pid")  # for the program, forked next
-    except (SetupError, OSError, ValueError, KeyError) as exc:
+    except (SetupError, OSError, ValueError, IndexError) as exc:
         report(report_fd, "error", exc)
         os._exit(0)
     pid = os.fork()
     if pid == 0:
         # This process alone keeps the placeholder's input open: when it dies, so does the sandbox.
-        os.close(holder_in)
+        os.close(holder.stdin)
         return enter(req, namespaces, inner, out_fd, err_fd, report_fd)
     os.close(out_fd)
     os.close(err_fd)
     os.waitpid(pid, 0)
     # EOF for the placeholder ends the sandbox; the kernel kills whatever is left in its pid namespace. The
     # runner's read of the report pipe ends when this process exits: after the sandbox is gone.
-    os.close(holder_in)
-    os.waitpid(holder_pid, 0)
+    os.close(holder.stdin)
+    os.waitpid(holder.pid, 0)
     os._exit(0)
-
-
-def start_holder(req, err_fd):
-    """Start the run's bubblewrap with a placeholder program; return its pid, the placeholder's stdin and
-    the sandbox's namespaces (user as an (outer, inner) pair), once its set-up is complete."""
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    info_r, info_w = os.pipe()
-    # Sources above the targets, so that no dup2 overwrites one still to be placed.
-    sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (in_r, out_w, err_fd, info_w)]
-    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(sources)]
-    uid = req.get("uid")
-    if uid is not None:
-        # bubblewrap runs as the run's uid, as in a cold start. Spawned (vfork, no copy of this interpreter)
-        # it takes this process's ids: lend it the uid, keeping root as the saved uid to come back to. The
-        # groups stay dropped: this process needs none.
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, 0)
-    try:
-        # bubblewrap sets no_new_privs and, with --die-with-parent, its own parent-death signal.
-        pid = os.posix_spawn(
-            req["bwrap_argv"][0], req["bwrap_argv"], {"PATH": req["path"]}, file_actions=actions, setsid=True
-        )
-    finally:
-        if uid is not None:
-            os.setresuid(0, 0, 0)
-    for fd in sources:
-        os.close(fd)
-    for fd in (in_r, out_w, info_w):
-        os.close(fd)
-    with os.fdopen(info_r, "rb") as fh:  # written, then closed, once bubblewrap has created the sandbox
-        info = fh.read()
-    os.write(in_w, b"\n")
-    if os.read(out_r, 1) != b"\n":
-        os.close(out_r)
-        os.waitpid(pid, 0)
-        raise SetupError("bubblewrap did not start the sandbox")
-    os.close(out_r)
-    # {"child-pid": N, ...}: the pid (here) of the sandbox's first process, its pid 1 with --as-pid-1.
-    child = int(info.split(b'"child-pid":', 1)[1].split(b",", 1)[0].split(b"}", 1)[0])
-    namespaces = {}
-    for name in ("user", "pid") + tuple(name for name, _ in NAMESPACES):
-        fd = os.open("/proc/%d/ns/%s" % (child, name), os.O_RDONLY | os.O_CLOEXEC)
-        if name != "user" and same_namespace(fd, name):
-            os.close(fd)  # shared with the host (network on): nothing to join
-            continue
-        namespaces[name] = fd
-    # With user namespaces disabled inside, bubblewrap nests a second one: the sandbox's other namespaces
-    # belong to the outer one, which must be joined first.
-    inner = namespaces["user"]
-    outer = fcntl.ioctl(inner, NS_GET_PARENT)
-    if same_namespace(outer, "user"):
-        os.close(outer)
-        outer, inner = inner, None
-    namespaces["user"] = (outer, inner)
-    return pid, in_w, child, namespaces
 
 
 def same_namespace(fd, name):
@@ -263,15 +365,20 @@ def enter(req, namespaces, inner, out_fd, err_fd, report_fd):
         # The program joins this session and process group, as under bubblewrap it joins those of its pid 1.
         os.setsid()
         pid = os.fork()
-        if pid == 0:
-            return become_program(req, out_fd, err_fd, report_fd)
-        os.close(out_fd)
-        os.close(err_fd)
-        drop_all_capabilities()
-        prctl(PR_SET_NO_NEW_PRIVS, 1)
     except (SetupError, OSError, ValueError, KeyError) as exc:
         report(report_fd, "error", "in the sandbox: %s" % exc)
         os._exit(0)
+    if pid == 0:
+        return become_program(req, out_fd, err_fd, report_fd)
+    os.close(out_fd)
+    os.close(err_fd)
+    # The program may be running by now: this cannot be a set-up error any more (the runner would start the
+    # program again). Its parent only waits; without these it would still hold nothing the program can use.
+    try:
+        drop_all_capabilities()
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+    except (SetupError, OSError):
+        pass
     while True:
         reaped, status, usage = os.wait4(-1, 0)
         if reaped == pid:
@@ -458,9 +565,8 @@ class WarmRun(object):
         finally:
             os.close(report_w)
         self.lock = threading.Lock()
-        self.pid = None
-        self.pidfd = None
-        self.sandbox_pid = None
+        self.pid = self.pidfd = None
+        self.sandbox_pid = self.sandbox_pidfd = None
         self.kill_requested = False
         self.error = None
         self.final = None
@@ -474,7 +580,10 @@ class WarmRun(object):
         # The sandbox's pid 1 takes every process of the run with it, while the supervisor stays to reap them
         # (the namespace is not gone until they are reaped). Before the sandbox exists, the supervisor's death
         # ends the run: it closes the placeholder's input.
-        pid, pidfd = (self.sandbox_pid, None) if self.sandbox_pid is not None else (self.pid, self.pidfd)
+        if self.sandbox_pid is not None:
+            pid, pidfd = self.sandbox_pid, self.sandbox_pidfd
+        else:
+            pid, pidfd = self.pid, self.pidfd
         try:
             if pidfd is not None:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -485,17 +594,25 @@ class WarmRun(object):
 
     def wait(self):
         """The run's end: (wait status, CPU seconds, peak RSS in KB); SIGKILL when it was killed before it
-        could report. Raises SetupError when the run never started (the runner then starts it cold)."""
+        could report. Raises SetupError when the run never started (the runner then starts it cold).
+
+        Returns once the sandbox is gone, with every process the program left behind.
+        """
         with os.fdopen(self.fd, "rb") as fh:
             for line in fh:
                 self._message(line.decode("utf-8", "replace").split())
         with self.lock:
-            if self.pidfd is not None:
-                os.close(self.pidfd)
-                self.pidfd = None
-        if self.error is not None:
+            for pidfd in (self.pidfd, self.sandbox_pidfd):
+                if pidfd is not None:
+                    # Readable once its pid 1 has exited, which is after the kernel killed the rest.
+                    select.select([pidfd], [], [], 10)
+                    os.close(pidfd)
+            self.pidfd = self.sandbox_pidfd = None
+        if self.final is not None:
+            return self.final
+        if self.error is not None and not self.kill_requested:
             raise SetupError(self.error)
-        return self.final or (signal.SIGKILL, 0.0, 0)
+        return (signal.SIGKILL, 0.0, 0)
 
     def _message(self, words):
         kind, values = words[0], words[1:]
@@ -504,16 +621,16 @@ class WarmRun(object):
         elif kind == "status":
             self.final = (int(values[0]), float(values[1]), int(values[2]))
         elif kind in ("pid", "sandbox"):
+            pid = int(values[0])
+            try:
+                pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+            except OSError:
+                pidfd = None
             with self.lock:
                 if kind == "pid":
-                    self.pid = int(values[0])
-                    if hasattr(os, "pidfd_open"):
-                        try:
-                            self.pidfd = os.pidfd_open(self.pid)
-                        except OSError:
-                            pass
+                    self.pid, self.pidfd = pid, pidfd
                 else:
-                    self.sandbox_pid = int(values[0])
+                    self.sandbox_pid, self.sandbox_pidfd = pid, pidfd
                 if self.kill_requested:
                     self._kill_locked()
 
