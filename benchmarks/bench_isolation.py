@@ -1,12 +1,13 @@
 """The per-run cost of isolation: local `print(1)` with bubblewrap vs with isolation "none", same run.
 
-    uv run python benchmarks/bench_isolation.py [--runs 40] [--session]
+    uv run python benchmarks/bench_isolation.py [--runs 40] [--session] [--cold]
 
 Both sandboxes share one base dir and alternate run by run, so they share the machine's noise. Prints the
 median and p90 of each and the ratio of medians (target: bubblewrap <= 1.3x none). Run it as root to
 measure what production does (per-session uid, private network namespace for "none"); as another user the
 runner skips those. ``--session`` runs every call in one session (the work dir is reused) instead of a
-fresh task dir per run.
+fresh task dir per run. Python runs under bubblewrap start warm (forked from a running interpreter) where
+"none" starts cold; ``--cold`` starts both cold, which isolates the cost of the namespaces themselves.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--session", action="store_true", help="reuse one session's work dir")
+    parser.add_argument("--cold", action="store_true", help="no warm starts: every run starts python3")
     args = parser.parse_args()
     if runner.find_bwrap() is None:
         raise SystemExit("bubblewrap is not installed: nothing to compare (apt-get install bubblewrap)")
@@ -47,7 +49,7 @@ async def main() -> None:
     os.chmod(base, 0o711)
     try:
         boxes = {
-            iso: AsyncSandbox(SandboxConfig(base_sandbox_dir=base, isolation=iso))
+            iso: AsyncSandbox(SandboxConfig(base_sandbox_dir=base, isolation=iso, warm_start=not args.cold))
             for iso in ("bwrap", "none")
         }
         sessions = {iso: f"bench-{iso}" if args.session else None for iso in boxes}

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 
 import pytest
 
-from ec2_sandbox import Sandbox, SandboxConfig, protocol, runner
+from ec2_sandbox import Sandbox, SandboxConfig, protocol, runner, zygote
 from ec2_sandbox.runtimes import BUILTIN_RUNTIMES
 
 pytestmark = pytest.mark.skipif(
@@ -171,48 +172,54 @@ def test_timeout_and_a_killed_zygote(boxes) -> None:
 
 
 def test_an_unprivileged_runner_starts_warm_too(tmp_base_dir: str) -> None:
-    """The runner as an ordinary user: the sandbox's user namespace is its own, joined as its owner."""
+    """The runner as an ordinary user: the sandbox's user namespace is its own, joined as its owner.
+
+    A fresh system python3 as uid 65534 runs copies of the runner and the zygote (both stdlib-only).
+    """
     if os.geteuid() != 0:
         pytest.skip("needs root to become another user for the test")
+    package = os.path.join(tmp_base_dir, "pkg")
+    os.mkdir(package, 0o755)
+    for module in (runner, zygote):
+        shutil.copy(module.__file__, package)
+        os.chmod(os.path.join(package, os.path.basename(module.__file__)), 0o644)
     base = os.path.join(tmp_base_dir, "unprivileged")
     os.mkdir(base, 0o700)
     os.chown(base, 65534, 65534)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            os.close(read_fd)
-            runner._ZYGOTES.clear()  # root's zygote is not this user's
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            req = protocol.request(
-                "run",
-                base,
-                task_hash="ab" * 16,
-                runtime=BUILTIN_RUNTIMES[0].to_runner(),
-                code_b64=protocol.b64(b"import os; print(os.getuid(), os.getppid() != 1)"),
-                limits={
-                    "memory_mb": 256,
-                    "file_size_mb": 10,
-                    "open_files": 64,
-                    "processes": 32,
-                    "cpu_seconds": 10,
-                },
-                timeout=10,
-                warm=True,
-            )
-            envelope = runner.handle(req)
-            os.write(write_fd, json.dumps(envelope).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    data = b""
-    while chunk := os.read(read_fd, 65536):
-        data += chunk
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    envelope = json.loads(data)
+    request = protocol.request(
+        "run",
+        base,
+        task_hash="ab" * 16,
+        runtime=BUILTIN_RUNTIMES[0].to_runner(),
+        code_b64=protocol.b64(b"import os; print(os.getuid(), os.getppid() != 1)"),
+        limits={"memory_mb": 256, "file_size_mb": 10, "open_files": 64, "processes": 32, "cpu_seconds": 10},
+        timeout=10,
+        warm=True,
+    )
+    script = f"""
+import importlib.util, json, sys, types
+package = types.ModuleType("warmpkg")
+package.__path__ = [{package!r}]
+sys.modules["warmpkg"] = package
+spec = importlib.util.spec_from_file_location("warmpkg.runner", {package!r} + "/runner.py")
+runner = importlib.util.module_from_spec(spec)
+sys.modules["warmpkg.runner"] = runner
+spec.loader.exec_module(runner)
+print(json.dumps(runner.handle(json.loads(sys.stdin.read()))))
+"""
+    python = shutil.which("python3", path=runner.SYSTEM_PATH)
+    proc = subprocess.run(
+        [python, "-c", script],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        cwd="/",
+    )
+    envelope = json.loads(proc.stdout)
     result = envelope["result"]
     assert result["stdout"]["text"] == "65534 True\n", envelope
     assert result["isolation"] == "bwrap"
