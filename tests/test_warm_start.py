@@ -3,12 +3,14 @@ cold ``python3 main.py`` under bubblewrap, but for the documented differences (t
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -223,3 +225,22 @@ print(json.dumps(runner.handle(json.loads(sys.stdin.read()))))
     result = envelope["result"]
     assert result["stdout"]["text"] == "65534 True\n", envelope
     assert result["isolation"] == "bwrap"
+
+
+def test_a_replaced_zygote_lets_its_runs_finish(boxes) -> None:
+    """A new interpreter (an upgrade in place) gets a new zygote; runs on the old one still end normally."""
+    warm, _ = boxes
+    assert warm.execute_code("print(1)").success
+    (old,) = [z for z in runner._ZYGOTES.values() if z.alive()]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(
+            warm.execute_code, "import time, os; time.sleep(1); print('done', os.getppid() != 1)"
+        )
+        time.sleep(0.4)  # the slow run is in flight on the old zygote
+        old.version = (0, 0, 0)  # as if python3 had been replaced on disk
+        assert warm.execute_code("import os; print(os.getppid() != 1)").stdout == "True\n"
+        (new,) = runner._ZYGOTES.values()
+        assert new is not old and old.alive()
+        result = slow.result()
+    assert result.success and result.stdout == "done True\n", result
+    old.proc.wait(timeout=5)  # retired, and gone once its last run was over

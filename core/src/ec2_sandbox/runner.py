@@ -1192,7 +1192,8 @@ class WarmStart(object):
 
     exact_status = True
 
-    def __init__(self, run):
+    def __init__(self, zyg, run):
+        self.zyg = zyg
         self.run = run
 
     def kill(self, grace):
@@ -1200,7 +1201,10 @@ class WarmStart(object):
         self.run.kill()
 
     def wait(self):
-        return self.run.wait()
+        try:
+            return self.run.wait()
+        finally:
+            warm_done(self.zyg)
 
     def leftovers(self):
         return False
@@ -1339,11 +1343,15 @@ def warm_zygote(req, runtime, argv, workdir):
     if os.path.lexists(os.path.join(workdir, ".local")):
         return None
     key = tuple(argv[:-1])
+    # An interpreter upgraded in place (a package update) gets a new zygote, as it would a cold start.
+    st = os.stat(argv[0])
+    version = (st.st_dev, st.st_ino, st.st_mtime_ns)
     with _ZYGOTE_LOCK:
         if key in _ZYGOTES_REFUSED:
             return None
         zyg = _ZYGOTES.get(key)
-        if zyg is not None and not zyg.alive():
+        if zyg is not None and (not zyg.alive() or zyg.version != version):
+            retire(zyg)
             zyg = None
         if zyg is None:
             try:
@@ -1351,29 +1359,48 @@ def warm_zygote(req, runtime, argv, workdir):
             except (OSError, WarmSetupError):
                 _ZYGOTES_REFUSED.add(key)
                 return None
+            zyg.version = version
             _ZYGOTES[key] = zyg
     return zyg
 
 
 def start_warm(zyg, warm_req, out_fd, err_fd):
+    with _ZYGOTE_LOCK:
+        zyg.inflight += 1
     try:
-        return WarmStart(zyg.start(warm_req, out_fd, err_fd))
+        return WarmStart(zyg, zyg.start(warm_req, out_fd, err_fd))
     except WarmSetupError:
+        warm_done(zyg)
         warm_failed(zyg)
         return None
+
+
+def warm_done(zyg):
+    with _ZYGOTE_LOCK:
+        zyg.inflight -= 1
+        if zyg.retired and not zyg.inflight:
+            zyg.close()
 
 
 def warm_failed(zyg):
     """A zygote that keeps failing to set runs up is not asked again (each failure costs a cold start)."""
     with _ZYGOTE_LOCK:
         zyg.failures += 1
+        if zyg.failures >= WARM_MAX_FAILURES:
+            _ZYGOTES_REFUSED.update(key for key, value in _ZYGOTES.items() if value is zyg)
         if zyg.failures >= WARM_MAX_FAILURES or not zyg.alive():
-            for key, value in list(_ZYGOTES.items()):
-                if value is zyg:
-                    del _ZYGOTES[key]
-                    if zyg.failures >= WARM_MAX_FAILURES:
-                        _ZYGOTES_REFUSED.add(key)
-            zyg.close()
+            retire(zyg)
+
+
+def retire(zyg):
+    """Take no more runs to ``zyg``; it exits once its runs in flight are over (they die with it). Called
+    with _ZYGOTE_LOCK held."""
+    for key, value in list(_ZYGOTES.items()):
+        if value is zyg:
+            del _ZYGOTES[key]
+    zyg.retired = True
+    if not zyg.inflight:
+        zyg.close()
 
 
 def nproc_limit(limits, run_uid):

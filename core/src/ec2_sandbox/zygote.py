@@ -530,7 +530,10 @@ class Zygote(object):
             raise SetupError("the zygote did not start: %r" % ready)
         parent.settimeout(None)
         self.sock = parent
+        # Kept by the runner: consecutive set-up failures, runs in flight, and whether it takes new ones.
         self.failures = 0
+        self.inflight = 0
+        self.retired = False
 
     def alive(self):
         return self.proc.poll() is None
@@ -540,7 +543,8 @@ class Zygote(object):
         return WarmRun(self, request, out_fd, err_fd)
 
     def close(self):
-        self.sock.close()  # EOF: the zygote exits, and with it any run it still supervises
+        """Stop taking runs; the zygote exits at EOF (runs it already forked go on to their end)."""
+        self.sock.close()
         self.proc.wait()
 
 
