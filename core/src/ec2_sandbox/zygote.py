@@ -337,10 +337,15 @@ def supervise(req, out_fd, err_fd, report_fd):
     os._exit(0)
 
 
+_OWN_NAMESPACES = {}  # the zygote's own, which its children share until they join others
+
+
 def same_namespace(fd, name):
-    mine = os.stat("/proc/self/ns/%s" % name)
+    if name not in _OWN_NAMESPACES:
+        mine = os.stat("/proc/self/ns/%s" % name)
+        _OWN_NAMESPACES[name] = (mine.st_dev, mine.st_ino)
     theirs = os.fstat(fd)
-    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+    return _OWN_NAMESPACES[name] == (theirs.st_dev, theirs.st_ino)
 
 
 def enter(req, namespaces, inner, out_fd, err_fd, report_fd):
