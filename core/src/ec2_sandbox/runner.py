@@ -729,9 +729,17 @@ def rlimit_table(limits, rlimit_memory):
     return table
 
 
+def nproc_limit(limits, run_uid):
+    """RLIMIT_NPROC counts the uid's processes: set, after the uid change, only for a uid that is the
+    session's alone."""
+    if run_uid is None:
+        return []
+    return [("RLIMIT_NPROC", (limits["processes"], limits["processes"]))]
+
+
 def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False):
     table = [(getattr(resource, name), value) for name, value in rlimit_table(limits, rlimit_memory)]
-    nproc = limits["processes"]
+    after_uid = [(getattr(resource, name), value) for name, value in nproc_limit(limits, run_uid)]
 
     def preexec():
         os.setsid()
@@ -746,8 +754,8 @@ def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False):
             private_network()
         if run_uid is not None:
             drop_privileges(run_uid)
-            # RLIMIT_NPROC counts the uid's processes; the uid is this session's alone.
-            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        for limit, value in after_uid:
+            resource.setrlimit(limit, value)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         no_new_privs()
         die_with_runner()
@@ -1401,12 +1409,6 @@ def retire(zyg):
     zyg.retired = True
     if not zyg.inflight:
         zyg.close()
-
-
-def nproc_limit(limits, run_uid):
-    if run_uid is None:
-        return []
-    return [("RLIMIT_NPROC", (limits["processes"], limits["processes"]))]
 
 
 def holder_argv(bwrap, workdir, network, hardened, limits, source_path):

@@ -136,6 +136,7 @@ class Holder(object):
             os.setgroups([])
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, 0)
+        spawned = False
         try:
             # bubblewrap sets no_new_privs and, with --die-with-parent, its own parent-death signal.
             self.pid = os.posix_spawn(
@@ -147,13 +148,19 @@ class Holder(object):
                 # As a cold start leaves them: a child of this process would inherit SIGCHLD ignored.
                 setsigdef=(signal.SIGCHLD, signal.SIGPIPE),
             )
+            spawned = True
         finally:
             if uid is not None:
                 os.setresuid(0, 0, 0)
                 os.setresgid(0, 0, 0)
-            for fd in sources + [in_r, out_w, info_w]:
+            # The zygote lives long: a run that could not start leaves none of its pipes behind.
+            for fd in sources + [in_r, out_w, info_w] + ([] if spawned else self.pipes()):
                 os.close(fd)
         os.write(self.stdin, b"\n")
+
+    def pipes(self):
+        """This side's ends: the placeholder's stdin, its stdout (the echo) and bubblewrap's info."""
+        return [self.stdin, self.stdout, self.info]
 
     def sandbox(self):
         """Once the echo is back: the pid (here) of the sandbox's pid 1 and its namespaces (user as an
@@ -167,16 +174,20 @@ class Holder(object):
         # {"child-pid": N, ...}: its first process, pid 1 with --as-pid-1.
         child = int(info.split(b'"child-pid":', 1)[1].split(b",", 1)[0].split(b"}", 1)[0])
         namespaces = {}
-        for name in ("user", "pid") + tuple(name for name, _ in NAMESPACES):
-            fd = os.open("/proc/%d/ns/%s" % (child, name), os.O_RDONLY | os.O_CLOEXEC)
-            if name != "user" and same_namespace(fd, name):
-                os.close(fd)  # shared with the host (network on): nothing to join
-                continue
-            namespaces[name] = fd
-        # With user namespaces disabled inside, bubblewrap nests a second one: the sandbox's other
-        # namespaces belong to the outer one, which must be joined first.
-        inner = namespaces["user"]
-        outer = fcntl.ioctl(inner, NS_GET_PARENT)
+        try:
+            for name in ("user", "pid") + tuple(name for name, _ in NAMESPACES):
+                fd = os.open("/proc/%d/ns/%s" % (child, name), os.O_RDONLY | os.O_CLOEXEC)
+                if name != "user" and same_namespace(fd, name):
+                    os.close(fd)  # shared with the host (network on): nothing to join
+                    continue
+                namespaces[name] = fd
+            # With user namespaces disabled inside, bubblewrap nests a second one: the sandbox's other
+            # namespaces belong to the outer one, which must be joined first.
+            inner = namespaces["user"]
+            outer = fcntl.ioctl(inner, NS_GET_PARENT)
+        except OSError:
+            close_namespaces(namespaces)
+            raise
         if same_namespace(outer, "user"):
             os.close(outer)
             outer, inner = inner, None
@@ -280,8 +291,8 @@ def launch(req, fds, holder, own_pid_ns, sock, waiting):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it waits for the program
         sock.close()
         os.close(own_pid_ns)
-        for other_fds, other in [(f, h) for _, f, h in waiting.values()]:
-            for each in other_fds + [other.stdin, other.stdout, other.info]:
+        for _, other_fds, other in waiting.values():
+            for each in other_fds + other.pipes():
                 os.close(each)
         uid = req.get("uid")
         outer, inner = namespaces.pop("user")
@@ -294,17 +305,17 @@ def launch(req, fds, holder, own_pid_ns, sock, waiting):
             report(report_fd, "error", exc)
             os._exit(0)
         return enter(req, namespaces, inner, out_fd, err_fd, report_fd)
-    for each in fds + [holder.stdin] + [fd for fd in flatten(namespaces.values()) if fd is not None]:
+    for each in fds + [holder.stdin]:
         os.close(each)
+    close_namespaces(namespaces)
     return None
 
 
-def flatten(values):
-    for value in values:
-        if isinstance(value, tuple):
-            yield from value
-        else:
-            yield value
+def close_namespaces(namespaces):
+    for value in namespaces.values():
+        for fd in value if isinstance(value, tuple) else (value,):
+            if fd is not None:
+                os.close(fd)
 
 
 def supervise(req, out_fd, err_fd, report_fd):
