@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -22,6 +23,12 @@ EventCallback = Callable[[dict[str, Any]], None]
 def runner_source() -> bytes:
     """The runner program's bytes, as shipped to remote targets."""
     return Path(runner.__file__).read_bytes()
+
+
+@cache
+def runner_sha256() -> str:
+    """The runner's digest: the name of its cached copy on a target, and what the copy is checked against."""
+    return hashlib.sha256(runner_source()).hexdigest()
 
 
 def b64(data: bytes) -> str:

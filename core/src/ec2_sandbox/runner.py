@@ -2018,6 +2018,12 @@ def handle(req, emit=None):
         }
 
 
+def respond(req, emit=None):
+    """Serve one request; return its envelope as one JSON line's text, fitted under the request's cap."""
+    envelope = handle(req, emit)
+    return fit_envelope(envelope, req.get("max_envelope_chars") if isinstance(req, dict) else None)
+
+
 def shrink_stream(stream, limit):
     """Cut an inline stream to ``limit`` characters, keeping its head and tail, and account for the cut."""
     text = stream["text"]
@@ -2071,17 +2077,12 @@ def main(argv=None):
             raw = sys.stdin.buffer.read()
         req = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError) as exc:
-        envelope = {
-            "ok": False,
-            "error": {"kind": "protocol", "message": "cannot read the request: %s" % exc},
-        }
-        req = {}
+        error = {"kind": "protocol", "message": "cannot read the request: %s" % exc}
+        text = fit_envelope({"ok": False, "error": error}, None)
     else:
-        envelope = handle(req, emit)
+        text = respond(req, emit)
     with lock:
-        out.write(
-            fit_envelope(envelope, req.get("max_envelope_chars") if isinstance(req, dict) else None) + "\n"
-        )
+        out.write(text + "\n")
         out.flush()
     return 0
 

@@ -47,16 +47,16 @@ class LocalTransport(Transport):
                 line = json.dumps({"event": event}, separators=(",", ":")).encode()
                 loop.call_soon_threadsafe(on_stdout_line, line)
 
+        req = json.loads(payload)
+
         def work() -> bytes:
-            req = json.loads(payload)
-            envelope = runner.handle(req, emit)
-            return runner.fit_envelope(envelope, req.get("max_envelope_chars")).encode() + b"\n"
+            return runner.respond(req, emit).encode() + b"\n"
 
         try:
             stdout = await asyncio.wait_for(loop.run_in_executor(_POOL, work), timeout)
         except BaseException:
             # Cancelled or out of time: the worker thread cannot be interrupted, but its program can.
-            task_hash = json.loads(payload).get("task_hash")
+            task_hash = req.get("task_hash") if isinstance(req, dict) else None
             if task_hash:
                 runner.cancel_run(task_hash)
             raise

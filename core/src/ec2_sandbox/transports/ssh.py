@@ -27,12 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import asyncssh
 
 from ..errors import ConfigError, TransportError
-from ..protocol import runner_source
+from ..protocol import runner_sha256, runner_source
 from ..schema import StatusPart
 from .base import LineCallback, RunnerOutput, Transport
 
@@ -180,9 +179,7 @@ def serve(rid, raw):
     try:
         req = json.loads(raw.decode("utf-8"))
         emit = lambda event: send(rid, json.dumps({"event": event}, separators=(",", ":")))
-        envelope = runner.handle(req, emit)
-        cap = req.get("max_envelope_chars") if isinstance(req, dict) else None
-        text = runner.fit_envelope(envelope, cap)
+        text = runner.respond(req, emit)
     except Exception as exc:
         error = {"kind": "protocol", "message": "bad request: %s: %s" % (type(exc).__name__, exc)}
         text = json.dumps({"envelope": {"ok": False, "error": error}})
@@ -416,6 +413,18 @@ class SSHTransport(Transport):
     async def _open(self) -> _Connection:
         host, port, extra = await self._prepare()
         closers = extra.pop("_closers", [])
+        try:
+            return await self._connect(host, port, extra, closers)
+        except BaseException:
+            # Whatever failed (host keys, client keys, the connection, a cancellation), a tunnel opened for
+            # this attempt must not stay open.
+            for close in closers:
+                await close()
+            raise
+
+    async def _connect(
+        self, host: str, port: int, extra: dict[str, Any], closers: list[Callable[[], Awaitable[None]]]
+    ) -> _Connection:
         known = await asyncio.to_thread(self.host_keys.known_keys, self.host_key_name, host, self.port)
         client = _Client(self.host_keys, self.host_key_name, self.port, known)
         keys = await self._client_keys_for_connection()
@@ -441,19 +450,13 @@ class SSHTransport(Transport):
         try:
             conn = await asyncssh.connect(host, port, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
-            for close in closers:
-                await close()
             raise TransportError(client.refusal or f"{self.target}: host key not verifiable: {exc}") from None
         except asyncssh.PermissionDenied as exc:
-            for close in closers:
-                await close()
             raise TransportError(
                 f"{self.target} refused SSH authentication as {self.user!r}: {exc.reason}. "
                 + self._auth_hint()
             ) from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:
-            for close in closers:
-                await close()
             if client.refusal:
                 raise TransportError(client.refusal) from None
             raise TransportError(
@@ -473,7 +476,7 @@ class SSHTransport(Transport):
     async def _install_runner(self, conn: asyncssh.SSHClientConnection) -> str:
         """Copy the runner into the target's cache once (atomically) and return its absolute path."""
         source = runner_source()
-        digest = hashlib.sha256(source).hexdigest()
+        digest = runner_sha256()
         # Fixed text only: the file name is a hex digest, the rest is literal.
         script = (
             f'd="$HOME/{REMOTE_CACHE}"; f="$d/runner-{digest}.py"; '
@@ -558,7 +561,7 @@ class SSHTransport(Transport):
     def _command(self, runner_path: str | None = None) -> str:
         """The runner (a file on the target) or, without a path, the runner service. Fixed text only."""
         if runner_path is None:
-            digest = hashlib.sha256(runner_source()).hexdigest()
+            digest = runner_sha256()
             argv = ["python3", "-I", "-S", "-c", SERVICE, SERVICE_MARK, digest]
         else:
             argv = ["python3", "-I", "-S", runner_path]

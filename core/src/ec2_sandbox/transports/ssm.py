@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import functools
 import hashlib
 import json
 import logging
@@ -40,7 +39,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .. import aws_session
 from ..config import SandboxConfig
 from ..errors import ConfigError, TransportError
-from ..protocol import RunnerRefusal, runner_source
+from ..protocol import RunnerRefusal, runner_sha256, runner_source
 from ..schema import StatusPart
 from .base import LineCallback, RunnerOutput, Transport
 
@@ -174,11 +173,6 @@ def _script(header: dict[str, Any], data: bytes = b"") -> list[str]:
         "case $rc in 137|194) rc=3 ;; esac",
         "exit $rc",
     ]
-
-
-@functools.cache
-def _runner_sha256() -> str:
-    return hashlib.sha256(runner_source()).hexdigest()
 
 
 def output_key(command_id: str, instance_id: str, stream: str) -> str:
@@ -329,7 +323,7 @@ class SsmTransport(Transport):
         header: dict[str, Any] = {
             "mode": "run",
             "sha256": hashlib.sha256(blob).hexdigest(),
-            "runner": _runner_sha256(),
+            "runner": runner_sha256(),
         }
         if self.config.base_sandbox_dir:
             header["base"] = self.config.base_sandbox_dir
