@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .config import SandboxConfig
 from .errors import ConfigError, InvalidInputError, SandboxError
 from .sandbox import AsyncSandbox, load_config
 
@@ -62,9 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def environment_name(args: argparse.Namespace) -> str:
+    """The environment -E names, else 'default'."""
+    return args.environment or "default"
+
+
+def environment_config(args: argparse.Namespace, **overrides: Any) -> SandboxConfig:
+    """The configuration the global options (--config, -E) describe; ``overrides`` win over every layer."""
+    return load_config(args.config, environment_name(args), **overrides)
+
+
 def open_sandbox(args: argparse.Namespace) -> AsyncSandbox:
     """The sandbox the global options describe."""
-    return AsyncSandbox(load_config(args.config, args.environment or "default"))
+    return AsyncSandbox(environment_config(args))
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -10,18 +10,22 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from . import cli
 from .config import SandboxConfig
 from .config_manager import (
     CONFIG_ENV_VAR,
+    MASK,
     ConfigManager,
     InvalidConfigError,
     ResolvedConfig,
-    fields,
+    is_list_field,
     mask,
     scrub,
+    split_list,
 )
 from .errors import ConfigError
 
@@ -92,14 +96,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(handler=cmd_template)
 
 
-def _manager(args: argparse.Namespace) -> ConfigManager:
-    return ConfigManager(getattr(args, "config", None))
-
-
-def _name(args: argparse.Namespace) -> str:
-    return args.name or args.environment or "default"
-
-
 def _print_table(rows: list[list[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -110,7 +106,7 @@ def _print_table(rows: list[list[str]]) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    manager = _manager(args)
+    manager = ConfigManager(args.config)
     entries = []
     for info in manager.environments():
         try:
@@ -122,7 +118,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             {"name": info.name, "source": info.source, "transport": transport, "instance": instance}
         )
     if args.json:
-        print(json.dumps(entries, indent=2))
+        cli.print_json(entries)
         return 0
     rows = [["NAME", "SOURCE", "TRANSPORT", "INSTANCE"]]
     rows += [[e["name"], e["source"], e["transport"], e["instance"]] for e in entries]
@@ -135,7 +131,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        manager = _manager(args)
+        manager = ConfigManager(args.config)
         report = manager.validate(args.names or None)
         for warning in manager.warnings():
             print(f"warning: {warning}", file=sys.stderr)
@@ -144,7 +140,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         report = {"(file)": [str(exc)]}
     if args.json:
-        print(json.dumps(report, indent=2))
+        cli.print_json(report)
     else:
         for name, problems in report.items():
             if problems:
@@ -162,27 +158,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- show
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    known = set(fields())
+def _parse_sets(items: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
         key = key.strip()
-        if key in known and "list" in str(SandboxConfig.model_fields[key].annotation):
-            out[key] = [part.strip() for part in value.split(",") if part.strip()]
-        else:
-            out[key] = value
+        out[key] = split_list(value) if is_list_field(key) else value
     return out
 
 
+def _resolve(args: argparse.Namespace, sets: Iterable[str] = ()) -> ResolvedConfig:
+    """The environment named on the command line (else -E, else 'default'), --set values strongest."""
+    # The file is read before the --set values are parsed: a missing file is the error reported first.
+    manager = ConfigManager(args.config)
+    return manager.resolve(args.name or cli.environment_name(args), _parse_sets(sets))
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    manager = _manager(args)
-    resolved = manager.resolve(_name(args), _parse_sets(args.sets))
+    resolved = _resolve(args, args.sets)
     if args.json:
         data = {name: {"value": value, "source": source} for name, value, source in resolved.rows()}
-        print(json.dumps({"environment": resolved.name, "fields": data}, indent=2, default=str))
+        cli.print_json({"environment": resolved.name, "fields": data})
         return 0
     print(f"environment: {resolved.name}  (transport: {resolved.config.resolved_transport})")
     rows = [["FIELD", "VALUE", "SOURCE"]]
@@ -215,8 +213,8 @@ def describe_auth(resolved: ResolvedConfig) -> list[str]:
         what = "temporary credentials" if mode == "temporary_credentials" else "access keys"
         lines.append(
             f"method: {what} (access_key_id {mask('access_key_id', config.access_key_id)}, "
-            f"from {sources.get('access_key_id')}; secret_access_key {'****'}"
-            + ("; session_token ****" if mode == "temporary_credentials" else "")
+            f"from {sources.get('access_key_id')}; secret_access_key {MASK}"
+            + (f"; session_token {MASK}" if mode == "temporary_credentials" else "")
             + ")"
         )
         if config.aws_profile:
@@ -267,8 +265,7 @@ def _chain_hints() -> list[str]:
 
 
 def cmd_auth(args: argparse.Namespace) -> int:
-    manager = _manager(args)
-    resolved = manager.resolve(_name(args))
+    resolved = _resolve(args)
     for line in describe_auth(resolved):
         print(line)
     if not args.check:
@@ -289,8 +286,6 @@ def _check(config: SandboxConfig) -> int:
             return 1
         sts = session.client("sts", region_name=config.region or "us-east-1")
         identity = sts.get_caller_identity()
-    except ConfigError:
-        raise
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         message = scrub(f"{type(exc).__name__}: {exc}", config)
         print(f"check: FAILED - {message}", file=sys.stderr)

@@ -112,11 +112,7 @@ def _config(args: argparse.Namespace) -> SandboxConfig:
         overrides["region"] = args.region
     if args.profile:
         overrides["aws_profile"] = args.profile
-    try:
-        from .config_manager import ConfigManager
-    except ImportError:  # pragma: no cover - the configuration manager ships with the core
-        return SandboxConfig(**overrides)
-    return ConfigManager(args.config).get_config(args.environment or "default", **overrides)
+    return cli.environment_config(args, **overrides)
 
 
 def _progress(message: str) -> None:
@@ -218,9 +214,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     hours = args.cleanup_hours if args.cleanup_hours is not None else config.cleanup_after_hours
     if not 1 <= hours <= 8760:
         raise InvalidInputError("--cleanup-hours must be between 1 and 8760")
+    commands = build_commands(hours, args.setup_root)  # checks --setup-root before any AWS call
     ssm = client(config, "ssm")
     check_managed(ssm, args.instance_id)
-    inv = run_setup(ssm, args.instance_id, build_commands(hours, args.setup_root), args.timeout)
+    inv = run_setup(ssm, args.instance_id, commands, args.timeout)
     steps = parse_steps(inv.get("StandardOutputContent", ""))
     completed = any(s.step == "complete" and s.status == "ok" for s in steps)
     ok = inv.get("Status") == "Success" and completed

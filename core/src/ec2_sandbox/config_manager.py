@@ -84,8 +84,15 @@ def env_var_for(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def _is_list_field(name: str) -> bool:
-    return "list" in str(SandboxConfig.model_fields[name].annotation)
+def is_list_field(name: str) -> bool:
+    """Whether field ``name`` holds a list (an unknown name does not)."""
+    info = SandboxConfig.model_fields.get(name)
+    return info is not None and "list" in str(info.annotation)
+
+
+def split_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a list field as written in an argument or a variable."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def mask(name: str, value: Any) -> Any:
@@ -129,7 +136,6 @@ class EnvironmentInfo:
 
     name: str
     source: str  # "preset", the file's path, or "<path> (over preset)"
-    in_file: bool
     is_preset: bool
 
 
@@ -308,12 +314,10 @@ class ConfigManager:
         out = []
         for name in self.presets:
             if name in self.file_envs:
-                out.append(EnvironmentInfo(name, f"{self.path} (over preset)", True, True))
+                out.append(EnvironmentInfo(name, f"{self.path} (over preset)", True))
             else:
-                out.append(EnvironmentInfo(name, "preset", False, True))
-        out += [
-            EnvironmentInfo(n, str(self.path), True, False) for n in self.file_envs if n not in self.presets
-        ]
+                out.append(EnvironmentInfo(name, "preset", True))
+        out += [EnvironmentInfo(n, str(self.path), False) for n in self.file_envs if n not in self.presets]
         return out
 
     def warnings(self) -> list[str]:
@@ -447,7 +451,7 @@ class ConfigManager:
             raw = self.environ.get(var)
             if raw is None or raw == "":
                 continue
-            if _is_list_field(fname):
+            if is_list_field(fname):
                 try:
                     value: Any = _parse_list(raw)
                 except ValueError as exc:
@@ -508,7 +512,7 @@ def _parse_list(raw: str) -> list[str]:
         if not isinstance(value, list):
             raise ValueError("is not a list; write a,b,c or a JSON list")
         return value
-    return [part.strip() for part in text.split(",") if part.strip()]
+    return split_list(text)
 
 
 def _origin(source: str | None) -> str:

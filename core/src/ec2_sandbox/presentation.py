@@ -182,14 +182,14 @@ def render_execution(result: ExecutionResult, limit: int, images: list[Image] | 
 
 def _render_file(task_hash: str, f: FileContent, limit: int) -> tuple[str, dict[str, Any], Image | None]:
     entry = f.model_dump(mode="json")
-    span = f"bytes {f.offset}-{f.offset + len(f.data())} of {f.size}"
+    data = f.data()  # base64 is decoded once: a page can be megabytes
+    span = f"bytes {f.offset}-{f.offset + len(data)} of {f.size}"
     more = (
         f'\n[more follows: call ec2_get_files(task_hash="{task_hash}", filename="{f.path}", '
         f"offset={f.next_offset}) for the rest]"
         if f.truncated
         else ""
     )
-    data = f.data()
     mime = detect_image(data) if f.offset == 0 and not f.truncated else None
     if mime is not None and len(data) <= MAX_IMAGE_BYTES:
         image = Image(f.path, mime, data)

@@ -51,10 +51,12 @@ TRANSPORT_MARGIN = 30.0
 FileData = str | bytes
 
 
-def load_config(path: str | Path | None, environment: str) -> SandboxConfig:
+def load_config(path: str | Path | None, environment: str, **overrides: Any) -> SandboxConfig:
+    """Environment ``environment`` from the config file at ``path`` (or the default one) over its preset and
+    the EC2_SANDBOX_* variables; ``overrides`` win over every layer."""
     from .config_manager import ConfigManager
 
-    return ConfigManager(path).get_config(environment)
+    return ConfigManager(path).get_config(environment, **overrides)
 
 
 def _field_error(field: str, check: Callable[[Any], Any], value: Any) -> None:
