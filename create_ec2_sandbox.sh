@@ -116,8 +116,13 @@ esac
 [[ -z $SUBNET || $SUBNET =~ ^subnet-[0-9a-f]{8,17}$ ]] || die "--subnet '$SUBNET' is not a subnet id"
 [[ $ENVIRONMENT =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] \
     || die "--environment '$ENVIRONMENT': use letters, digits, '.', '_' or '-', starting with a letter or digit"
-[[ $WAIT_SECONDS =~ ^[0-9]+$ && $POLL_SECONDS =~ ^[0-9]+([.][0-9]+)?$ ]] \
-    || die "EC2_SANDBOX_WAIT_SECONDS and EC2_SANDBOX_POLL_SECONDS must be numbers"
+# Checked here because bash arithmetic evaluates text: a leading 0 would make a number octal (and 08 an
+# error), anything else would be code. The status wait has its own variable: checked the same way.
+STATUS_WAIT_SECONDS="${EC2_SANDBOX_STATUS_WAIT_SECONDS:-$WAIT_SECONDS}"
+[[ $WAIT_SECONDS =~ ^[1-9][0-9]*$ && $STATUS_WAIT_SECONDS =~ ^[1-9][0-9]*$ ]] \
+    || die "EC2_SANDBOX_WAIT_SECONDS and EC2_SANDBOX_STATUS_WAIT_SECONDS must be whole numbers of seconds from 1"
+[[ $POLL_SECONDS =~ ^([1-9][0-9]*([.][0-9]+)?|0?[.][0-9]*[1-9][0-9]*)$ ]] \
+    || die "EC2_SANDBOX_POLL_SECONDS must be a number of seconds above 0"
 CONFIG=${CONFIG:-${EC2_SANDBOX_CONFIG:-./config.json}}
 # Checked before anything is created: the environment is merged into this file at the end.
 if [[ $DELETE -eq 0 && -e $CONFIG ]] && ! jq -e 'type == "object"' "$CONFIG" >/dev/null 2>&1; then
@@ -699,7 +704,7 @@ status_ok() {
     WAIT_STATE=$(grep -m1 -E 'FAIL|error|not available' "$WORK_DIR/status" || tail -n1 "$WORK_DIR/status")
     return 1
 }
-if ! (WAIT_SECONDS=${EC2_SANDBOX_STATUS_WAIT_SECONDS:-$WAIT_SECONDS} wait_until "ec2-sandbox status to report healthy" status_ok); then
+if ! (WAIT_SECONDS=$STATUS_WAIT_SECONDS wait_until "ec2-sandbox status to report healthy" status_ok); then
     cat "$WORK_DIR/status" >&2
     die "the instance is not healthy (ec2-sandbox status above)"
 fi

@@ -349,12 +349,14 @@ class UidPool(object):
     def release(self, keys):
         def update(table):
             hit = [k for k in keys if k in table]
-            freed = [table.pop(k) for k in hit]
-            return freed, bool(hit)
+            # Under the map's lock: once it is released, acquire() may give the uid to a new key of this
+            # base dir and claim it again, and that claim must not be the one dropped here.
+            for key in hit:
+                self._unclaim(table.pop(key))
+            return None, bool(hit)
 
         if keys:
-            for uid in self._locked(update):
-                self._unclaim(uid)
+            self._locked(update)
 
     def _unclaim(self, uid):
         path = os.path.join(UID_CLAIMS_DIR, str(uid))

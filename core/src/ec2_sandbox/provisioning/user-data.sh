@@ -128,7 +128,8 @@ if [[ -z $ROOT && $EUID -ne 0 ]]; then
     echo "ec2-sandbox setup must run as root" >&2
     exit 2
 fi
-if ! [[ $CLEANUP_HOURS =~ ^[0-9]+$ ]] || ((CLEANUP_HOURS < 1 || CLEANUP_HOURS > 8760)); then
+# No leading 0: bash arithmetic would read the number as octal.
+if ! [[ $CLEANUP_HOURS =~ ^[1-9][0-9]*$ ]] || ((CLEANUP_HOURS > 8760)); then
     echo "EC2_SANDBOX_CLEANUP_HOURS=$CLEANUP_HOURS: must be a whole number of hours from 1 to 8760" >&2
     exit 2
 fi
@@ -395,7 +396,9 @@ def release_uids(base, keys):
             raw += chunk
         table = json.loads(raw.decode("utf-8")) if raw else {}
         hit = [k for k in keys if k in table]
-        freed = [table.pop(k) for k in hit]
+        # Under the map's lock, as the runner does: a uid handed out again right after must keep its claim.
+        for key in hit:
+            unclaim(base, table.pop(key))
         if hit:
             data = json.dumps(table, sort_keys=True).encode("utf-8")
             os.lseek(fd, 0, os.SEEK_SET)
@@ -403,8 +406,6 @@ def release_uids(base, keys):
             os.write(fd, data)
     finally:
         os.close(fd)
-    for uid in freed:
-        unclaim(base, uid)
 
 
 def unclaim(base, uid):
