@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,21 @@ def tmp_base_dir() -> Iterator[str]:
     os.chmod(path, 0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def no_config_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No config override variable or EC2_SANDBOX_CONFIG of the developer's shell, and no ./config.json,
+    leaks into a test: it runs in its own empty directory."""
+    from ec2_sandbox.config import SandboxConfig
+    from ec2_sandbox.config_manager import ENV_ALIASES, env_var_for
+
+    for var, _ in ENV_ALIASES:
+        monkeypatch.delenv(var, raising=False)
+    for name in SandboxConfig.model_fields:
+        monkeypatch.delenv(env_var_for(name), raising=False)
+    monkeypatch.delenv("EC2_SANDBOX_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

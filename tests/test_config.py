@@ -15,7 +15,6 @@ import pytest
 
 from ec2_sandbox.config import SandboxConfig
 from ec2_sandbox.config_manager import (
-    ENV_ALIASES,
     PRESET_NAMES,
     ConfigManager,
     InvalidConfigError,
@@ -24,6 +23,8 @@ from ec2_sandbox.config_manager import (
 )
 from ec2_sandbox.errors import ConfigError
 from ec2_sandbox.plugins import get_registry
+
+pytestmark = pytest.mark.usefixtures("no_config_overrides")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,17 +36,6 @@ PRESET_TABLE = {  # the issue's table: max_execution_time, max_memory_mb, cleanu
     "web-development": (300, 2048, 24),
     "education": (120, 256, 2),
 }
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No override variable of the developer's shell, and no ./config.json, leaks into a test."""
-    for var, _ in ENV_ALIASES:
-        monkeypatch.delenv(var, raising=False)
-    for name in SandboxConfig.model_fields:
-        monkeypatch.delenv(env_var_for(name), raising=False)
-    monkeypatch.delenv("EC2_SANDBOX_CONFIG", raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 def write(path: Path, data: Any) -> Path:

@@ -14,8 +14,7 @@ import pytest
 from moto import mock_aws
 
 from ec2_sandbox.cli import main
-from ec2_sandbox.config import SandboxConfig
-from ec2_sandbox.config_manager import ENV_ALIASES, PRESET_NAMES, ConfigManager, env_var_for
+from ec2_sandbox.config_manager import PRESET_NAMES, ConfigManager
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRET"
 TOKEN = "FwoGZXIvYXdzEXAMPLE-SESSION-TOKEN-VALUE"
@@ -23,20 +22,14 @@ KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var, _ in ENV_ALIASES:
-        monkeypatch.delenv(var, raising=False)
-    for name in SandboxConfig.model_fields:
-        monkeypatch.delenv(env_var_for(name), raising=False)
+def clean_env(no_config_overrides: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for var in list(os.environ):
         if var.startswith("AWS_"):
             monkeypatch.delenv(var)
-    monkeypatch.delenv("EC2_SANDBOX_CONFIG", raising=False)
     # Never reach for the instance metadata service or the user's own AWS files.
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.chdir(tmp_path)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -24,6 +24,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.credentials import Credentials
 from moto import mock_aws
+from support.runs import run_in_flight
 from support.sshd import EicKeyStore, Sshd, requires_sshd, running_sshd
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig, aws_session
@@ -191,15 +192,8 @@ async def test_killed_sshd_fails_the_run_in_flight_and_the_next_run_pushes_a_new
 ) -> None:
     with running_sshd() as own:
         own.eic_keys.patch_moto(monkeypatch)
-        started = asyncio.Event()
         async with AsyncSandbox(eic_config(own, instance, tmp_base_dir, tmp_path)) as sb:
-            run = asyncio.ensure_future(
-                sb.execute_code(
-                    "import time\nprint('started', flush=True)\ntime.sleep(8)",
-                    on_output=lambda stream, chunk: started.set(),
-                )
-            )
-            await asyncio.wait_for(started.wait(), 30)
+            run = await run_in_flight(sb, 8)
             own.kill()
             with pytest.raises(TransportError, match="was lost while the runner was running"):
                 await asyncio.wait_for(run, 60)
@@ -401,14 +395,7 @@ async def test_endpoint_tunnel_carries_ssh_and_reconnects_when_it_ends(
             data = await sb.get_task_files(result.task_hash, "out.bin")
             assert hashlib.sha256(data).digest() == hashlib.sha256(bytes(range(256)) * 20000).digest()
             # The tunnel's duration ends under a running program: a clear error, then a new tunnel.
-            started = asyncio.Event()
-            run = asyncio.ensure_future(
-                sb.execute_code(
-                    "import time\nprint('go', flush=True)\ntime.sleep(10)",
-                    on_output=lambda s, c: started.set(),
-                )
-            )
-            await asyncio.wait_for(started.wait(), 30)
+            run = await run_in_flight(sb, 10)
             endpoint.end_tunnels()
             with pytest.raises(TransportError, match="was lost while the runner was running"):
                 await asyncio.wait_for(run, 60)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from support.plugins import registry_with
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
-from ec2_sandbox.plugins import load_registry
 from ec2_sandbox.testing.conformance import ConformanceSuite
 
 
@@ -17,8 +17,7 @@ class TestWithFirstPartyPlugins(ConformanceSuite):
     async def sandbox(
         self, tmp_base_dir: str, monkeypatch: pytest.MonkeyPatch
     ) -> AsyncIterator[AsyncSandbox]:
-        monkeypatch.setenv("EC2_SANDBOX_PLUGINS", "perl,keep-newest")
-        registry = load_registry()
+        registry = registry_with(monkeypatch, "perl,keep-newest")
         assert registry.errors == []
         assert [p.name for p in registry.plugins][1:] == ["keep-newest", "perl"]
         async with AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir), registry=registry) as sandbox:
@@ -30,8 +29,7 @@ class TestWithoutPlugins(ConformanceSuite):
     async def sandbox(
         self, tmp_base_dir: str, monkeypatch: pytest.MonkeyPatch
     ) -> AsyncIterator[AsyncSandbox]:
-        monkeypatch.setenv("EC2_SANDBOX_PLUGINS", "")
-        registry = load_registry()
+        registry = registry_with(monkeypatch, "")
         assert [p.name for p in registry.plugins] == ["ec2_sandbox.builtins"]
         async with AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir), registry=registry) as sandbox:
             yield sandbox

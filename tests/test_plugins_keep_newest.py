@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from ec2_sandbox_keep_newest import DEFAULT_KEEP, ENV_VAR, KeepNewestPolicy
+from support.plugins import registry_with
 
 from ec2_sandbox import AsyncSandbox, ConfigError, SandboxConfig, TaskNotFoundError
 from ec2_sandbox.cleanup import Inventory, InventoryEntry
-from ec2_sandbox.plugins import Registry, load_registry
+from ec2_sandbox.plugins import Registry
 from ec2_sandbox.tools import TOOLS_BY_NAME
 
 NOW = 1_800_000_000.0
@@ -128,8 +129,7 @@ def test_n_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---------------------------------------------------------------------- end to end
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
-    monkeypatch.delenv("EC2_SANDBOX_PLUGINS", raising=False)
-    reg = load_registry()
+    reg = registry_with(monkeypatch, None)
     assert reg.owners.get("cleanup_policy:keep-newest") == "keep-newest", reg.errors
     return reg
 
@@ -144,6 +144,12 @@ async def sandbox(registry: Registry, tmp_base_dir: str) -> AsyncIterator[AsyncS
 def age(base: str, sub: str, name: str, hours: float) -> None:
     when = time.time() - hours * HOUR
     os.utime(os.path.join(base, sub, name), (when, when))
+
+
+def age_task(base: str, task_hash: str, hours: float) -> None:
+    """Age a session-less task: its work dir and its run record, as they would age together."""
+    age(base, "tasks", task_hash, hours)
+    age(base, "runs", task_hash, hours)
 
 
 async def run(sandbox: AsyncSandbox, session_id: str | None = None) -> str:
@@ -164,8 +170,7 @@ async def test_end_to_end_removes_exactly_the_right_tasks(
     s3 = [await run(sandbox, "s3")]
     # ages in hours: tasks 4..1 (tasks[0] oldest), s1's runs 3..1, sessions s1 newest, s3 oldest
     for i, t in enumerate(tasks):
-        age(base, "tasks", t, 4 - i)
-        age(base, "runs", t, 4 - i)
+        age_task(base, t, 4 - i)
     for i, r in enumerate(s1):
         age(base, "runs", r, 3 - i)
     age(base, "sessions", "s1", 0.5)
@@ -204,8 +209,7 @@ async def test_end_to_end_through_the_cleanup_tool_with_a_grace_period(
     assert base is not None
     monkeypatch.setenv(ENV_VAR, "1")
     tasks = [await run(sandbox) for _ in range(3)]
-    age(base, "tasks", tasks[0], 30)
-    age(base, "runs", tasks[0], 30)
+    age_task(base, tasks[0], 30)
     # tasks[1] and tasks[2] are recent: past N, but within the 24 h grace period
     result = await TOOLS_BY_NAME["ec2_cleanup_tasks"].invoke(sandbox, {"hours": 24})
     assert result.policy == "keep-newest"  # type: ignore[attr-defined]
@@ -227,8 +231,7 @@ async def test_the_policy_is_unknown_without_the_plugin(
 ) -> None:
     from ec2_sandbox import ConfigError as Err
 
-    monkeypatch.setenv("EC2_SANDBOX_PLUGINS", "perl")
-    registry = load_registry()
+    registry = registry_with(monkeypatch, "perl")
     config = SandboxConfig(base_sandbox_dir=tmp_base_dir, cleanup_policy="keep-newest")
     async with AsyncSandbox(config, registry=registry) as sandbox:
         with pytest.raises(Err, match="cleanup_policy 'keep-newest' is unknown; known: age"):

@@ -9,9 +9,10 @@ import re
 from collections.abc import AsyncIterator
 
 import pytest
+from support.plugins import registry_with
 
 from ec2_sandbox import AsyncSandbox, InvalidInputError, SandboxConfig
-from ec2_sandbox.plugins import Registry, load_registry
+from ec2_sandbox.plugins import Registry
 from ec2_sandbox.tools import TOOLS
 from ec2_sandbox.transports.local import LocalTransport
 
@@ -20,8 +21,7 @@ PERL_VERSION = re.compile(r"^perl v5\.\d+\.\d+$")
 
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
-    monkeypatch.delenv("EC2_SANDBOX_PLUGINS", raising=False)
-    reg = load_registry()
+    reg = registry_with(monkeypatch, None)
     assert reg.owners.get("runtime:perl") == "perl", reg.errors
     return reg
 
@@ -139,8 +139,7 @@ async def test_allowed_runtimes_can_restrict_to_the_plugin_runtime(
 
 
 async def test_without_the_plugin_perl_is_unknown(monkeypatch: pytest.MonkeyPatch, tmp_base_dir: str) -> None:
-    monkeypatch.setenv("EC2_SANDBOX_PLUGINS", "keep-newest")
-    registry = load_registry()
+    registry = registry_with(monkeypatch, "keep-newest")
     sandbox = AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir), registry=registry)
     assert "perl" not in TOOLS[0].input_schema(sandbox)["properties"]["runtime"]["enum"]
     with pytest.raises(InvalidInputError, match="'perl' is unknown"):

@@ -53,6 +53,31 @@ def fake_tool(root: Path, name: str) -> None:
 
 
 @pytest.fixture
+def namespaces() -> None:
+    """Skip unless this machine can give a test network and mount namespaces of its own, with iptables."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create namespaces and use iptables")
+    missing = [t for t in ("iptables", "ip6tables", "unshare") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (apt-get install iptables util-linux)")
+
+
+def in_private_namespaces(
+    script: str, *, timeout: int = 60, path_first: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a bash script in a fresh network namespace and a private mount namespace: its iptables
+    rules and mounts vanish with it. ``path_first`` puts stand-in tools ahead of the system's."""
+    path = "/usr/sbin:/usr/bin:/sbin:/bin"
+    return subprocess.run(
+        ["unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": f"{path_first}:{path}" if path_first else path, **env},
+    )
+
+
+@pytest.fixture
 def ubuntu(tmp_path: Path) -> Path:
     """A scratch root like a fresh Ubuntu 24.04: apt, AppArmor 4, the ubuntu user and its subids."""
     root = tmp_path / "root"
@@ -179,14 +204,11 @@ def test_units_pass_systemd_analyze(ubuntu: Path) -> None:
 
 
 @pytest.mark.requires_root
-def test_guard_puts_real_rules_in_place_in_a_private_network_namespace(ubuntu: Path, tmp_path: Path) -> None:
+def test_guard_puts_real_rules_in_place_in_a_private_network_namespace(
+    namespaces: None, ubuntu: Path, tmp_path: Path
+) -> None:
     """The boot-time guard, unmodified, against the real iptables - in a network and mount namespace of its
     own (its tables, and an overlay on /etc that catches the marker), so this machine is left alone."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create namespaces and use iptables")
-    missing = [t for t in ("iptables", "ip6tables", "unshare") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (apt-get install iptables util-linux)")
     assert run_setup(ubuntu).returncode == 0
     guard = ubuntu / "usr/local/lib/ec2-sandbox/imds-guard"
     upper, work = tmp_path / "upper", tmp_path / "work"
@@ -203,13 +225,7 @@ def test_guard_puts_real_rules_in_place_in_a_private_network_namespace(ubuntu: P
             "ip6tables -w -S OUTPUT",
         ]
     )
-    proc = subprocess.run(
-        ["unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )
+    proc = in_private_namespaces(script)
     assert proc.returncode == 0, proc.stderr
     rules = [line for line in proc.stdout.split("---", 1)[1].splitlines() if line.startswith("-A OUTPUT")]
     assert rules == [
@@ -225,13 +241,7 @@ def test_guard_puts_real_rules_in_place_in_a_private_network_namespace(ubuntu: P
     broken.mkdir()
     (broken / "ip6tables").write_text("#!/bin/sh\necho 'ip6tables: cannot initialize' >&2\nexit 3\n")
     (broken / "ip6tables").chmod(0o755)
-    proc = subprocess.run(
-        ["unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", script.split("\necho")[0]],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": f"{broken}:/usr/sbin:/usr/bin:/sbin:/bin"},
-    )
+    proc = in_private_namespaces(script.split("\necho")[0], path_first=broken)
     assert proc.returncode != 0 and "cannot initialize" in proc.stderr
     assert not (upper / "ec2-sandbox" / "imds-blocked").exists()
 
@@ -256,15 +266,10 @@ FAKE_RECORDER = '#!/bin/sh\necho "$(basename "$0") $*" >> "$CALLS"\n'
 
 
 @pytest.mark.requires_root
-def test_setup_for_real_in_private_namespaces(tmp_path: Path) -> None:
+def test_setup_for_real_in_private_namespaces(namespaces: None, tmp_path: Path) -> None:
     """The setup exactly as an instance runs it (no SANDBOX_ROOT): real files, owners, modes and iptables
     rules, in a network namespace of its own and with overlays on /etc, /usr and /var that catch every write.
     Only apt-get, systemctl and apparmor_parser are stand-ins (first on the setup's PATH: /usr/local/sbin)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create namespaces and use iptables")
-    missing = [t for t in ("iptables", "ip6tables", "unshare") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (apt-get install iptables util-linux)")
     calls = tmp_path / "calls.log"
     mounts = []
     for top in ("etc", "usr", "var"):
@@ -296,13 +301,7 @@ def test_setup_for_real_in_private_namespaces(tmp_path: Path) -> None:
             "stat -c '%a %u:%g %F %n' /var/lib/ec2-sandbox /etc/ec2-sandbox /etc/ec2-sandbox/imds-blocked",
         ]
     )
-    proc = subprocess.run(
-        ["unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CALLS": str(calls)},
-    )
+    proc = in_private_namespaces(script, timeout=120, CALLS=str(calls))
     first = (tmp_path / "first.out").read_text() if (tmp_path / "first.out").exists() else ""
     assert proc.returncode == 0, proc.stderr + first
     first_steps = {s.step: s.status for s in parse_steps(first)}

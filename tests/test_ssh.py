@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from support.runs import run_in_flight
 from support.sshd import Sshd, requires_sshd, running_sshd
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig, protocol
@@ -241,17 +242,9 @@ async def test_sftp_read_of_a_missing_path_is_a_transport_error(sandbox: AsyncSa
 async def test_killed_sshd_fails_the_run_in_flight_and_the_next_run_reconnects(
     own_sshd: Sshd, tmp_base_dir: str, known_hosts: str, persistent: bool
 ) -> None:
-    started = asyncio.Event()
-
-    def on_output(stream: str, chunk: bytes) -> None:
-        started.set()
-
     async with ssh_sandbox(ssh_config(own_sshd, tmp_base_dir, known_hosts), persistent) as sb:
         assert (await sb.execute_code("print('warm')")).success
-        run = asyncio.ensure_future(
-            sb.execute_code("import time\nprint('started', flush=True)\ntime.sleep(8)", on_output=on_output)
-        )
-        await asyncio.wait_for(started.wait(), 30)
+        run = await run_in_flight(sb, 8)
         own_sshd.kill()
         # A hang guard, not a timing assertion: the failure must come, and say what happened.
         with pytest.raises(TransportError, match="was lost while the runner was running"):
@@ -311,14 +304,7 @@ async def test_a_crashed_runner_service_fails_its_runs_and_is_restarted(sandbox:
     others = set(service_pids())  # services of other connections, still finishing their runs
     assert (await sandbox.execute_code("print('warm')")).success
     [pid] = set(service_pids()) - others
-    started = asyncio.Event()
-    run = asyncio.ensure_future(
-        sandbox.execute_code(
-            "import time\nprint('started', flush=True)\ntime.sleep(5)",
-            on_output=lambda stream, chunk: started.set(),
-        )
-    )
-    await asyncio.wait_for(started.wait(), 30)
+    run = await run_in_flight(sandbox, 5)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(TransportError, match=r"stopped .*before it answered"):
         await asyncio.wait_for(run, 60)

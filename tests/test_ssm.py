@@ -94,6 +94,14 @@ def quick(config: SandboxConfig, **options: float) -> SsmTransport:
     return SsmTransport(config, poll_first=0.02, poll_factor=1.3, poll_max=0.2, **options)  # type: ignore[arg-type]
 
 
+def assert_the_command_was_cancelled(standin: ssm_standin.StandIn) -> None:
+    """One CancelCommand, and the only command ended Cancelled: a running one ends only once its process is
+    gone, hence the wait."""
+    assert standin.calls["CancelCommand"] == 1
+    (inv,) = standin.invocations.values()
+    assert inv.done.wait(5) and inv.status == "Cancelled"
+
+
 # ---------------------------------------------------------------------- the conformance suite
 
 
@@ -380,9 +388,7 @@ async def test_cancellation_sends_cancel_command(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert standin.calls["CancelCommand"] == 1
-    (inv,) = standin.invocations.values()
-    assert inv.done.wait(5) and inv.status == "Cancelled"
+    assert_the_command_was_cancelled(standin)
 
 
 async def test_giving_up_at_the_deadline_cancels_the_command(
@@ -391,9 +397,7 @@ async def test_giving_up_at_the_deadline_cancels_the_command(
     transport = quick(config_for(instance_id, tmp_base_dir))
     with pytest.raises(TransportError, match="cancelled"):
         await transport._run(["sleep 30"], time.monotonic() + 1.0)
-    assert standin.calls["CancelCommand"] == 1
-    (inv,) = standin.invocations.values()
-    assert inv.done.wait(5) and inv.status == "Cancelled"
+    assert_the_command_was_cancelled(standin)
 
 
 # ---------------------------------------------------------------------- status
@@ -603,9 +607,7 @@ def test_cli_interrupt_cancels_the_command(
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert standin.calls["CancelCommand"] == 1
-    (inv,) = standin.invocations.values()
-    assert inv.done.wait(5) and inv.status == "Cancelled"
+    assert_the_command_was_cancelled(standin)
 
 
 def test_cli_status_reports_instance_agent_and_probe(

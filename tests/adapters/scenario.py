@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PLUGIN_RUNTIME = "pyplug"
+#: The tools every adapter offers the model, in this order.
+TOOL_NAMES = ["ec2_code_execution", "ec2_get_files", "ec2_cleanup_tasks", "ec2_instance_status"]
 
 PYTHON_MAIN = """\
 import os, time
@@ -162,6 +164,12 @@ class Script:
         return None
 
     # ------------------------------------------------------------------ assertions
+    def check_listing(self) -> None:
+        """The model was first offered every tool, in order, and the code tool's runtime enum includes the
+        plugin's runtime - with no adapter change."""
+        assert self.tool_names_seen[0] == TOOL_NAMES
+        assert PLUGIN_RUNTIME in self.schemas_seen["ec2_code_execution"]["properties"]["runtime"]["enum"]
+
     def check(self, *, images: bool) -> None:
         """Everything the model must have seen. ``images``: the framework passes image content."""
         assert self.finished, f"the run stopped after turn {self.turn}"

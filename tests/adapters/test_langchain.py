@@ -16,7 +16,7 @@ from pydantic import Field
 from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox_langchain import EC2SandboxToolkit, create_langchain_tools
 
-from .scenario import PLUGIN_RUNTIME, Received, Script
+from .scenario import Received, Script
 
 
 def received_from(messages: list[BaseMessage]) -> dict[str, Received]:
@@ -72,14 +72,8 @@ def scripted_model(script: Script) -> ScriptedChatModel:
 
 
 def check_schema(script: Script) -> None:
-    assert script.tool_names_seen[0] == [
-        "ec2_code_execution",
-        "ec2_get_files",
-        "ec2_cleanup_tasks",
-        "ec2_instance_status",
-    ]
-    runtime = script.schemas_seen["ec2_code_execution"]["properties"]["runtime"]
-    assert PLUGIN_RUNTIME in runtime["enum"] and "python3" in runtime["enum"]
+    script.check_listing()
+    assert "python3" in script.schemas_seen["ec2_code_execution"]["properties"]["runtime"]["enum"]
 
 
 async def test_tool_calling_loop(sandbox: AsyncSandbox) -> None:

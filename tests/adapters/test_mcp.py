@@ -48,16 +48,6 @@ async def play(client: Client, script: Script) -> None:
         results = {c.id: received(out) for c, out in zip(calls, outs, strict=True)}
 
 
-def check_listing(script: Script) -> None:
-    assert script.tool_names_seen[0] == [
-        "ec2_code_execution",
-        "ec2_get_files",
-        "ec2_cleanup_tasks",
-        "ec2_instance_status",
-    ]
-    assert PLUGIN_RUNTIME in script.schemas_seen["ec2_code_execution"]["properties"]["runtime"]["enum"]
-
-
 async def test_in_process_session(sandbox: AsyncSandbox) -> None:
     script = Script()
     async with Client(create_mcp_server(sandbox)) as client:
@@ -65,7 +55,7 @@ async def test_in_process_session(sandbox: AsyncSandbox) -> None:
         structured = await client.call_tool("ec2_code_execution", {"code": "print('sc')"})
         unknown = await client.call_tool("no_such_tool", {})
     script.check(images=True)
-    check_listing(script)
+    script.check_listing()
     assert structured.structured_content["success"] is True
     assert structured.structured_content["stdout"] == "sc\n"
     assert unknown.is_error and "ec2_code_execution" in unknown.content[0].text
@@ -98,7 +88,7 @@ async def test_stdio_subprocess(base_dir: str, plugin_path: str) -> None:
     async with Client(params) as client:
         await play(client, script)
     script.check(images=True)
-    check_listing(script)
+    script.check_listing()
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_messag
 from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox_openai_agents import STRICT_KEYWORDS, create_openai_tools, from_strict_arguments
 
-from .scenario import PLUGIN_RUNTIME, Received, Script
+from .scenario import PLUGIN_RUNTIME, TOOL_NAMES, Received, Script
 
 
 def _item(entry: Any) -> dict[str, Any]:
@@ -88,12 +88,7 @@ async def test_runner_loop(sandbox: AsyncSandbox) -> None:
     assert result.final_output == "All done."
     script.check(images=True)
     model.assert_complete()
-    assert script.tool_names_seen[0] == [
-        "ec2_code_execution",
-        "ec2_get_files",
-        "ec2_cleanup_tasks",
-        "ec2_instance_status",
-    ]
+    assert script.tool_names_seen[0] == TOOL_NAMES
     execution = script.schemas_seen["ec2_code_execution"]
     runtime = execution["properties"]["runtime"]["anyOf"][0]
     assert PLUGIN_RUNTIME in runtime["enum"]

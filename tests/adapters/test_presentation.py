@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from pydantic import ValidationError
@@ -53,12 +54,25 @@ def test_cap_text_says_what_was_cut() -> None:
     assert cap_text("short", 300, None, "x") == "short"
 
 
+@pytest.fixture
+async def capped(base_dir: str, plugin_registry: Registry) -> AsyncIterator[Callable[[int], AsyncSandbox]]:
+    """Sandboxes whose text for the model is held to a given number of characters; closed after the test."""
+    boxes: list[AsyncSandbox] = []
+
+    def make(max_output_chars: int) -> AsyncSandbox:
+        config = SandboxConfig(base_sandbox_dir=base_dir, max_output_chars=max_output_chars)
+        boxes.append(AsyncSandbox(config, registry=plugin_registry))
+        return boxes[-1]
+
+    yield make
+    for box in boxes:
+        await box.aclose()
+
+
 async def test_long_output_is_capped_with_a_way_to_read_the_rest(
-    base_dir: str, plugin_registry: Registry
+    capped: Callable[[int], AsyncSandbox],
 ) -> None:
-    box = AsyncSandbox(
-        SandboxConfig(base_sandbox_dir=base_dir, max_output_chars=500), registry=plugin_registry
-    )
+    box = capped(500)
     code = "import sys\nfor i in range(2000): print(f'line {i:05d}')\nprint('err-tail', file=sys.stderr)"
     out = await call_tool(box, EXEC, {"code": code})
     stdout = out.text.split("--- stdout ---\n", 1)[1].split("--- stderr ---")[0]
@@ -79,7 +93,6 @@ async def test_long_output_is_capped_with_a_way_to_read_the_rest(
         box, FILES, {"task_hash": out.data["task_hash"], "filename": "@stdout", "offset": nxt}
     )
     assert page2.data["files"][0]["offset"] == nxt
-    await box.aclose()
 
 
 async def test_binary_and_images(sandbox: AsyncSandbox) -> None:
@@ -151,18 +164,15 @@ def test_sandbox_for(config: SandboxConfig, tmp_path, monkeypatch: pytest.Monkey
 
 
 async def test_an_image_bigger_than_the_text_budget_still_arrives_whole(
-    base_dir: str, plugin_registry: Registry
+    capped: Callable[[int], AsyncSandbox],
 ) -> None:
-    box = AsyncSandbox(
-        SandboxConfig(base_sandbox_dir=base_dir, max_output_chars=300), registry=plugin_registry
-    )
+    box = capped(300)
     code = "import os\nopen('big.webp', 'wb').write(b'RIFF' + bytes(4) + b'WEBP' + os.urandom(50000))\n"
     run = await call_tool(box, EXEC, {"code": code, "runtime": "python3"})
     assert [len(i.data) for i in run.images] == [50012]
     got = await call_tool(box, FILES, {"task_hash": run.data["task_hash"], "filename": "big.webp"})
     assert [(i.mime_type, len(i.data)) for i in got.images] == [("image/webp", 50012)]
     assert len(got.text) < 300
-    await box.aclose()
 
 
 async def test_unexpected_failures_become_results(
