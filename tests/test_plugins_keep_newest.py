@@ -1,18 +1,18 @@
 """The ec2-sandbox-keep-newest cleanup policy: its choice on synthetic inventories, then end to end.
 
 End to end, real tasks and sessions are created through the local transport, their ages are set with
-``os.utime`` on the dirs the runner's inventory reads, and the policy (found through its entry point and
+``os.utime`` on the records the runner's inventory reads, and the policy (found through its entry point and
 selected by ``SandboxConfig.cleanup_policy``) must remove exactly the right ones.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import AsyncIterator
 
 import pytest
 from ec2_sandbox_keep_newest import DEFAULT_KEEP, ENV_VAR, KeepNewestPolicy
+from support.ages import age, age_task
 from support.plugins import registry_with
 
 from ec2_sandbox import AsyncSandbox, ConfigError, SandboxConfig, TaskNotFoundError
@@ -141,17 +141,6 @@ async def sandbox(registry: Registry, tmp_base_dir: str) -> AsyncIterator[AsyncS
         yield sb
 
 
-def age(base: str, sub: str, name: str, hours: float) -> None:
-    when = time.time() - hours * HOUR
-    os.utime(os.path.join(base, sub, name), (when, when))
-
-
-def age_task(base: str, task_hash: str, hours: float) -> None:
-    """Age a session-less task: its work dir and its run record, as they would age together."""
-    age(base, "tasks", task_hash, hours)
-    age(base, "runs", task_hash, hours)
-
-
 async def run(sandbox: AsyncSandbox, session_id: str | None = None) -> str:
     result = await sandbox.execute_code("echo ran > out.txt", "sh", session_id=session_id)
     assert result.success, result
@@ -172,12 +161,12 @@ async def test_end_to_end_removes_exactly_the_right_tasks(
     for i, t in enumerate(tasks):
         age_task(base, t, 4 - i)
     for i, r in enumerate(s1):
-        age(base, "runs", r, 3 - i)
-    age(base, "sessions", "s1", 0.5)
-    age(base, "sessions", "s2", 5)
-    age(base, "runs", s2[0], 5)
-    age(base, "sessions", "s3", 6)
-    age(base, "runs", s3[0], 6)
+        age(base, "run", r, 3 - i)
+    age(base, "session", "s1", 0.5)
+    age(base, "session", "s2", 5)
+    age(base, "run", s2[0], 5)
+    age(base, "session", "s3", 6)
+    age(base, "run", s3[0], 6)
 
     result = await sandbox.cleanup_tasks(hours=0)
     assert result.policy == "keep-newest"

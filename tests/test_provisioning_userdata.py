@@ -14,12 +14,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support.ages import age, age_task
 
-from ec2_sandbox import runner
+from ec2_sandbox import protocol, runner
 from ec2_sandbox.cleanup import AgePolicy, Inventory
 from ec2_sandbox.cli_prepare import build_commands, parse_steps, setup_script
 from ec2_sandbox.config import SandboxConfig
@@ -456,12 +456,18 @@ def test_package_ships_the_setup_script(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------------
 
 
-def age(path: Path, hours: float) -> None:
-    then = time.time() - hours * 3600
-    os.utime(path, (then, then))
+def stage_runner(base: Path) -> None:
+    """Leave the runner where SSM's bootstrap caches it on an instance (a root-only staging dir)."""
+    staging = base / "staging"
+    staging.mkdir(mode=0o700, exist_ok=True)
+    path = staging / f"runner-{protocol.runner_sha256()[:32]}.py"
+    path.write_bytes(protocol.runner_source())
+    path.chmod(0o600)
 
 
-def test_cleanup_script_removes_what_the_age_policy_selects(ubuntu: Path, tmp_base_dir: str) -> None:
+def test_cleanup_script_has_the_runner_remove_what_the_age_policy_selects(
+    ubuntu: Path, tmp_base_dir: str
+) -> None:
     assert run_setup(ubuntu).returncode == 0
     cleanup = ubuntu / "usr/local/lib/ec2-sandbox/cleanup.py"
     sandbox = Sandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir))
@@ -471,13 +477,9 @@ def test_cleanup_script_removes_what_the_age_policy_selects(ubuntu: Path, tmp_ba
     new_session = sandbox.execute_code("print(3)", session_id="new-session")
     assert all(r.success for r in (old_task, new_task, old_session, new_session))
     base = Path(tmp_base_dir)
-    for path in (
-        base / "tasks" / old_task.task_hash,
-        base / "runs" / old_task.task_hash,
-        base / "sessions" / "old-session",
-        base / "runs" / old_session.task_hash,
-    ):
-        age(path, 30)
+    age_task(tmp_base_dir, old_task.task_hash, 30)
+    age(tmp_base_dir, "session", "old-session", 30)
+    age(tmp_base_dir, "run", old_session.task_hash, 30)
     # What the toolkit's own cleanup would choose, from the runner's inventory and the age policy.
     inventory = Inventory.model_validate(
         runner.handle({"v": 1, "op": "inventory", "base_dir": tmp_base_dir})["result"]
@@ -489,23 +491,20 @@ def test_cleanup_script_removes_what_the_age_policy_selects(ubuntu: Path, tmp_ba
         ("session", "old-session"),
         ("run", old_session.task_hash),
     }
+    command = [sys.executable, str(cleanup), "--base-dir", tmp_base_dir, "--hours", "24"]
+    # Before SSM ever left a runner here, there is nothing to run and nothing is removed.
+    none_yet = subprocess.run(command, capture_output=True, text=True)
+    assert none_yet.returncode == 0 and "no runner" in json.loads(none_yet.stdout)["note"], none_yet
+    stage_runner(base)
     uids = base / "runs" / "uids.json"
     before_uids = json.loads(uids.read_text()) if uids.exists() else None
 
-    dry = subprocess.run(
-        [sys.executable, str(cleanup), "--base-dir", tmp_base_dir, "--hours", "24", "--dry-run"],
-        capture_output=True,
-        text=True,
-    )
+    dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     assert {(e["kind"], e["id"]) for e in json.loads(dry.stdout)["removed"]} == chosen
     assert (base / "sessions" / "old-session").is_dir()
 
-    real = subprocess.run(
-        [sys.executable, str(cleanup), "--base-dir", tmp_base_dir, "--hours", "24"],
-        capture_output=True,
-        text=True,
-    )
+    real = subprocess.run(command, capture_output=True, text=True)
     assert real.returncode == 0, real.stderr
     assert {(e["kind"], e["id"]) for e in json.loads(real.stdout)["removed"]} == chosen
     left = runner.handle({"v": 1, "op": "inventory", "base_dir": tmp_base_dir})["result"]["entries"]
@@ -520,34 +519,24 @@ def test_cleanup_script_removes_what_the_age_policy_selects(ubuntu: Path, tmp_ba
         assert "session:old-session" in before_uids and "session:old-session" not in after_uids
         assert f"task:{old_task.task_hash}" not in after_uids
         assert after_uids["session:new-session"] == before_uids["session:new-session"]
-        # ... and out of the machine-wide claims, as the runner's own remove does.
         claims = Path(runner.UID_CLAIMS_DIR)
         freed = before_uids["session:old-session"]
         assert not (claims / str(freed)).exists() or (claims / str(freed)).read_text() != tmp_base_dir
-        kept = claims / str(after_uids["session:new-session"])
-        assert kept.read_text() == tmp_base_dir
+        assert (claims / str(after_uids["session:new-session"])).read_text() == tmp_base_dir
     # The new session still works, and the toolkit's own cleanup finds nothing more to remove.
     assert sandbox.execute_code("print(4)", session_id="new-session").stdout == "4\n"
     assert sandbox.cleanup_tasks(24).removed == []
 
 
-def test_cleanup_script_agrees_with_the_runner_on_layout(ubuntu: Path) -> None:
-    """cleanup.py repeats what the runner's remove does; when the runner's layout changes, this fails."""
-    import importlib.util
-
+def test_cleanup_script_runs_no_runner_another_user_could_have_written(ubuntu: Path, tmp_path: Path) -> None:
     assert run_setup(ubuntu).returncode == 0
-    spec = importlib.util.spec_from_file_location(
-        "ec2_sandbox_cleanup", ubuntu / "usr/local/lib/ec2-sandbox/cleanup.py"
+    cleanup = ubuntu / "usr/local/lib/ec2-sandbox/cleanup.py"
+    stage_runner(tmp_path)
+    (tmp_path / "staging").chmod(0o777)
+    proc = subprocess.run(
+        [sys.executable, str(cleanup), "--base-dir", str(tmp_path)], capture_output=True, text=True
     )
-    cleanup = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cleanup)
-    assert cleanup.TASK_HASH_RE.pattern == runner.TASK_HASH_RE.pattern
-    assert cleanup.SESSION_ID_RE.pattern == runner.SESSION_ID_RE.pattern
-    assert cleanup.UID_CLAIMS_DIR == runner.UID_CLAIMS_DIR
-    expected = [(sub, kind, pattern.pattern) for sub, kind, pattern in runner.WORKDIR_KINDS]
-    expected.append((runner.RUNS, "run", runner.TASK_HASH_RE.pattern))
-    assert sorted((sub, kind, p.pattern) for sub, kind, p in cleanup.LAYOUT) == sorted(expected)
-    assert runner.UidPool("/b", *runner.SANDBOX_UID_RANGE).path == os.path.join("/b", "runs", "uids.json")
+    assert proc.returncode != 0 and "refusing" in proc.stderr, proc
 
 
 def test_cleanup_script_refuses_a_foreign_base_dir(ubuntu: Path, tmp_path: Path) -> None:

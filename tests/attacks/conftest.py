@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -87,6 +87,15 @@ class Box:
         sid = self.session if session is True else (None if session is False else session)
         return await self.sb.execute_code(code, runtime, sid, files=files, env_vars=env_vars, timeout=timeout)
 
+    #: The limits of a run request built by hand (raw_run), as this box's config would send them.
+    limits: ClassVar[dict[str, int]] = {
+        "memory_mb": 128,
+        "file_size_mb": 2,
+        "open_files": 256,
+        "processes": 24,
+        "cpu_seconds": 10,
+    }
+
     async def raw_run(self, **fields: Any) -> dict[str, Any]:
         """A run request built by hand, as a hostile client sends it: the runner must refuse on its own."""
         req: dict[str, Any] = {
@@ -96,13 +105,7 @@ class Box:
             "code_b64": protocol.b64(b"print('ran')"),
             "files": [],
             "env": {},
-            "limits": {
-                "memory_mb": 128,
-                "file_size_mb": 2,
-                "open_files": 256,
-                "processes": 24,
-                "cpu_seconds": 10,
-            },
+            "limits": dict(self.limits),
             "timeout": 5,
             "isolation": self.isolation,
             "network": False,
@@ -113,6 +116,19 @@ class Box:
         out = await self.sb.transport.exec_runner(payload, timeout=30)
         line = out.stdout.splitlines()[-1]
         return json.loads(line)["envelope"]
+
+    def assert_out_of_memory(self, result: ExecutionResult) -> None:
+        """A memory bomb's result. Under bubblewrap the zygote counts the program's own peak, which confirms
+        the limit. Without it the program is forked from this test process, whose size its peak count starts
+        from, so nothing the program cannot fake confirms it: its words are named as a hint."""
+        assert not result.success, result
+        if self.isolation == "bwrap":
+            assert result.termination_reason == "memory_limit", result
+            assert "128 MB" in (result.error_message or ""), result
+        else:
+            assert result.termination_reason in ("exited", "signal"), result
+            assert "ran out of memory (the limit is 128 MB)" in (result.error_message or ""), result
+            assert "a hint" in (result.error_message or ""), result
 
     def uids(self) -> set[int]:
         try:

@@ -305,13 +305,22 @@ async def test_input_file_over_a_directory_the_program_made(box: Box) -> None:
 
 async def test_get_task_files_with_hostile_names(box: Box) -> None:
     result = await box.run("open('ok.txt', 'w').write('fine')")
-    for name in ("../../runs/uids.json", "/etc/shadow", "ok.txt\x00", "./ok.txt", "a" * 4096):
+    for name in (
+        "../../runs/uids.json",
+        "/etc/shadow",
+        "ok.txt\x00",
+        "././ok.txt",
+        "./../ok.txt",
+        "a" * 4096,
+    ):
         with pytest.raises(InvalidInputError):
             await box.sb.get_task_files(result.task_hash, name)
     for task_hash in ("../" + result.task_hash, "$(id)", result.task_hash.upper(), "0" * 11):
         with pytest.raises(InvalidInputError):
             await box.sb.get_task_files(task_hash, "ok.txt")
     assert await box.sb.get_task_files(result.task_hash, "ok.txt") == "fine"
+    # './' only marks a work-dir path (as listings write one that starts with '@'): the same file.
+    assert await box.sb.get_task_files(result.task_hash, "./ok.txt") == "fine"
     await box.assert_recovers()
 
 

@@ -25,8 +25,9 @@ except OSError:
     raise
 """
     result = await box.run(code, timeout=10)
-    assert result.termination_reason == "process_limit", result
-    assert "limit of 24 processes" in result.error_message
+    # Without a pids cgroup no counter shows the limit was hit, only the program's own words: a hint.
+    assert result.termination_reason == "exited" and result.return_code == 1, result
+    assert "limit of 24 processes" in result.error_message and "a hint" in result.error_message
     forked = int(result.stderr.split("children", 1)[1].split()[0])
     assert 0 < forked < 24
     assert result.execution_time < 8
@@ -53,15 +54,15 @@ while True:
     threads.append(t)
 """
     result = await box.run(code, timeout=10)
-    assert result.termination_reason == "process_limit", result
+    assert result.termination_reason == "exited", result
+    assert "limit of 24 processes" in result.error_message and "a hint" in result.error_message
     assert "can't start new thread" in result.stderr
     await box.assert_recovers()
 
 
 async def test_memory_bomb_python(box: Box) -> None:
     result = await box.run("hog = []\nwhile True:\n    hog.append(bytearray(8 << 20))", timeout=10)
-    assert result.termination_reason == "memory_limit", result
-    assert result.error_message == "ran out of memory: the limit is 128 MB"
+    box.assert_out_of_memory(result)
     assert "MemoryError" in result.stderr
     await box.assert_recovers()
 
@@ -70,15 +71,14 @@ async def test_memory_bomb_python_touching_pages(box: Box) -> None:
     # Pages written, not just reserved: the resident set is what would hurt the host.
     code = "hog = []\nwhile True:\n    hog.append(b'x' * (4 << 20))"
     result = await box.run(code, timeout=10)
-    assert result.termination_reason == "memory_limit", result
+    box.assert_out_of_memory(result)
     await box.assert_recovers()
 
 
 @needs_node
 async def test_memory_bomb_node(box: Box) -> None:
     result = await box.run("const hog = []; while (true) hog.push(new Array(1e6).fill(1.5));", "node")
-    assert result.termination_reason == "memory_limit", result
-    assert "128 MB" in result.error_message
+    box.assert_out_of_memory(result)
     assert "heap out of memory" in result.stderr or "Reached heap limit" in result.stderr
     await box.assert_recovers()
 
@@ -86,8 +86,8 @@ async def test_memory_bomb_node(box: Box) -> None:
 @needs_node
 async def test_memory_bomb_node_buffers(box: Box) -> None:
     # Buffers live outside the V8 heap: the heap flag cannot catch them, the data rlimit or cgroup does.
-    result = await box.run("const hog = []; while (true) hog.push(Buffer.alloc(16 << 20));", "node")
-    assert result.termination_reason == "memory_limit", result
+    result = await box.run("const hog = []; while (true) hog.push(Buffer.alloc(16 << 20, 1));", "node")
+    box.assert_out_of_memory(result)
     assert "Array buffer allocation failed" in result.stderr or "out of memory" in result.stderr
     await box.assert_recovers()
 

@@ -91,6 +91,14 @@ class SandboxConfig(BaseModel):
             "starting a new one. Runs that set PYTHON*, LC_*, LANG, LD_* or HOME still start cold."
         ),
     )
+    syscall_filter: Literal["default", "none"] = Field(
+        default="default",
+        description=(
+            "'default': every run behind a seccomp filter at least as strict as Docker's default profile "
+            "(io_uring, keyctl, bpf, ptrace, mounts, namespaces, kernel modules and the like refused); "
+            "'none': no filter. A runtime may allow calls it needs (Runtime.syscalls_allowed)."
+        ),
+    )
     cleanup_policy: str = Field(default="age", description="Cleanup policy (plugins may add more).")
 
     # --- SSH / EC2 Instance Connect ---------------------------------------------------------------

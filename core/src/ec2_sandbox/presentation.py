@@ -254,6 +254,9 @@ def render_cleanup(result: CleanupResult) -> Rendered:
     else:
         text = "Nothing to remove."
     text += f" (policy {result.policy}, older than {result.hours} hours)"
+    if result.skipped:
+        kept = ", ".join(f"{e.kind} {e.id} ({e.reason})" for e in result.skipped)
+        text += f". Kept, in use: {kept}; a later cleanup removes them."
     return Rendered("ec2_cleanup_tasks", text, result.model_dump(mode="json"))
 
 

@@ -41,7 +41,7 @@ SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STREAMS = {"@stdout": "stdout", "@stderr": "stderr"}
 # Directories under the base dir, one per kind of thing the runner keeps.
-TASKS, SESSIONS, EPHEMERAL, RUNS = "tasks", "sessions", "ephemeral", "runs"
+TASKS, SESSIONS, EPHEMERAL, RUNS, LOCKS = "tasks", "sessions", "ephemeral", "runs", "locks"
 KILL_GRACE_SECONDS = 0.5
 MAX_FILES_LISTED = 10000
 # Exit statuses SSM gives a meaning of its own; the runner maps them away.
@@ -201,6 +201,168 @@ def file_is_safe(st, safe_owner):
 
 
 # --------------------------------------------------------------------------------------------------
+# Trees the sandbox can write: walked and removed through dir fds only
+#
+# Code in a session may be running while the runner lists or removes its dir, renaming entries and planting
+# links as it goes. So every step below opens the next dir relative to the fd of the one before, refusing
+# links (O_NOFOLLOW); nothing is ever resolved as a path again, and no mode is changed through a path.
+# --------------------------------------------------------------------------------------------------
+
+O_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Deeper than this, a walk stops descending (a listing notes it) and a removal moves the subtree up to
+# the top before going on: an attacker's 10,000-deep tree costs neither 10,000 fds nor the stack.
+MAX_WALK_DEPTH = 64
+
+
+def open_dir_at(parent_fd, name):
+    return os.open(name, O_DIR_NOFOLLOW, dir_fd=parent_fd)
+
+
+def walk_tree(root_fd, skip_top=(), max_entries=None):
+    """Yield ``(relative path, lstat result)`` for everything below ``root_fd``, dirs before their contents.
+
+    Symlinks are reported, never followed; a dir replaced by a link between its listing and its opening is
+    skipped (the open refuses the link). Entries deeper than MAX_WALK_DEPTH are reported as one
+    ``(path, None)`` item for the dir that was not entered.
+    """
+    stack = [(os.dup(root_fd), "", 0)]
+    seen = 0
+    try:
+        while stack:
+            fd, prefix, depth = stack.pop()
+            try:
+                with os.scandir(fd) as it:
+                    entries = sorted(it, key=lambda e: e.name, reverse=True)
+                for entry in entries:
+                    if not prefix and entry.name in skip_top:
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    rel = prefix + entry.name
+                    seen += 1
+                    if max_entries is not None and seen > max_entries:
+                        return
+                    yield rel, st
+                    if not stat.S_ISDIR(st.st_mode):
+                        continue
+                    if depth + 1 >= MAX_WALK_DEPTH:
+                        yield rel + "/", None
+                        continue
+                    try:
+                        stack.append((open_dir_at(fd, entry.name), rel + "/", depth + 1))
+                    except OSError:
+                        continue
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def remove_at(parent_fd, name):
+    """Remove ``name`` (below ``parent_fd``) and everything in it; True when it is gone.
+
+    Only ever unlinks and rmdirs relative to a dir fd that was opened without following links, so a link
+    planted mid-way is removed as a link, never followed. A privileged runner needs no mode change (root
+    passes permission checks); an unprivileged one makes its own dirs writable again through the fd it holds.
+    """
+    for _ in range(3):
+        if _removed(os.unlink, parent_fd, name, NOT_A_FILE):
+            return True
+        fd = _open_dir_for_removal(parent_fd, name)
+        if fd is None:
+            continue  # replaced by a non-dir meanwhile: unlink again
+        try:
+            _empty_dir(fd)
+        finally:
+            os.close(fd)
+        if _removed(os.rmdir, parent_fd, name, (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR)):
+            return True
+    return False
+
+
+# What unlink says of a dir (EISDIR), or of an entry it may not remove as it stands (EPERM, EACCES).
+NOT_A_FILE = (errno.EISDIR, errno.EPERM, errno.EACCES)
+
+
+def _removed(remove_call, dir_fd, name, retry_errnos):
+    """True once ``name`` is gone; False when ``remove_call`` failed with one of ``retry_errnos``."""
+    try:
+        remove_call(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in retry_errnos:
+            raise
+        return False
+    return True
+
+
+def _open_dir_for_removal(parent_fd, name):
+    try:
+        return open_dir_at(parent_fd, name)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            return None
+        if exc.errno != errno.EACCES:
+            raise
+    # Ours but closed to us (code chmod'ed it 000): reopen it by fd, never by path. O_PATH holds the very
+    # inode the walk reached; /proc/self/fd/N names that inode, not the path.
+    pfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    try:
+        os.chmod("/proc/self/fd/%d" % pfd, 0o700)
+        return os.open("/proc/self/fd/%d" % pfd, O_DIR_NOFOLLOW)
+    finally:
+        os.close(pfd)
+
+
+def _empty_dir(top_fd):
+    """Remove everything in the dir ``top_fd``; a subtree deeper than MAX_WALK_DEPTH is first moved up."""
+    for _ in range(200):
+        if os.geteuid() != 0:
+            os.fchmod(top_fd, 0o700)
+        if not _empty_level(top_fd, top_fd, 0):
+            return
+
+
+def _empty_level(fd, top_fd, depth):
+    """One pass over ``fd``; True when a deep subtree was moved up to ``top_fd`` (another pass is due)."""
+    moved = False
+    for name in os.listdir(fd):
+        if _removed(os.unlink, fd, name, NOT_A_FILE):
+            continue
+        if depth + 1 >= MAX_WALK_DEPTH:
+            os.rename(name, ".rm-%s" % os.urandom(8).hex(), src_dir_fd=fd, dst_dir_fd=top_fd)
+            moved = True
+            continue
+        sub = _open_dir_for_removal(fd, name)
+        if sub is None:
+            continue
+        try:
+            if os.geteuid() != 0:
+                os.fchmod(sub, 0o700)
+            moved = _empty_level(sub, top_fd, depth + 1) or moved
+        finally:
+            os.close(sub)
+        try:
+            os.rmdir(name, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno == errno.ENOTDIR:  # replaced by a link or a file while it was emptied
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+            elif exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                raise
+            moved = moved or exc.errno != errno.ENOENT
+    return moved
+
+
+# --------------------------------------------------------------------------------------------------
 # The base dir and its bookkeeping
 # --------------------------------------------------------------------------------------------------
 
@@ -229,6 +391,7 @@ def prepare_base(base_dir):
         ensure_dir(path, mode)
     # Runs stay root's; privileged, a run's uid must traverse to its own program (never list the others).
     ensure_dir(os.path.join(base, RUNS), mode)
+    ensure_dir(os.path.join(base, LOCKS), 0o700)
     _PREPARED.add(base)
     return base
 
@@ -263,6 +426,59 @@ def load_record(base, task_hash):
             return json.loads(fh.read().decode("utf-8"))
     except FileNotFoundError:
         raise RunnerError("not_found", "no task %s on this target (it may have been cleaned up)" % task_hash)
+
+
+class UseLock(object):
+    """Held, shared, by every run of a task or session while it goes on; taken exclusively by cleanup.
+
+    One file per work dir in ``<base>/locks`` (the runner's alone). Its mtime is when the work dir was last
+    used: evidence that code in the sandbox cannot touch, unlike the work dir's own mtime. Cleanup unlinks
+    it under the exclusive lock, so a run that opened it just before checks that it still has a link.
+    """
+
+    def __init__(self, base, kind, ident, exclusive=False):
+        self.path = os.path.join(base, LOCKS, "%s.%s" % (kind, ident))
+        self.fd = None
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
+            except OSError:
+                os.close(fd)
+                raise InUse()
+            if os.fstat(fd).st_nlink:
+                self.fd = fd
+                return
+            os.close(fd)  # cleanup removed it after we opened it: take the new one
+        raise RunnerError("environment", "could not lock %s" % self.path)
+
+    def touch(self):
+        os.utime(self.fd)
+
+    def release(self, unlink=False):
+        if self.fd is None:
+            return
+        if unlink:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        os.close(self.fd)
+        self.fd = None
+
+
+class InUse(Exception):
+    """Cleanup found a run in progress (or a live process) where it meant to remove something."""
+
+
+def last_used(base, kind, ident, fallback_path):
+    """When a task or session was last used, by the runner's own record; else by its dir's mtime."""
+    for path in (os.path.join(base, LOCKS, "%s.%s" % (kind, ident)), fallback_path):
+        try:
+            return os.lstat(path).st_mtime
+        except OSError:
+            continue
+    return 0.0
 
 
 # Machine-wide claims on sandbox uids (one file per uid, naming the base dir that holds it): two base dirs
@@ -345,6 +561,10 @@ class UidPool(object):
             raise RunnerError("environment", "all %d sandbox uids are in use; run cleanup" % self.count)
 
         return self._locked(update)
+
+    def lookup(self, key):
+        """The uid ``key`` holds, or None."""
+        return self._locked(lambda table: (table.get(key), False))
 
     def release(self, keys):
         def update(table):
@@ -554,20 +774,216 @@ def on_ec2():
     return False if seen else None
 
 
-def imds_warning(network):
+def imds_warning(network, guarded):
     """Why the metadata service may be reachable from user code, or None when it is not (or cannot be:
     a machine that says it is not on EC2)."""
-    if not network or imds_guard_present():
+    if not network or guarded:
         return None
     ec2 = on_ec2()
     if ec2 is False:
         return None
+    where = "this EC2 instance" if ec2 else "this target (if it is an EC2 instance)"
+    if imds_guard_present():
+        return (
+            "network is on and the code runs as uid %d, outside the sandbox uids that %s keeps off the "
+            "instance metadata service: code may obtain the instance role's credentials; run the runner as "
+            "root (ssh_sudo for ssh/eic) so that each session gets a sandbox uid" % (os.geteuid(), where)
+        )
     return (
         "network is on and %s has no firewall rule keeping sandbox uids off the instance metadata service "
         "(marker %s is missing): code may obtain the instance role's credentials; run the provisioning "
-        "script or `ec2-sandbox prepare-instance`"
-        % ("this EC2 instance" if ec2 else "this target (if it is an EC2 instance)", IMDS_MARKER)
+        "script or `ec2-sandbox prepare-instance`" % (where, IMDS_MARKER)
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The syscall filter (seccomp-bpf): every run's program behind it, cold or warm, with or without bwrap
+#
+# Built here as a plain array of struct sock_filter rather than through libseccomp: the runner ships as one
+# stdlib-only file, and libseccomp (or its Python binding) is not on every target. The program is short
+# and linear: the architecture first (any other ABI, x32 and 32-bit compat included, gets ENOSYS), then
+# one comparison per denied call, then the calls allowed only with some arguments.
+# --------------------------------------------------------------------------------------------------
+
+# Syscall numbers: (x86_64, aarch64); None where the architecture has no such call. From the kernel's
+# arch/x86/entry/syscalls/syscall_64.tbl and include/uapi/asm-generic/unistd.h (which aarch64 uses);
+# tests/attacks/test_syscall_filter.py checks both tables against libseccomp's.
+SYSCALLS = {
+    # Kernel interfaces behind most local privilege escalations, and nothing a sandboxed program needs.
+    "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
+    "keyctl": (250, 219),
+    "add_key": (248, 217),
+    "request_key": (249, 218),
+    "bpf": (321, 280),
+    "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282),
+    "ptrace": (101, 117),
+    "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
+    "kcmp": (312, 272),
+    "pidfd_getfd": (438, 438),
+    "open_by_handle_at": (304, 265),
+    "name_to_handle_at": (303, 264),
+    "fanotify_init": (300, 262),
+    "syslog": (103, 116),
+    # Mounts and namespaces: the sandbox is built before the filter; nothing inside may change it.
+    "mount": (165, 40),
+    "umount2": (166, 39),
+    "pivot_root": (155, 41),
+    "move_mount": (429, 429),
+    "open_tree": (428, 428),
+    "fsopen": (430, 430),
+    "fsconfig": (431, 431),
+    "fsmount": (432, 432),
+    "fspick": (433, 433),
+    "mount_setattr": (442, 442),
+    "setns": (308, 268),
+    # The machine's administration.
+    "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294),
+    "init_module": (175, 105),
+    "finit_module": (313, 273),
+    "delete_module": (176, 106),
+    "reboot": (169, 142),
+    "swapon": (167, 224),
+    "swapoff": (168, 225),
+    "acct": (163, 89),
+    "quotactl": (179, 60),
+    "quotactl_fd": (443, 443),
+    "settimeofday": (164, 170),
+    "clock_settime": (227, 112),
+    "clock_adjtime": (305, 266),
+    "adjtimex": (159, 171),
+    "iopl": (172, None),
+    "ioperm": (173, None),
+    "lookup_dcookie": (212, 18),
+    "uselib": (134, None),
+    "vhangup": (153, 58),
+    "nfsservctl": (180, 42),
+    # Memory no rlimit counts: SysV shared memory and memfd pages (mmap's shared anonymous maps are
+    # refused by their flags, below).
+    "shmget": (29, 194),
+    "memfd_create": (319, 279),
+    # clone3 passes its flags in memory a filter cannot read: refused, so that libc falls back on clone.
+    "clone3": (435, 435),
+    # Checked by their arguments (FILTERED_CALLS).
+    "socket": (41, 198),
+    "clone": (56, 220),
+    "unshare": (272, 97),
+    "personality": (135, 92),
+    "mmap": (9, 222),
+}
+# Where a library falls back on ENOSYS (libuv probes io_uring; glibc's clone3 and memfd users fall back);
+# EPERM for the rest.
+ENOSYS_CALLS = frozenset(["io_uring_setup", "io_uring_enter", "io_uring_register", "clone3", "memfd_create"])
+FILTERED_CALLS = frozenset(["socket", "clone", "unshare", "personality", "mmap"])
+SECCOMP_ARCHES = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # table column, AUDIT_ARCH_*
+X32_SYSCALL_BIT = 0x40000000
+# Socket families a sandbox may open: unix, IPv4, IPv6 and netlink for route queries (what getaddrinfo
+# and interface listings use). AF_PACKET, AF_KEY, AF_VSOCK, AF_ALG and the rest get EAFNOSUPPORT.
+SOCKET_FAMILIES = (1, 2, 10)
+AF_NETLINK, NETLINK_ROUTE = 16, 0
+# Every CLONE_NEW* flag; for clone() the low byte is the exit signal, so CLONE_NEWTIME (0x80) is not one.
+CLONE_NEW_FLAGS = 0x7E020000
+UNSHARE_NEW_FLAGS = CLONE_NEW_FLAGS | 0x80
+MAP_SHARED_ANONYMOUS = 0x01 | 0x20
+PERSONALITY_QUERY = 0xFFFFFFFF
+
+_BPF_LD_W_ABS, _BPF_JEQ, _BPF_JSET, _BPF_JGE, _BPF_RET, _BPF_AND = 0x20, 0x15, 0x45, 0x35, 0x06, 0x54
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_ERRNO = 0x00050000
+
+
+def _ins(code, k, jt=0, jf=0):
+    return struct.pack("=HBBI", code, jt, jf, k & 0xFFFFFFFF)
+
+
+def _ret(action):
+    return _ins(_BPF_RET, action)
+
+
+def _errno(err):
+    return _ret(SECCOMP_RET_ERRNO | err)
+
+
+def _arg_low(index):
+    """Load the low 32 bits of syscall argument ``index`` (struct seccomp_data: nr, arch, ip, args[6])."""
+    return _ins(_BPF_LD_W_ABS, 16 + 8 * index + (0 if sys.byteorder == "little" else 4))
+
+
+def _filtered(name):
+    """The instructions that decide a call allowed only with some arguments (the accumulator is free)."""
+    allow, eperm = _ret(SECCOMP_RET_ALLOW), _errno(errno.EPERM)
+    if name == "socket":
+        n = len(SOCKET_FAMILIES)
+        body = [_arg_low(0)]
+        body += [_ins(_BPF_JEQ, fam, n - i + 3, 0) for i, fam in enumerate(SOCKET_FAMILIES)]
+        body += [_ins(_BPF_JEQ, AF_NETLINK, 0, 2), _arg_low(2), _ins(_BPF_JEQ, NETLINK_ROUTE, 1, 0)]
+        return body + [_errno(errno.EAFNOSUPPORT), allow]
+    if name in ("clone", "unshare"):
+        mask = CLONE_NEW_FLAGS if name == "clone" else UNSHARE_NEW_FLAGS
+        return [_arg_low(0), _ins(_BPF_JSET, mask, 0, 1), eperm, allow]
+    if name == "personality":
+        return [_arg_low(0), _ins(_BPF_JEQ, 0, 1, 0), _ins(_BPF_JEQ, PERSONALITY_QUERY, 0, 1), allow, eperm]
+    if name == "mmap":
+        match = _ins(_BPF_JEQ, MAP_SHARED_ANONYMOUS, 0, 1)
+        return [_arg_low(3), _ins(_BPF_AND, MAP_SHARED_ANONYMOUS), match, eperm, allow]
+    raise ValueError(name)
+
+
+def seccomp_program(machine=None, allowed=()):
+    """The filter's bytes (struct sock_filter[]) for ``machine``, with the calls in ``allowed`` let through;
+    None on an architecture without a table here."""
+    arch = SECCOMP_ARCHES.get(machine or os.uname().machine)
+    if arch is None:
+        return None
+    column, audit_arch = arch
+    prog = [
+        _ins(_BPF_LD_W_ABS, 4),
+        _ins(_BPF_JEQ, audit_arch, 1, 0),
+        _errno(errno.ENOSYS),
+        _ins(_BPF_LD_W_ABS, 0),
+    ]
+    if column == 0:  # x32 calls are x86_64 numbers with this bit set
+        prog += [_ins(_BPF_JGE, X32_SYSCALL_BIT, 0, 1), _errno(errno.ENOSYS)]
+    for name, numbers in SYSCALLS.items():
+        nr = numbers[column]
+        if nr is None or name in allowed:
+            continue
+        if name in FILTERED_CALLS:
+            body = _filtered(name)
+            prog += [_ins(_BPF_JEQ, nr, 0, len(body))] + body
+        else:
+            prog += [_ins(_BPF_JEQ, nr, 0, 1), _errno(errno.ENOSYS if name in ENOSYS_CALLS else errno.EPERM)]
+    prog.append(_ret(SECCOMP_RET_ALLOW))
+    return b"".join(prog)
+
+
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_GET_SECCOMP = 22, 2, 21
+
+
+def seccomp_usable():
+    """Whether this kernel filters syscalls (CONFIG_SECCOMP_FILTER) and this machine has a table here."""
+    if _LIBC is None or os.uname().machine not in SECCOMP_ARCHES:
+        return False
+    return _LIBC.prctl(PR_GET_SECCOMP, 0, 0, 0, 0) >= 0
+
+
+def seccomp_fprog(program):
+    """A struct sock_fprog for prctl(PR_SET_SECCOMP), and the buffer it points into (keep both alive)."""
+    buf = _CTYPES.create_string_buffer(program, len(program))
+    fields = (("len", _CTYPES.c_ushort), ("filter", _CTYPES.c_void_p))
+    fprog_type = type("SockFprog", (_CTYPES.Structure,), {"_fields_": fields})
+    return fprog_type(len(program) // 8, _CTYPES.addressof(buf)), buf
+
+
+def install_seccomp(fprog):
+    """Install a filter in the calling process (no_new_privs must be set); raises OSError if refused."""
+    if _LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, _CTYPES.byref(fprog), 0, 0) != 0:
+        err = _CTYPES.get_errno()
+        raise OSError(err, "prctl(PR_SET_SECCOMP): %s" % os.strerror(err))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -666,24 +1082,45 @@ def kill_uid(uid):
     """SIGKILL every process running as ``uid`` (a sandbox uid: the session's own, nothing else's).
 
     One kill(-1) from a child that became ``uid``: the kernel signals every process of that uid in one pass,
-    in every pid namespace, so a process forking meanwhile cannot slip through. True if any was found.
+    in every pid namespace, so a process forking meanwhile cannot slip through. (kill(-1) succeeds whenever
+    the machine has any other process, so it cannot say whether one of the uid's was there.)
     """
-    pid = quiet_fork()
-    if pid == 0:
-        code = 2
-        try:
-            drop_privileges(uid)
-            code = 0
-            for _ in range(3):
-                try:
+    with spawning():
+        pid = quiet_fork()
+        if pid == 0:
+            code = 2
+            try:
+                drop_privileges(uid)
+                code = 0
+                for _ in range(3):
                     os.kill(-1, signal.SIGKILL)
-                    code = 1
-                except OSError:
-                    break
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+            finally:
+                os._exit(code)
+        with _SPAWNS:
+            OWN_CHILDREN.add(pid)
+    try:
+        os.waitpid(pid, 0)
+    finally:
+        own_child_done(pid)
+    reap_orphans()
+
+
+def uid_has_processes(uid):
+    """Whether any process on the machine runs with ``uid`` as its real, effective or saved uid."""
+    wanted = str(uid)
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/status" % name, "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"Uid:"):
+                        if wanted in line.decode("ascii").split()[1:4]:
+                            return True
+                        break
+        except OSError:
+            continue
+    return False
 
 
 class UidLease(object):
@@ -708,7 +1145,10 @@ class UidLease(object):
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 return False  # another run of this session is in progress: it sweeps when it ends
-            return kill_uid(self.uid)
+            if not uid_has_processes(self.uid):
+                return False
+            kill_uid(self.uid)
+            return True
         finally:
             os.close(self.fd)
 
@@ -739,7 +1179,7 @@ def nproc_limit(limits, run_uid):
     return [("RLIMIT_NPROC", (limits["processes"], limits["processes"]))]
 
 
-def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False):
+def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False, fprog=None):
     table = [(getattr(resource, name), value) for name, value in rlimit_table(limits, rlimit_memory)]
     after_uid = [(getattr(resource, name), value) for name, value in nproc_limit(limits, run_uid)]
 
@@ -761,6 +1201,8 @@ def make_preexec(limits, rlimit_memory, run_uid, cgroup_dir, netns=False):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         no_new_privs()
         die_with_runner()
+        if fprog is not None:
+            install_seccomp(fprog[0])
 
     return preexec
 
@@ -798,8 +1240,13 @@ def build_env(user_env, workdir, tmpdir):
     return env
 
 
-def bwrap_argv(bwrap, workdir, env, network, uid, hardened=False, tmp_bytes=None, ro_files=()):
-    argv = [bwrap, "--die-with-parent", "--unshare-all"]
+def bwrap_argv(workdir, network, hardened=False, memory_bytes=None, ro_files=()):
+    """bubblewrap's options for a run's sandbox (the executable, the env and the program come apart).
+
+    They reach bubblewrap through ``--args FD`` (see spawn_args): /proc/PID/cmdline is readable by every
+    user of the machine, so nothing of the run's own may stand in argv.
+    """
+    argv = ["--die-with-parent", "--unshare-all"]
     if network:
         argv.append("--share-net")
     if hardened:
@@ -815,280 +1262,356 @@ def bwrap_argv(bwrap, workdir, env, network, uid, hardened=False, tmp_bytes=None
         if os.path.isdir(extra):
             argv += ["--ro-bind", extra, extra]
     argv += ["--proc", "/proc", "--dev", "/dev"]
-    # The private /tmp and /run are memory: cap them (the memory limit for /tmp, 1 MB for /run).
-    for path, size in (("/tmp", tmp_bytes), ("/run", 1 << 20)):
+    # The private /tmp, /dev/shm and /run are memory that no rlimit counts: together they get at most the
+    # memory limit (3/4 for /tmp, 1/4 for /dev/shm), /run 1 MB.
+    for path, size in tmpfs_sizes(memory_bytes):
         if hardened and size:
             argv += ["--size", str(size)]
         argv += ["--tmpfs", path]
     argv += ["--bind", workdir, workdir]
     for path in ro_files:
         argv += ["--ro-bind", path, path]
-    # The root is bwrap's own tmpfs: read-only, so the work dir and /tmp are the only writable places.
+    # The root is bwrap's own tmpfs: read-only, so the work dir and the tmpfs mounts are the only writable
+    # places.
     argv += ["--remount-ro", "/", "--chdir", workdir]
-    if uid is not None:
-        argv += ["--uid", str(uid), "--gid", str(uid)]
-    argv.append("--clearenv")
-    for name in sorted(env):
-        argv += ["--setenv", name, env[name]]
-    argv.append("--")
     return argv
+
+
+def tmpfs_sizes(memory_bytes):
+    if not memory_bytes:
+        return (("/tmp", None), ("/dev/shm", None), ("/run", 1 << 20))
+    return (("/tmp", memory_bytes * 3 // 4), ("/dev/shm", memory_bytes // 4), ("/run", 1 << 20))
+
+
+def data_fd(data):
+    """A readable fd holding ``data`` from its start, in memory, never on a path anyone can open."""
+    try:
+        fd = os.memfd_create("ec2-sandbox", getattr(os, "MFD_CLOEXEC", 1))
+    except (AttributeError, OSError):
+        read_end, write_end = os.pipe()
+        if len(data) > 65536:
+            os.close(read_end)
+            os.close(write_end)
+            raise RunnerError("environment", "memfd_create is unavailable and the request is too large")
+        os.write(write_end, data)
+        os.close(write_end)
+        return read_end
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def spawn_args(options, env):
+    """An fd for ``bwrap --args FD``: the sandbox options, then a clear env with the run's own variables."""
+    args = list(options) + ["--clearenv"]
+    for name in sorted(env):
+        args += ["--setenv", name, env[name]]
+    blob = b"".join(a.encode("utf-8", "surrogateescape") + b"\0" for a in args)
+    return data_fd(blob)
+
+
+class Workspace(object):
+    """Where a run lives on the target: its work dir (the sandbox's), its record (the runner's) and the uses
+    it holds on both, so that cleanup never removes them under it."""
+
+    def __init__(self, base, req):
+        self.base = base
+        self.task_hash = req["task_hash"]
+        if not TASK_HASH_RE.match(self.task_hash or ""):
+            raise RunnerError("invalid_input", "task_hash must be 12-64 lowercase hex characters")
+        self.session_id = req.get("session_id")
+        if self.session_id is not None and not SESSION_ID_RE.match(self.session_id):
+            raise RunnerError(
+                "invalid_input",
+                "session_id %r must be 1-64 characters of letters, digits, '.', '_' or '-', starting with "
+                "a letter or digit" % (self.session_id,),
+            )
+        self.ephemeral = bool(req.get("ephemeral")) and self.session_id is None
+        if self.session_id is not None:
+            self.sub, self.name, self.uid_key = SESSIONS, self.session_id, "session:" + self.session_id
+        else:
+            self.sub = EPHEMERAL if self.ephemeral else TASKS
+            self.name, self.uid_key = self.task_hash, "task:" + self.task_hash
+        self.workdir = os.path.join(base, self.sub, self.name)
+        self.rdir = record_dir(base, self.task_hash)
+        self.locks = []
+        self.uid = None
+
+    def open(self, privileged):
+        try:
+            os.mkdir(self.rdir, 0o700)
+        except FileExistsError:
+            raise RunnerError(
+                "invalid_input", "task %s already exists; task hashes are unique per run" % self.task_hash
+            )
+        # Held until the run is over: cleanup skips what a run holds, and waits for nothing.
+        self.locks.append(UseLock(self.base, "task", self.task_hash))
+        if self.session_id is not None:
+            self.locks.append(UseLock(self.base, "session", self.session_id))
+        if privileged:
+            self.uid = UidPool(self.base, *SANDBOX_UID_RANGE).acquire(self.uid_key)
+        self._make_workdir()
+
+    def _make_workdir(self):
+        parent = os.open(os.path.join(self.base, self.sub), O_DIR_NOFOLLOW)
+        try:
+            try:
+                os.mkdir(self.name, 0o700, dir_fd=parent)
+            except FileExistsError:
+                pass
+            try:
+                fd = open_dir_at(parent, self.name)
+            except OSError:
+                raise RunnerError("environment", "work dir %s is not a directory" % self.workdir)
+            try:
+                if self.uid is not None:
+                    os.fchown(fd, self.uid, self.uid)
+                    os.fchmod(fd, 0o700)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(parent)
+
+    @property
+    def owner(self):
+        return (self.uid, self.uid) if self.uid is not None else None
+
+    def close(self):
+        """The run is over: mark it used now (by the runner's own clock and files), drop an ephemeral dir."""
+        try:
+            if self.ephemeral:
+                parent = os.open(os.path.join(self.base, EPHEMERAL), O_DIR_NOFOLLOW)
+                try:
+                    remove_at(parent, self.name)
+                finally:
+                    os.close(parent)
+                if self.uid is not None:
+                    UidPool(self.base, *SANDBOX_UID_RANGE).release([self.uid_key])
+            for lock in self.locks:
+                lock.touch()
+        finally:
+            for lock in self.locks:
+                lock.release()
+
+
+def write_record(ws, runtime, code):
+    """The run's record: meta.json, then its program beside it, out of the work dir's listing. The record
+    stays root's; the run's group may read the program and nothing else there."""
+    meta = {
+        "task_hash": ws.task_hash,
+        "session_id": ws.session_id,
+        "ephemeral": ws.ephemeral,
+        "workdir": ws.workdir,
+        "runtime": runtime["name"],
+        "uid": ws.uid,
+        "started": time.time(),
+    }
+    meta_fd = os.open(
+        os.path.join(ws.rdir, "meta.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+    )
+    with os.fdopen(meta_fd, "w") as fh:
+        json.dump(meta, fh)
+    program_dir = os.path.join(ws.rdir, "program")
+    os.mkdir(program_dir, 0o750 if ws.owner else 0o700)
+    source_path = os.path.join(program_dir, runtime["filename"])
+    fd = os.open(source_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(code)
+    if ws.owner is not None:
+        os.chmod(ws.rdir, 0o711)
+        os.chown(program_dir, 0, ws.uid)
+        os.chown(source_path, 0, ws.uid)
+        os.chmod(source_path, 0o440)
+    return source_path
 
 
 def run_task(req, emit):
     base = prepare_base(req.get("base_dir"))
-    task_hash = req["task_hash"]
-    if not TASK_HASH_RE.match(task_hash or ""):
-        raise RunnerError("invalid_input", "task_hash must be 12-64 lowercase hex characters")
-    session_id = req.get("session_id")
-    if session_id is not None and not SESSION_ID_RE.match(session_id):
-        raise RunnerError(
-            "invalid_input",
-            "session_id %r must be 1-64 characters of letters, digits, '.', '_' or '-', starting with "
-            "a letter or digit" % (session_id,),
-        )
-    ephemeral = bool(req.get("ephemeral")) and session_id is None
-    runtime = req["runtime"]
-    limits = req["limits"]
-    timeout = float(req["timeout"])
-    inline_chars = int(req.get("inline_chars", 20000))
-    privileged = os.geteuid() == 0
-
-    if session_id is not None:
-        workdir = os.path.join(base, SESSIONS, session_id)
-        uid_key = "session:" + session_id
-    elif ephemeral:
-        workdir = os.path.join(base, EPHEMERAL, task_hash)
-        uid_key = "task:" + task_hash
-    else:
-        workdir = os.path.join(base, TASKS, task_hash)
-        uid_key = "task:" + task_hash
-    rdir = record_dir(base, task_hash)
+    ws = Workspace(base, req)
+    ws.open(os.geteuid() == 0)
     try:
-        os.mkdir(rdir, 0o700)
-    except FileExistsError:
-        raise RunnerError(
-            "invalid_input", "task %s already exists; task hashes are unique per run" % task_hash
+        before = snapshot_files(ws.workdir)
+        for entry in req.get("files") or []:
+            write_file_in(ws.workdir, entry["path"], base64.b64decode(entry["b64"]), ws.owner)
+        source_path = write_record(ws, req["runtime"], base64.b64decode(req["code_b64"]))
+        plan = plan_run(req, ws, source_path)
+        result = execute(req, emit, ws, plan)
+        after = snapshot_files(ws.workdir)
+        created = sorted(name for name, sig in after.items() if before.get(name) != sig)
+        result.update(
+            {
+                "task_hash": ws.task_hash,
+                "session_id": ws.session_id,
+                "working_directory": ws.workdir,
+                "files_created": created[:MAX_FILES_LISTED],
+                "files_created_truncated": len(created) > MAX_FILES_LISTED,
+                "isolation": "bwrap" if plan.bwrap else "none",
+                "run_as_uid": ws.uid if ws.uid is not None else os.geteuid(),
+                "imds_guard": plan.imds_guarded,
+                "warnings": plan.warnings,
+            }
         )
-
-    run_uid = UidPool(base, *SANDBOX_UID_RANGE).acquire(uid_key) if privileged else None
-    owner = (run_uid, run_uid) if run_uid is not None else None
-    if not os.path.isdir(workdir):
-        os.mkdir(workdir, 0o700)
-    st = os.lstat(workdir)
-    if not stat.S_ISDIR(st.st_mode):
-        raise RunnerError("environment", "work dir %s is not a directory" % workdir)
-    if owner is not None:
-        os.lchown(workdir, owner[0], owner[1])
-        os.chmod(workdir, 0o700)
-
-    meta = {
-        "task_hash": task_hash,
-        "session_id": session_id,
-        "ephemeral": ephemeral,
-        "workdir": workdir,
-        "runtime": runtime["name"],
-        "uid": run_uid,
-        "started": time.time(),
-    }
-    # Root's alone: the record names the session, its uid and its work dir.
-    meta_fd = os.open(
-        os.path.join(rdir, "meta.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-    )
-    with os.fdopen(meta_fd, "w") as fh:
-        json.dump(meta, fh)
-
-    try:
-        return _run_in(
-            req,
-            emit,
-            base,
-            workdir,
-            rdir,
-            run_uid,
-            owner,
-            runtime,
-            limits,
-            timeout,
-            inline_chars,
-            meta,
-        )
+        return result
     finally:
-        if ephemeral:
-            remove_tree(workdir)
-            if privileged:
-                UidPool(base, *SANDBOX_UID_RANGE).release([uid_key])
-        else:
-            try:
-                os.utime(workdir)
-            except OSError:
-                pass
+        ws.close()
 
 
-def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, timeout, inline_chars, meta):
-    before = snapshot_files(workdir)
-    for entry in req.get("files") or []:
-        write_file_in(workdir, entry["path"], base64.b64decode(entry["b64"]), owner)
-    code = base64.b64decode(req["code_b64"])
-    # The program lives beside the run record, out of the work dir's listing. The record stays root's; the
-    # run's group may read the program and nothing else there.
-    program_dir = os.path.join(rdir, "program")
-    os.mkdir(program_dir, 0o750 if owner else 0o700)
-    source_path = os.path.join(program_dir, runtime["filename"])
-    with open(source_path, "wb") as fh:
-        fh.write(code)
-    if owner is not None:
-        os.chmod(rdir, 0o711)
-        os.chown(program_dir, 0, owner[1])
-        os.chown(source_path, 0, owner[1])
-        os.chmod(source_path, 0o440)
+def choose_bwrap(isolation, run_uid):
+    """The bubblewrap to run under, or None; raises when the request insists on one that cannot run."""
+    if isolation not in ("auto", "bwrap"):
+        return None
+    candidate = find_bwrap()
+    if candidate and bwrap_works(candidate, run_uid):
+        return candidate
+    if isolation == "bwrap":
+        raise RunnerError(
+            "environment",
+            "isolation 'bwrap' is required but bubblewrap is %s on this target; install the 'bubblewrap' "
+            "package or set isolation to 'auto'" % ("not usable" if candidate else "not installed"),
+        )
+    return None
 
-    isolation = req.get("isolation", "auto")
-    bwrap = None
-    if isolation in ("auto", "bwrap"):
-        candidate = find_bwrap()
-        if candidate and bwrap_works(candidate, run_uid):
-            bwrap = candidate
-        elif isolation == "bwrap":
+
+def imds_guard_covers(run_uid):
+    """The provisioning firewall keeps the sandbox uid range off the metadata service: it protects a run
+    only when the run's code runs under one of those uids."""
+    first, count = SANDBOX_UID_RANGE
+    return imds_guard_present() and run_uid is not None and first <= run_uid < first + count
+
+
+class RunPlan(object):
+    """What a run will be, decided from the request and what this target offers, before any process starts:
+    its isolation, argv, environment, limits, and what is really enforced (with warnings for what is not)."""
+
+    def __init__(self, req, ws, source_path):
+        runtime, limits = req["runtime"], req["limits"]
+        self.runtime, self.limits = runtime, limits
+        self.timeout = float(req["timeout"])
+        self.uid = ws.uid
+        self.network = bool(req.get("network"))
+        self.bwrap = choose_bwrap(req.get("isolation", "auto"), ws.uid)
+        self.hardened = bool(self.bwrap) and bwrap_hardened(self.bwrap, ws.uid)
+        self.source_path = source_path
+        self.workdir = ws.workdir
+        self.tmpdir = "/tmp" if self.bwrap else os.path.join(ws.workdir, ".tmp")
+        self.env = build_env(req.get("env"), ws.workdir, self.tmpdir)
+        heap_mb = max(16, limits["memory_mb"] * 3 // 4)
+        values = {"file": source_path, "memory_mb": str(limits["memory_mb"]), "heap_mb": str(heap_mb)}
+        self.argv = substitute(list(runtime["argv"]), values)
+        exe = resolve_executable(self.argv[0])
+        if exe is None:
             raise RunnerError(
-                "environment",
-                "isolation 'bwrap' is required but bubblewrap is %s on this target; install the 'bubblewrap' "
-                "package or set isolation to 'auto'" % ("not usable" if candidate else "not installed"),
+                "runtime_missing",
+                "runtime %r needs %r, which is not installed on this target"
+                % (runtime["name"], self.argv[0]),
             )
+        self.argv[0] = exe
+        # Without bubblewrap, root can still give the run a network namespace of its own.
+        self.netns = not self.bwrap and not self.network and ws.uid is not None and netns_works()
+        self.rlimit_memory = runtime.get("rlimit_memory", "data")
+        self.imds_guarded = self.network and imds_guard_covers(ws.uid)
+        self.warnings = []
+        if not self.network and not self.bwrap and not self.netns:
+            self.warnings.append(
+                "network is off in the configuration, but without bubblewrap or a network namespace (root "
+                "with CAP_SYS_ADMIN) nothing enforces it: this run could reach the network"
+            )
+        imds = imds_warning(self.network, self.imds_guarded)
+        if imds:
+            self.warnings.append(imds)
+        self.seccomp = None
+        if req.get("syscall_filter", "default") != "none":
+            if seccomp_usable():
+                self.seccomp = seccomp_program(allowed=tuple(runtime.get("syscalls_allowed") or ()))
+            else:
+                self.warnings.append(
+                    "syscall_filter is 'default', but this target cannot filter syscalls (a kernel without "
+                    "seccomp, or an architecture other than x86_64 and aarch64): the run reaches the whole "
+                    "kernel interface"
+                )
 
-    tmpdir = "/tmp" if bwrap else os.path.join(workdir, ".tmp")
-    if not bwrap:
+    def enforced(self, cg_limits):
+        """What limits_enforced reports: only what is in force for this run."""
+        enforced = ["rlimit:cpu", "rlimit:fsize", "rlimit:nofile"]
+        if "memory" not in cg_limits and self.rlimit_memory:
+            enforced.append("rlimit:" + self.rlimit_memory)
+        if self.uid is not None:
+            enforced.append("rlimit:nproc")
+        if "--max-old-space-size" in " ".join(self.runtime["argv"]):
+            enforced.append("runtime:heap")
+        enforced += ["cgroup:" + c for c in cg_limits]
+        if self.bwrap:
+            enforced.append("namespaces:bwrap")
+        if self.seccomp:
+            enforced.append("seccomp:default")
+        if self.uid is not None:
+            enforced.append("uid:private")
+        enforced.append("network:off" if (self.bwrap and not self.network) or self.netns else "network:on")
+        if self.imds_guarded:
+            enforced.append("imds:blocked")
+        if self.bwrap:
+            enforced.append("kill:pid-namespace")
+        elif "kill" in cg_limits:
+            enforced.append("kill:cgroup")
+        elif self.sweeps(cg_limits):
+            enforced.append("kill:uid")
+        else:
+            enforced.append("kill:process-group")
+        return enforced
+
+    def sweeps(self, cg_limits):
+        """Whether the run's end must kill every process of its uid (nothing else catches those that left
+        its process group)."""
+        return self.uid is not None and not self.bwrap and "kill" not in cg_limits
+
+    def bwrap_options(self):
+        return bwrap_argv(
+            self.workdir,
+            self.network,
+            self.hardened,
+            self.limits["memory_mb"] * 1024 * 1024,
+            [self.source_path],
+        )
+
+
+plan_run = RunPlan
+
+
+def execute(req, emit, ws, plan):
+    """Start the run (warm where it can, else cold), wait for it under its limits, and say how it ended."""
+    if not plan.bwrap:
         try:
-            os.mkdir(tmpdir, 0o700)
-            if owner is not None:
-                os.lchown(tmpdir, owner[0], owner[1])
+            os.mkdir(plan.tmpdir, 0o700)
+            if ws.owner is not None:
+                os.lchown(plan.tmpdir, ws.uid, ws.uid)
         except FileExistsError:
             pass
-    env = build_env(req.get("env"), workdir, tmpdir)
-
-    heap_mb = max(16, limits["memory_mb"] * 3 // 4)
-    values = {"file": source_path, "memory_mb": str(limits["memory_mb"]), "heap_mb": str(heap_mb)}
-    argv = substitute(list(runtime["argv"]), values)
-    exe = resolve_executable(argv[0])
-    if exe is None:
-        raise RunnerError(
-            "runtime_missing",
-            "runtime %r needs %r, which is not installed on this target" % (runtime["name"], argv[0]),
-        )
-    argv[0] = exe
-    network = bool(req.get("network"))
-    warnings = []
-    if bwrap:
-        # The source sits outside the work dir: bind it read-only at the same path.
-        hardened = bwrap_hardened(bwrap, run_uid)
-        full = bwrap_argv(
-            bwrap, workdir, env, network, None, hardened, limits["memory_mb"] * 1024 * 1024, [source_path]
-        )
-        full += argv
-        spawn_env = {"PATH": SYSTEM_PATH}
-    else:
-        full = argv
-        spawn_env = env
-    # Without bubblewrap, root can still give the run a network namespace of its own.
-    netns = not bwrap and not network and run_uid is not None and netns_works()
-    if not network and not bwrap and not netns:
-        warnings.append(
-            "network is off in the configuration, but without bubblewrap or a network namespace (root "
-            "with CAP_SYS_ADMIN) nothing enforces it: this run could reach the network"
-        )
-    imds = imds_warning(network)
-    if imds:
-        warnings.append(imds)
-
     cg_root = cgroup_root() if req.get("cgroups", True) else None
-    cg_dir, cg_limits = None, []
     # Under bwrap the pid namespace already kills every process of the run; a cgroup is worth its cost
     # (a few ms a run) only when it also brings resource controllers.
-    if cg_root is not None and bwrap and not cgroup_controllers(cg_root):
+    if cg_root is not None and plan.bwrap and not cgroup_controllers(cg_root):
         cg_root = None
-    if cg_root is not None:
-        cg_dir, cg_limits = make_cgroup(cg_root, meta["task_hash"], limits, runtime)
-
-    enforced = ["rlimit:cpu", "rlimit:fsize", "rlimit:nofile"]
-    rlimit_memory = runtime.get("rlimit_memory", "data")
-    if "memory" not in cg_limits and rlimit_memory:
-        enforced.append("rlimit:" + rlimit_memory)
-    if run_uid is not None:
-        enforced.append("rlimit:nproc")
-    if "--max-old-space-size" in " ".join(runtime["argv"]):
-        enforced.append("runtime:heap")
-    enforced += ["cgroup:" + c for c in cg_limits]
-    if "memory" in cg_limits:
-        rlimit_memory = None
-    if bwrap:
-        enforced.append("namespaces:bwrap")
-    if run_uid is not None:
-        enforced.append("uid:private")
-    enforced.append("network:off" if (bwrap and not network) or netns else "network:on")
-    if network and imds_guard_present():
-        enforced.append("imds:blocked")
-    # What kills every process of the run at its end, even those that left its process group.
-    sweep = run_uid is not None and not bwrap and "kill" not in cg_limits
-    if bwrap:
-        enforced.append("kill:pid-namespace")
-    elif "kill" in cg_limits:
-        enforced.append("kill:cgroup")
-    elif sweep:
-        enforced.append("kill:uid")
-    else:
-        enforced.append("kill:process-group")
-        warnings.append(
+    cg_dir, cg_limits = make_cgroup(cg_root, ws.task_hash, plan.limits) if cg_root else (None, [])
+    enforced = plan.enforced(cg_limits)
+    rlimit_memory = None if "memory" in cg_limits else plan.rlimit_memory
+    sweep = plan.sweeps(cg_limits)
+    if not plan.bwrap and "kill" not in cg_limits and not sweep:
+        plan.warnings.append(
             "without bubblewrap, a cgroup or root, only the run's process group is killed at its end: a "
             "program that calls setsid() can outlive the run"
         )
-
-    stdout_path = os.path.join(rdir, "stdout")
-    stderr_path = os.path.join(rdir, "stderr")
+    stdout_path = os.path.join(ws.rdir, "stdout")
+    stderr_path = os.path.join(ws.rdir, "stderr")
     out_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     err_fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     # A session's uid is shared by its runs, which may not all be alike (isolation is per environment); a
     # task's is its single run's own, and needs no lease unless that run sweeps.
-    needs_lease = run_uid is not None and (sweep or meta["session_id"] is not None)
-    lease = UidLease(base, run_uid) if needs_lease else None
+    lease = UidLease(ws.base, ws.uid) if ws.uid is not None and (sweep or ws.session_id) else None
     streamer = None
-    outcome = None
     try:
-        # A warm start needs the sandbox to be bubblewrap's alone: a cgroup would have to take the program in.
-        zyg = warm_zygote(req, runtime, argv, workdir) if bwrap and cg_dir is None else None
-        if zyg is not None:
-            warm_req = {
-                "bwrap_argv": holder_argv(bwrap, workdir, network, hardened, limits, source_path),
-                "path": SYSTEM_PATH,
-                "uid": run_uid,
-                "workdir": workdir,
-                "program": source_path,
-                "env": dict(env, PWD=workdir),  # bubblewrap sets PWD for the programs it starts
-                # As many processes of the run's uid as under a cold start: bubblewrap, the placeholder (in
-                # the place of bubblewrap's pid 1) and the program; the program's parent keeps root's uid.
-                "rlimits": rlimit_table(limits, rlimit_memory) + nproc_limit(limits, run_uid),
-            }
-            started = time.monotonic()
-            handle = start_warm(zyg, warm_req, out_fd, err_fd)
-            if handle is not None:
-                streamer = start_streamer(req, stdout_path, stderr_path, emit)
-                outcome = watch(handle, started, timeout, meta["task_hash"])
-                if outcome is None:  # the zygote could not set the run up: start it cold
-                    warm_failed(zyg)
-                    if streamer is not None:
-                        streamer.stop()
-                    for fd in (out_fd, err_fd):
-                        os.ftruncate(fd, 0)
-                        os.lseek(fd, 0, os.SEEK_SET)
-                else:
-                    zyg.failures = 0
-        if outcome is None:
-            preexec = make_preexec(limits, rlimit_memory, run_uid, cg_dir, netns)
-            started = time.monotonic()
-            try:
-                handle = ColdRun(full, workdir, spawn_env, preexec, out_fd, err_fd, cg_dir)
-            except subprocess.SubprocessError as exc:
-                raise RunnerError("environment", "the sandbox could not be set up for this run: %s" % exc)
-            streamer = start_streamer(req, stdout_path, stderr_path, emit)
-            outcome = watch(handle, started, timeout, meta["task_hash"])
+        outcome, streamer = start_and_watch(req, emit, ws, plan, cg_dir, rlimit_memory, (out_fd, err_fd))
     except BaseException:
         if lease is not None:
             lease.finish(False)
@@ -1103,57 +1626,82 @@ def _run_in(req, emit, base, workdir, rdir, run_uid, owner, runtime, limits, tim
         leftovers = lease.finish(sweep) or leftovers
     if streamer is not None:
         streamer.stop()
-    oom_events = cgroup_oom_kills(cg_dir)
-    # The cgroup's own high-water mark covers every process of the run; ru_maxrss is one process tree's, and
-    # starts at the runner's size (the forked child is a copy of it until it execs).
-    peak_kb = cgroup_peak_kb(cg_dir) or int(outcome.maxrss_kb)
+    evidence = Evidence(outcome, plan.limits, cg_dir, stdout_path, stderr_path, ws.workdir)
     if cg_dir is not None:
         remove_cgroup(cg_dir)
-
-    result = describe_exit(
-        outcome.status,
-        bool(bwrap) and not outcome.exact_status,
-        outcome.timed_out,
-        timeout,
-        runtime,
-        limits,
-        stdout_path,
-        stderr_path,
-        oom_events,
-    )
+    if outcome.not_started:
+        raise RunnerError(
+            "environment", "the sandbox could not be set up for this run: %s" % outcome.not_started
+        )
+    result = describe_exit(evidence, plan.runtime, plan.limits, plan.timeout)
     if outcome.cancelled and not result["success"]:
         result["error_message"] = "cancelled: the caller gave up and the run was killed"
-    stdout_inline = inline_text(stdout_path, inline_chars)
-    stderr_inline = inline_text(stderr_path, inline_chars)
-    after = snapshot_files(workdir)
-    created = sorted(name for name, sig in after.items() if before.get(name) != sig)
+    inline_chars = int(req.get("inline_chars", 20000))
     result.update(
         {
-            "task_hash": meta["task_hash"],
-            "session_id": meta["session_id"],
-            "working_directory": workdir,
             "execution_time": round(outcome.elapsed, 4),
             "cpu_time": round(outcome.cpu_time, 4),
-            "peak_memory_kb": peak_kb,
-            "stdout": stdout_inline,
-            "stderr": stderr_inline,
-            "files_created": created[:MAX_FILES_LISTED],
-            "files_created_truncated": len(created) > MAX_FILES_LISTED,
-            "isolation": "bwrap" if bwrap else "none",
-            "run_as_uid": run_uid if run_uid is not None else os.geteuid(),
+            "peak_memory_kb": evidence.peak_kb,
+            "stdout": inline_text(stdout_path, inline_chars),
+            "stderr": inline_text(stderr_path, inline_chars),
             "limits_enforced": enforced,
             "stray_processes_killed": leftovers,
-            "imds_guard": imds_guard_present(),
-            "warnings": warnings,
         }
     )
     return result
 
 
+def start_and_watch(req, emit, ws, plan, cg_dir, rlimit_memory, fds):
+    """A warm start where one applies, else (or when the zygote cannot set the run up) a cold one."""
+    out_fd, err_fd = fds
+    stdout_path, stderr_path = os.path.join(ws.rdir, "stdout"), os.path.join(ws.rdir, "stderr")
+    rlimits = rlimit_table(plan.limits, rlimit_memory) + nproc_limit(plan.limits, ws.uid)
+    # A warm start needs the sandbox to be bubblewrap's alone: a cgroup would have to take the program in.
+    warm = warm_zygote(req, plan.runtime, plan.argv, ws.workdir) if plan.bwrap and cg_dir is None else None
+    if warm is not None:
+        zyg, how = warm
+        warm_req = dict(
+            how,
+            bwrap_argv=holder_argv(plan),
+            path=SYSTEM_PATH,
+            uid=ws.uid,
+            workdir=ws.workdir,
+            env=dict(plan.env, PWD=ws.workdir),  # bubblewrap sets PWD for the programs it starts
+            # As many processes of the run's uid as under a cold start: bubblewrap, the placeholder (in the
+            # place of bubblewrap's pid 1) and the program; the program's parent keeps root's uid.
+            rlimits=rlimits,
+            seccomp=plan.seccomp,
+        )
+        started = time.monotonic()
+        handle = start_warm(zyg, warm_req, out_fd, err_fd)
+        if handle is not None:
+            streamer = start_streamer(req, stdout_path, stderr_path, emit)
+            outcome = watch(handle, started, plan.timeout, ws.task_hash)
+            if outcome is not None:
+                zyg.failures = 0
+                return outcome, streamer
+            warm_failed(zyg)  # the zygote could not set the run up: start it cold
+            if streamer is not None:
+                streamer.stop()
+            for fd in (out_fd, err_fd):
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+    # bubblewrap installs the filter itself (--seccomp); without it, the child does, just before exec.
+    fprog = seccomp_fprog(plan.seccomp) if plan.seccomp and not plan.bwrap else None
+    preexec = make_preexec(plan.limits, rlimit_memory, ws.uid, cg_dir, plan.netns, fprog)
+    started = time.monotonic()
+    try:
+        handle = ColdRun(plan, preexec, out_fd, err_fd, cg_dir)
+    except subprocess.SubprocessError as exc:
+        raise RunnerError("environment", "the sandbox could not be set up for this run: %s" % exc)
+    streamer = start_streamer(req, stdout_path, stderr_path, emit)
+    return watch(handle, started, plan.timeout, ws.task_hash), streamer
+
+
 class Outcome(object):
     """How a started run ended, as the runner saw it."""
 
-    def __init__(self, status, cpu_time, maxrss_kb, elapsed, timed_out, cancelled, leftovers, exact_status):
+    def __init__(self, status, cpu_time, maxrss_kb, elapsed, timed_out, cancelled, leftovers, handle):
         self.status = status
         self.cpu_time = cpu_time
         self.maxrss_kb = maxrss_kb
@@ -1161,19 +1709,54 @@ class Outcome(object):
         self.timed_out = timed_out
         self.cancelled = cancelled
         self.leftovers = leftovers
-        # bubblewrap reports a program's death by signal N as exit status 128+N; a warm start sees the
-        # program's own wait status.
-        self.exact_status = exact_status
+        # bubblewrap reports a program's death by signal N as exit status 128+N, and a program can exit with
+        # that status itself; a warm start, or a run without bubblewrap, sees the program's own wait status.
+        self.exact_status = handle.exact_status
+        self.usage_complete = handle.usage_complete
+        # Set when the sandbox never started the program (bubblewrap failed to build it).
+        self.not_started = (not timed_out and not cancelled) and handle.not_started()
 
 
 class ColdRun(object):
     """The runtime started as a new process (under bubblewrap or not), the runner's own child."""
 
-    exact_status = False
-
-    def __init__(self, argv, cwd, env, preexec, out_fd, err_fd, cg_dir):
+    def __init__(self, plan, preexec, out_fd, err_fd, cg_dir):
         self.cg_dir = cg_dir
-        self.proc = subprocess.Popen(
+        self.exact_status = not plan.bwrap
+        # Whether the usage counts measure the program: not when bubblewrap's pid 1 goes unreaped, nor when
+        # the fork's copy of a large runner (the in-process transport's host) set the peak before exec.
+        self.usage_complete = not plan.bwrap and own_rss_kb() < plan.limits["memory_mb"] * 1024 // 4
+        self.info = self.said = None
+        passed = []
+        if plan.bwrap:
+            # bubblewrap writes to the info fd once the sandbox is built, just before it starts the program.
+            self.info, info_w = os.pipe()
+            passed = [info_w]
+            options = plan.bwrap_options() + ["--info-fd", str(info_w)]
+            if plan.seccomp:
+                passed.append(data_fd(plan.seccomp))
+                options += ["--seccomp", str(passed[-1])]
+            args = spawn_args(options, plan.env)
+            passed.append(args)
+            argv, env = [plan.bwrap, "--args", str(args), "--"] + plan.argv, {"PATH": SYSTEM_PATH}
+        else:
+            argv, env = plan.argv, plan.env
+        try:
+            with spawning():
+                self.proc = self._spawn(argv, env, preexec, out_fd, err_fd, plan.workdir, passed)
+                with _SPAWNS:
+                    OWN_CHILDREN.add(self.proc.pid)
+        except BaseException:
+            if self.info is not None:
+                os.close(self.info)
+            raise
+        finally:
+            for fd in passed:
+                os.close(fd)
+
+    @staticmethod
+    def _spawn(argv, env, preexec, out_fd, err_fd, cwd, passed):
+        return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=out_fd,
@@ -1182,15 +1765,49 @@ class ColdRun(object):
             env=env,
             preexec_fn=preexec,
             close_fds=True,
+            pass_fds=passed,
         )
 
     def kill(self, grace):
         kill_group(self.proc.pid, self.cg_dir, grace)
 
     def wait(self):
-        _, status, usage = os.wait4(self.proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(self.proc.pid, 0)
+        finally:
+            own_child_done(self.proc.pid)
         self.proc.returncode = status  # tell Popen the child is reaped
-        return status, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        cpu, maxrss = usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        self.said = self._read_info()
+        pid1 = sandbox_pid1(self.said)
+        if pid1 is not None and SUBREAPER:
+            # bubblewrap's monitor exits without reaping the sandbox's pid 1, whose usage (its own and the
+            # program's, which it reaped) would be lost; as a subreaper, the runner reaps it instead.
+            try:
+                _, _, more = os.wait4(pid1, 0)
+            except ChildProcessError:
+                pass
+            else:
+                cpu += more.ru_utime + more.ru_stime
+                maxrss = max(maxrss, more.ru_maxrss)
+                self.usage_complete = True
+        return status, cpu, maxrss
+
+    def _read_info(self):
+        if self.info is None:
+            return None
+        try:
+            os.set_blocking(self.info, False)
+            try:
+                return os.read(self.info, 4096)
+            except BlockingIOError:
+                return b""
+        finally:
+            os.close(self.info)
+            self.info = None
+
+    def not_started(self):
+        return self.said is not None and b"child-pid" not in self.said
 
     def leftovers(self):
         # Whatever the program left behind (background children, daemons) goes with it.
@@ -1200,7 +1817,7 @@ class ColdRun(object):
 class WarmStart(object):
     """A Python run forked from the zygote (see zygote.py); its end also ends its sandbox."""
 
-    exact_status = True
+    exact_status = usage_complete = True
 
     def __init__(self, zyg, run):
         self.zyg = zyg
@@ -1218,6 +1835,9 @@ class WarmStart(object):
 
     def leftovers(self):
         return False
+
+    def not_started(self):
+        return False  # the zygote reports set-up failures itself (WarmSetupError)
 
 
 class Watchdog(object):
@@ -1304,8 +1924,99 @@ def watch(handle, started, timeout, task_hash):
         timed_out.is_set(),
         cancelled.is_set(),
         handle.leftovers(),
-        handle.exact_status,
+        handle,
     )
+
+
+def own_rss_kb():
+    """This process's resident set now, in KB (what a child forked from it starts with)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        return 1 << 40
+
+
+def sandbox_pid1(info):
+    """The pid of the sandbox's first process from bubblewrap's --info-fd JSON, or None."""
+    if not info:
+        return None
+    try:
+        return int(json.loads(info.decode("utf-8"))["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# A runner in a process of its own (main(), the SSH runner service) is the subreaper of its runs: it reaps
+# bubblewrap's pid 1 (see ColdRun.wait) and whatever a run without bubblewrap left behind. The in-process
+# transport's host is not made one: orphans of the host's other code would wait there forever.
+SUBREAPER = False
+PR_SET_CHILD_SUBREAPER = 36
+# Children this process started and waits for itself, which reap_orphans must leave alone; the count of
+# spawns under way keeps it from mistaking a child whose pid is not yet known for an orphan.
+OWN_CHILDREN = set()
+_SPAWNS = threading.Condition()
+_SPAWNING = [0]
+
+
+def become_subreaper():
+    """Make this process the subreaper of its runs (see SUBREAPER); True if it now is."""
+    global SUBREAPER
+    SUBREAPER = _LIBC is not None and _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return SUBREAPER
+
+
+class spawning(object):
+    """Around a fork whose pid goes into OWN_CHILDREN: reap_orphans waits until it is known."""
+
+    def __enter__(self):
+        with _SPAWNS:
+            _SPAWNING[0] += 1
+
+    def __exit__(self, *exc):
+        with _SPAWNS:
+            _SPAWNING[0] -= 1
+            _SPAWNS.notify_all()
+
+
+def own_child_done(pid):
+    with _SPAWNS:
+        OWN_CHILDREN.discard(pid)
+
+
+def fh_comm(pid):
+    try:
+        with open("/proc/%s/comm" % pid, "rb") as fh:
+            return fh.read().strip()
+    except OSError:
+        return b""
+
+
+def reap_orphans():
+    """Reap the zombies that were reparented to this subreaper (processes a run left behind, killed by the
+    uid sweep): without it a long-lived runner would keep one per leftover, forever."""
+    if not SUBREAPER:
+        return
+    me = str(os.getpid()).encode()
+    with _SPAWNS:
+        while _SPAWNING[0]:
+            _SPAWNS.wait()
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) in OWN_CHILDREN:
+                continue
+            try:
+                with open("/proc/%s/stat" % name, "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            # bubblewrap's own pid 1 (named so by the kernel from its executable) is reaped by the
+            # ColdRun.wait that waits for it.
+            comm = fh_comm(name)
+            if fields[0] == b"Z" and fields[1] == me and comm != b"bwrap":
+                try:
+                    os.waitpid(int(name), os.WNOHANG)
+                except ChildProcessError:
+                    pass
 
 
 def start_streamer(req, stdout_path, stderr_path, emit):
@@ -1341,20 +2052,30 @@ _ZYGOTE_LOCK = threading.Lock()
 
 
 def warm_zygote(req, runtime, argv, workdir):
-    """The zygote for this run's interpreter and flags, started on first use; None when the run must start
-    cold (not asked for, not a Python runtime, start-up-sensitive environment, or no zygote here)."""
-    if _zygote_module is None or not req.get("warm") or runtime.get("warm_start") != "python":
+    """How a long-lived runner starts this run from a zygote: ``(zygote, how)``, where ``how`` is
+    ``{"program": path}`` for a Python program the zygote runs itself, or ``{"exec": argv}`` for any other
+    runtime, which the zygote's program process executes once its sandbox, uid and limits are set. Either
+    way the zygote is the program's parent's parent, and reports its real wait status and usage. ``None``
+    when the run must start cold (not asked for, start-up-sensitive environment, or no zygote here)."""
+    if _zygote_module is None or not req.get("warm"):
         return None
-    if runtime["argv"][-1:] != ["{file}"]:
-        return None
+    if runtime.get("warm_start") != "python" or runtime["argv"][-1:] != ["{file}"]:
+        python = resolve_executable("python3")
+        zyg = zygote_for((python,)) if python else None
+        return (zyg, {"exec": list(argv)}) if zyg is not None else None
     if any(WARM_UNSAFE_ENV.match(name) for name in req.get("env") or {}):
         return None
     # A user site directory (pip install --user in a session) is added to sys.path at start-up.
     if os.path.lexists(os.path.join(workdir, ".local")):
         return None
-    key = tuple(argv[:-1])
+    zyg = zygote_for(tuple(argv[:-1]))
+    return (zyg, {"program": argv[-1]}) if zyg is not None else None
+
+
+def zygote_for(key):
+    """The zygote for an interpreter and its flags, started on first use; None where none can run."""
     # An interpreter upgraded in place (a package update) gets a new zygote, as it would a cold start.
-    st = os.stat(argv[0])
+    st = os.stat(key[0])
     version = (st.st_dev, st.st_ino, st.st_mtime_ns)
     with _ZYGOTE_LOCK:
         if key in _ZYGOTES_REFUSED:
@@ -1413,12 +2134,16 @@ def retire(zyg):
         zyg.close()
 
 
-def holder_argv(bwrap, workdir, network, hardened, limits, source_path):
-    """The run's bubblewrap as a cold start would build it, reporting its pid, around a placeholder."""
-    argv = bwrap_argv(
-        bwrap, workdir, {}, network, None, hardened, limits["memory_mb"] * 1024 * 1024, [source_path]
-    )
-    return argv[:-1] + ["--as-pid-1", "--info-fd", "3", "--", resolve_executable("cat") or "/bin/cat"]
+def holder_argv(plan):
+    """The run's bubblewrap as a cold start would build it, reporting its pid, around a placeholder.
+
+    The placeholder runs under the run's uid, so it gets the run's syscall filter too (fd 4, which the
+    zygote fills): unfiltered, it is a process the program could take over through /proc/1/mem.
+    """
+    placeholder = resolve_executable("cat") or "/bin/cat"
+    extra = ["--seccomp", "4"] if plan.seccomp else []
+    tail = ["--clearenv", "--as-pid-1", "--info-fd", "3"] + extra + ["--", placeholder]
+    return [plan.bwrap] + plan.bwrap_options() + tail
 
 
 # Runs in progress in this process, by task hash, with how to stop each: a caller that gives up (an
@@ -1449,7 +2174,7 @@ def cancel_all_runs(*_signal_args):
         stop()
 
 
-def make_cgroup(root, task_hash, limits, runtime):
+def make_cgroup(root, task_hash, limits):
     controllers = cgroup_controllers(root)
     path = os.path.join(root, task_hash)
     try:
@@ -1488,16 +2213,17 @@ def cgroup_peak_kb(cg_dir):
         return None
 
 
-def cgroup_oom_kills(cg_dir):
+def cgroup_event(cg_dir, events_file, key):
+    """One counter of a cgroup's events file (memory.events, pids.events): the kernel's count."""
     if cg_dir is None:
         return 0
     try:
-        with open(os.path.join(cg_dir, "memory.events")) as fh:
+        with open(os.path.join(cg_dir, events_file)) as fh:
             for line in fh:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
+                name, _, value = line.partition(" ")
+                if name == key:
                     return int(value)
-    except OSError:
+    except (OSError, ValueError):
         pass
     return 0
 
@@ -1553,44 +2279,99 @@ def group_alive(pgid):
         return True
 
 
-SIGNAL_CAUSES = {
-    signal.SIGXCPU: "cpu_time_limit",
-    signal.SIGXFSZ: "file_size_limit",
-}
-# Python and Node turn these limits into exceptions instead of dying of the signal.
+# What a program's stderr may say when a limit refused it something. Only ever a hint: the program can print
+# any of these itself. A reason rests on what the program cannot fake (see Evidence).
 FSIZE_MARKERS = ["File too large", "EFBIG", "File size limit exceeded"]
-# Any runtime: allocation failures that name memory (the runtime's own oom_markers come first).
 MEMORY_MARKERS = ["MemoryError", "Array buffer allocation failed", "Cannot allocate memory", "std::bad_alloc"]
 NPROC_MARKERS = ["Resource temporarily unavailable", "EAGAIN", "can't start new thread"]
+# Without a memory cgroup, the kernel's count of the run's peak resident memory must reach this share of
+# the limit before the runner believes a memory error the program reports.
+PEAK_SHARE_FOR_MEMORY = 0.5
 
 
-def describe_exit(
-    status, via_bwrap, timed_out, timeout, runtime, limits, stdout_path, stderr_path, oom_kills
-):
-    """Name why a run ended, from evidence: the wait status, the cgroup's events, the limits, the output."""
-    if os.WIFSIGNALED(status):
-        sig, code = os.WTERMSIG(status), -os.WTERMSIG(status)
-    else:
-        sig, code = None, os.WEXITSTATUS(status)
-        # bwrap reports a child killed by signal N as exit status 128+N; it has no other channel.
-        if via_bwrap and 128 < code < 128 + 65:
-            sig, code = code - 128, -(code - 128)
-    fsize = limits["file_size_mb"] * 1024 * 1024
+class Evidence(object):
+    """What the runner itself saw of a run's end, each fact from a source the program cannot write: the wait
+    status, the runner's watchdog, the kernel's resource usage, cgroup event counters, and the sizes of the
+    capture files and of the files in the work dir. Its stderr is read only for hints."""
+
+    def __init__(self, outcome, limits, cg_dir, stdout_path, stderr_path, workdir):
+        self.timed_out = outcome.timed_out
+        self.cpu_time = outcome.cpu_time
+        self.limits = limits
+        self.fsize = limits["file_size_mb"] * 1024 * 1024
+        self.output_at_limit = any(size_of(p) >= self.fsize for p in (stdout_path, stderr_path))
+        self.workdir = workdir
+        self._file_at_limit = None
+        if os.WIFSIGNALED(outcome.status):
+            self.code, self.signal = -os.WTERMSIG(outcome.status), os.WTERMSIG(outcome.status)
+        else:
+            self.code, self.signal = os.WEXITSTATUS(outcome.status), None
+            if not outcome.exact_status and 128 < self.code < 128 + 65:
+                # Killed by signal N, or exit(128 + N): believed only where a fact confirms that signal.
+                self.signal = self._confirmed(self.code - 128, outcome)
+                if self.signal is not None:
+                    self.code = -self.signal
+        self.oom_kills = cgroup_event(cg_dir, "memory.events", "oom_kill")
+        self.memory_max_events = cgroup_event(cg_dir, "memory.events", "max")
+        self.pids_max_events = cgroup_event(cg_dir, "pids.events", "max")
+        self.peak_kb = cgroup_peak_kb(cg_dir) or int(outcome.maxrss_kb)
+        # Without a cgroup, the kernel's usage counts are the measure, where they cover the program.
+        self.peak_counted = cgroup_peak_kb(cg_dir) is not None or outcome.usage_complete
+        self.has_memory_cgroup = cg_dir is not None and os.path.exists(os.path.join(cg_dir, "memory.max"))
+        self.stderr_path = stderr_path
+
+    def _confirmed(self, sig, outcome):
+        if sig == signal.SIGKILL and outcome.timed_out:
+            return sig  # the runner's own kill
+        if sig == signal.SIGXCPU and self.cpu_limit_reached():
+            return sig
+        if sig == signal.SIGXFSZ and (self.output_at_limit or self.file_at_limit()):
+            return sig
+        return None
+
+    def cpu_limit_reached(self):
+        # The kernel sends SIGXCPU at the tick that crosses the limit, from a count that the reported usage
+        # (scaled from sampled ticks) may trail under load: half the limit is the bar a forged SIGXCPU fails.
+        return self.cpu_time >= self.limits["cpu_seconds"] * 0.5
+
+    def file_at_limit(self):
+        """Some file of the work dir (or a capture file) reached the file-size limit."""
+        if self._file_at_limit is None:
+            sizes = (sig[0] for sig in snapshot_files(self.workdir).values())
+            self._file_at_limit = self.output_at_limit or any(size >= self.fsize for size in sizes)
+        return self._file_at_limit
+
+    def memory_limit_reached(self):
+        if self.oom_kills or self.memory_max_events:
+            return True
+        if self.has_memory_cgroup or not self.peak_counted:
+            return False
+        return self.peak_kb >= self.limits["memory_mb"] * 1024 * PEAK_SHARE_FOR_MEMORY
+
+    def stderr_says(self, markers):
+        return tail_mentions(self.stderr_path, markers)
+
+
+def describe_exit(ev, runtime, limits, timeout):
+    """Name why a run ended, from evidence the program cannot fake; what only its stderr suggests becomes a
+    hint in the message, never the reason."""
+    sig, code = ev.signal, ev.code
     failed = code != 0
-    if timed_out:
+    memory_markers = (runtime.get("oom_markers") or []) + MEMORY_MARKERS
+    if ev.timed_out:
         reason = "timeout"
-    elif oom_kills:
+    elif ev.oom_kills:
         reason = "memory_limit"
-    elif failed and any(size_of(p) >= fsize for p in (stdout_path, stderr_path)):
+    elif failed and ev.output_at_limit:
         reason = "output_limit"
-    elif sig in SIGNAL_CAUSES:
-        reason = SIGNAL_CAUSES[sig]
-    elif failed and tail_mentions(stderr_path, (runtime.get("oom_markers") or []) + MEMORY_MARKERS):
-        reason = "memory_limit"
-    elif failed and tail_mentions(stderr_path, FSIZE_MARKERS):
+    elif sig == signal.SIGXCPU and ev.cpu_limit_reached():
+        reason = "cpu_time_limit"
+    elif failed and (sig == signal.SIGXFSZ or ev.stderr_says(FSIZE_MARKERS)) and ev.file_at_limit():
         reason = "file_size_limit"
-    elif failed and tail_mentions(stderr_path, NPROC_MARKERS):
+    elif failed and ev.pids_max_events:
         reason = "process_limit"
+    elif failed and ev.stderr_says(memory_markers) and ev.memory_limit_reached():
+        reason = "memory_limit"
     elif sig is not None:
         reason = "signal"
     else:
@@ -1607,20 +2388,39 @@ def describe_exit(
     }
     if reason != "exited":
         error = messages[reason]
-        if reason == "timeout" and tail_mentions(stderr_path, NPROC_MARKERS):
-            error += "; it had also hit the limit of %d processes" % limits["processes"]
     elif failed:
         error = "exited with status %d" % code
+        if not ev.signal and 128 < code < 128 + 65:
+            error += " (what a death by %s looks like through bubblewrap; nothing confirms a signal)" % (
+                signal_name(code - 128)
+            )
     else:
         error = None
+    hint = limit_hint(ev, reason, failed, memory_markers, limits)
+    if hint:
+        error = "%s; %s" % (error, hint)
     return {
         "success": reason == "exited" and not failed,
         "return_code": code,
         "signal": sig,
         "termination_reason": reason,
-        "timed_out": timed_out,
+        "timed_out": ev.timed_out,
         "error_message": error,
     }
+
+
+def limit_hint(ev, reason, failed, memory_markers, limits):
+    """What the program's stderr suggests about a limit the evidence does not show (None if nothing)."""
+    if not failed or reason in ("memory_limit", "process_limit", "file_size_limit", "output_limit"):
+        return None
+    said = "its output suggests it %s (a hint: nothing the program cannot fake confirms it)"
+    if ev.stderr_says(NPROC_MARKERS):
+        return said % ("hit the limit of %d processes" % limits["processes"])
+    if ev.stderr_says(memory_markers):
+        return said % ("ran out of memory (the limit is %d MB)" % limits["memory_mb"])
+    if ev.stderr_says(FSIZE_MARKERS):
+        return said % ("wrote past the %d MB file-size limit" % limits["file_size_mb"])
+    return None
 
 
 def signal_name(sig):
@@ -1695,24 +2495,33 @@ def is_utf8(data):
             return False
 
 
+def public_name(rel):
+    """A work-dir path as callers see it: one starting with '@' gets './' so it can never be a stream name."""
+    return "./" + rel if rel.startswith("@") else rel
+
+
+def open_workdir(path):
+    """The work dir's fd (its last component never followed as a link), or None when it is gone."""
+    try:
+        return os.open(path, O_DIR_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            return None
+        raise
+
+
 def snapshot_files(root):
-    """name -> (size, mtime_ns) of every regular file below ``root``, never following symlinks."""
+    """name -> (size, mtime_ns, inode) of every regular file and link below ``root``, through dir fds."""
     found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        if rel_dir == ".":
-            dirnames[:] = [d for d in dirnames if d != ".tmp"]
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-                found[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
-        if len(found) > MAX_FILES_LISTED * 10:
-            break
+    fd = open_workdir(root)
+    if fd is None:
+        return found
+    try:
+        for rel, st in walk_tree(fd, skip_top=(".tmp",), max_entries=MAX_FILES_LISTED * 10):
+            if st is not None and (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                found[public_name(rel)] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    finally:
+        os.close(fd)
     return found
 
 
@@ -1764,29 +2573,29 @@ def list_files(req):
     safe_owner = meta.get("uid") if os.geteuid() == 0 else None
     files = []
     skipped = []
-    if os.path.isdir(root):
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel_dir = os.path.relpath(dirpath, root)
-            if rel_dir == ".":
-                dirnames[:] = [d for d in dirnames if d != ".tmp"]
-            for d in dirnames:
-                if os.path.islink(os.path.join(dirpath, d)):
-                    rel = d if rel_dir == "." else os.path.join(rel_dir, d)
-                    skipped.append({"path": rel, "reason": "symlink (never followed)"})
-            dirnames.sort()
-            for name in sorted(filenames):
-                rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-                st = os.lstat(os.path.join(dirpath, name))
-                if stat.S_ISLNK(st.st_mode):
-                    skipped.append({"path": rel, "reason": "symlink (never followed)"})
+    fd = open_workdir(root)
+    if fd is not None:
+        try:
+            for rel, st in walk_tree(fd, skip_top=(".tmp",)):
+                name = public_name(rel)
+                if st is None:
+                    skipped.append(
+                        {"path": name, "reason": "more than %d dirs deep (not listed)" % MAX_WALK_DEPTH}
+                    )
+                elif stat.S_ISDIR(st.st_mode):
+                    continue
+                elif stat.S_ISLNK(st.st_mode):
+                    skipped.append({"path": name, "reason": "symlink (never followed)"})
                 elif not stat.S_ISREG(st.st_mode):
-                    skipped.append({"path": rel, "reason": "not a regular file"})
+                    skipped.append({"path": name, "reason": "not a regular file"})
                 elif not file_is_safe(st, safe_owner):
-                    skipped.append({"path": rel, "reason": "hard link to a file the task does not own"})
+                    skipped.append({"path": name, "reason": "hard link to a file the task does not own"})
                 else:
-                    files.append({"path": rel, "size": st.st_size})
+                    files.append({"path": name, "size": st.st_size})
                 if len(files) >= MAX_FILES_LISTED:
                     break
+        finally:
+            os.close(fd)
     streams = []
     for name, fname in sorted(STREAMS.items()):
         streams.append(
@@ -1799,8 +2608,8 @@ def list_files(req):
         "task_hash": meta["task_hash"],
         "session_id": meta.get("session_id"),
         "working_directory": root,
-        "exists": os.path.isdir(root),
-        "files": files,
+        "exists": fd is not None,
+        "files": sorted(files, key=lambda f: f["path"]),
         "streams": streams,
         "skipped": skipped,
         "truncated": len(files) >= MAX_FILES_LISTED,
@@ -1820,8 +2629,10 @@ def read_file(req):
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         size = os.fstat(fd).st_size
     else:
+        # './@stdout' is the work dir's file of that name (listings show it so), never the stream.
+        rel = name[2:] if isinstance(name, str) and name.startswith("./") else name
         safe_owner = meta.get("uid") if os.geteuid() == 0 else None
-        fd, st = open_file_in(task_root(base, meta), name, safe_owner)
+        fd, st = open_file_in(task_root(base, meta), rel, safe_owner)
         size = st.st_size
     try:
         os.lseek(fd, offset, os.SEEK_SET)
@@ -1852,7 +2663,8 @@ WORKDIR_KINDS = (
 
 
 def inventory(req):
-    """Every task, session and run record under the base dir, with its age, for a cleanup policy to choose."""
+    """Every task, session and run record under the base dir, with when it was last used (by the runner's
+    own records, which code cannot touch), for a cleanup policy to choose."""
     base = prepare_base(req.get("base_dir"))
     want_sizes = bool(req.get("sizes"))
     entries = []
@@ -1862,7 +2674,12 @@ def inventory(req):
             path = os.path.join(root, name)
             if not pattern.match(name) or not is_real_dir(path):
                 continue
-            entry = {"kind": kind, "id": name, "mtime": os.lstat(path).st_mtime}
+            if kind == "run":
+                mtime = os.lstat(path).st_mtime
+            else:
+                fallback = record_dir(base, name) if kind == "task" else path
+                mtime = last_used(base, kind, name, fallback)
+            entry = {"kind": kind, "id": name, "mtime": mtime}
             if kind == "run":
                 try:
                     meta = load_record(base, name)
@@ -1876,21 +2693,21 @@ def inventory(req):
 
 
 def tree_size(path):
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total
+    fd = open_workdir(path)
+    if fd is None:
+        return 0
+    try:
+        return sum(st.st_blocks * 512 for _, st in walk_tree(fd) if st is not None)
+    finally:
+        os.close(fd)
 
 
 def remove(req):
-    """Remove the named tasks, sessions and run records; nothing outside the base dir can be named."""
+    """Remove the named tasks, sessions and run records; nothing outside the base dir can be named, and
+    nothing in use (a run in progress, a live process of its uid) is removed: it is reported as skipped."""
     base = prepare_base(req.get("base_dir"))
     removed = []
-    released = []
+    skipped = []
     for item in req.get("entries") or []:
         kind, name = item.get("kind"), item.get("id")
         if kind == "session":
@@ -1903,34 +2720,67 @@ def remove(req):
             raise RunnerError("invalid_input", "cannot remove a %r; kinds are task, session, run" % (kind,))
         if not isinstance(name, str) or not pattern.match(name):
             raise RunnerError("invalid_input", "%r is not a valid %s id" % (name, kind))
+        try:
+            gone = remove_entry(base, kind, name, subs)
+        except InUse as exc:
+            skipped.append({"kind": kind, "id": name, "reason": str(exc) or "a run is in progress"})
+            continue
+        if gone:
+            removed.append({"kind": kind, "id": name})
+        elif gone is False:
+            skipped.append({"kind": kind, "id": name, "reason": "files kept appearing while it was removed"})
+    return {"base_dir": base, "removed": removed, "skipped": skipped}
+
+
+def remove_entry(base, kind, name, subs):
+    """Remove one entry under its exclusive use lock: True if removed, None if absent, False if it could
+    not be emptied. Raises InUse when a run holds it or a process of its uid still lives."""
+    lock = UseLock(base, "session" if kind == "session" else "task", name, exclusive=True)
+    unlink_lock = False
+    try:
+        uid_key = None if kind == "run" else kind + ":" + name
+        uid = UidPool(base, *SANDBOX_UID_RANGE).lookup(uid_key) if uid_key and os.geteuid() == 0 else None
+        if uid is not None and uid_has_processes(uid):
+            raise InUse("processes of its uid %d are still running" % uid)
+        found = None
         for sub in subs:
-            path = os.path.join(base, sub, name)
-            if os.path.lexists(path) and is_real_dir(path):
-                remove_tree(path)
-                removed.append({"kind": kind, "id": name})
-                if kind != "run":
-                    released.append(kind + ":" + name)
-    if os.geteuid() == 0:
-        UidPool(base, *SANDBOX_UID_RANGE).release(released)
-    return {"base_dir": base, "removed": removed}
+            parent = os.open(os.path.join(base, sub), O_DIR_NOFOLLOW)
+            try:
+                try:
+                    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                found = remove_at(parent, name)
+            finally:
+                os.close(parent)
+        # Gone (or never there): its lock goes too, under the exclusive hold (UseLock says why that is safe).
+        unlink_lock = found is not False
+        if found and uid is not None:
+            UidPool(base, *SANDBOX_UID_RANGE).release([uid_key])
+        return found
+    finally:
+        lock.release(unlink=unlink_lock)
+
+
+def cleanup(req):
+    """The "age" policy applied by the runner itself: what the instance's cleanup timer asks for (the client's
+    cleanup tool chooses through its own policy, then calls remove)."""
+    hours = req.get("hours")
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 <= hours <= 87600:
+        raise RunnerError("invalid_input", "hours must be a number from 0 to 87600, got %r" % (hours,))
+    found = inventory({"base_dir": req.get("base_dir")})
+    cutoff = found["now"] - hours * 3600
+    chosen = [{"kind": e["kind"], "id": e["id"]} for e in found["entries"] if e["mtime"] < cutoff]
+    if req.get("dry_run"):
+        return {"base_dir": found["base_dir"], "removed": chosen, "skipped": [], "dry_run": True}
+    return remove({"base_dir": found["base_dir"], "entries": chosen})
 
 
 def is_real_dir(path):
     st = os.lstat(path)
     return stat.S_ISDIR(st.st_mode)
-
-
-def remove_tree(path):
-    def onerror(func, target, exc_info):
-        # Code may have made a dir unreadable to its owner; the owner may open it again.
-        try:
-            os.chmod(os.path.dirname(target), 0o700)
-            os.chmod(target, 0o700) if os.path.isdir(target) and not os.path.islink(target) else None
-            func(target)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=onerror)
 
 
 def probe(req):
@@ -1995,6 +2845,7 @@ OPS = {
     "read": read_file,
     "inventory": inventory,
     "remove": remove,
+    "cleanup": cleanup,
     "probe": probe,
 }
 
@@ -2065,6 +2916,7 @@ def main(argv=None):
     # The caller giving up (a cancelled SSM command, a terminated local subprocess) kills the run's
     # program; the envelope still follows, for whoever is still listening.
     signal.signal(signal.SIGTERM, cancel_all_runs)
+    become_subreaper()
 
     def emit(event):
         with lock:

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import runner
+
 RUNTIME_NAME_RE = re.compile(r"^[a-z][a-z0-9_.+-]{0,31}$")
 
 
@@ -41,6 +43,13 @@ class Runtime(BaseModel):
         default_factory=list,
         description="Text in stderr that proves the program died of the memory limit.",
     )
+    syscalls_allowed: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Calls the syscall filter refuses that this runtime truly needs (names as in the runner's "
+            "SYSCALLS table, e.g. 'memfd_create'); allowed for this runtime's runs alone."
+        ),
+    )
     warm_start: Literal["python"] | None = Field(
         default=None,
         description=(
@@ -55,6 +64,17 @@ class Runtime(BaseModel):
         if not RUNTIME_NAME_RE.match(value):
             raise ValueError(
                 "runtime names are 1-32 characters: a lowercase letter, then letters, digits, '_.+-'"
+            )
+        return value
+
+    @field_validator("syscalls_allowed")
+    @classmethod
+    def _known_syscalls(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(runner.SYSCALLS))
+        if unknown:
+            raise ValueError(
+                f"syscalls_allowed names calls the filter does not refuse: {', '.join(unknown)}; "
+                f"it refuses {', '.join(sorted(runner.SYSCALLS))}"
             )
         return value
 

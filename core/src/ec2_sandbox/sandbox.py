@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from . import protocol, runner
+from . import protocol
 from .cleanup import Inventory
 from .config import SandboxConfig
 from .errors import ConfigError, InvalidInputError, TransportError
@@ -32,9 +32,11 @@ from .schema import (
     InstanceStatus,
     RemovedEntry,
     RuntimeStatus,
+    SkippedEntry,
     SkippedFile,
     StatusPart,
     check_env_name,
+    check_file_to_read,
     check_filename,
     check_session_id,
     check_task_hash,
@@ -194,6 +196,7 @@ class AsyncSandbox:
             inline_chars=self.config.max_output_chars,
             max_envelope_chars=self.transport.max_output_chars,
             isolation=self.config.isolation,
+            syscall_filter=self.config.syscall_filter,
             network=self.config.network,
             stream=stream,
             warm=self.config.warm_start and self.transport.supports_warm_start,
@@ -275,8 +278,7 @@ class AsyncSandbox:
         ``write``). Returns ``(bytes written, full size of the file)``.
         """
         _field_error("task_hash", check_task_hash, task_hash)
-        if filename not in runner.STREAMS:
-            _field_error("filename", check_filename, filename)
+        _field_error("filename", check_file_to_read, filename)
         if offset < 0:
             raise InvalidInputError("offset: must not be negative")
         want = max_bytes if max_bytes is not None else 1 << 62
@@ -367,12 +369,16 @@ class AsyncSandbox:
         )
         chosen = policy.select(inventory, hours, self.config)
         removed: list[RemovedEntry] = []
+        skipped: list[SkippedEntry] = []
         if chosen:
             entries = [{"kind": e.kind, "id": e.id} for e in chosen]
             result = await self._call("remove", timeout=600, entries=entries)
             removed = [RemovedEntry(**e) for e in result["removed"]]
-        log.debug("cleanup (%s, %s h) removed %d entries", policy.name, hours, len(removed))
-        return CleanupResult(policy=policy.name, hours=hours, removed=removed)
+            skipped = [SkippedEntry(**e) for e in result.get("skipped", [])]
+        log.debug(
+            "cleanup (%s, %s h) removed %d, kept %d in use", policy.name, hours, len(removed), len(skipped)
+        )
+        return CleanupResult(policy=policy.name, hours=hours, removed=removed, skipped=skipped)
 
     async def instance_status(self) -> InstanceStatus:
         """Reachability and health of the target: each part checked and reported on its own."""

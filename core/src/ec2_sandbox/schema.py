@@ -50,6 +50,15 @@ def check_filename(value: str) -> str:
     return value
 
 
+def check_file_to_read(value: str) -> str:
+    """A file to read back: ``@stdout``/``@stderr``, or a work-dir path (``./`` before one that starts with
+    '@', as listings write it, so that a file named ``@stdout`` is never the stream)."""
+    if value in runner.STREAMS:
+        return value
+    check_filename(value[2:] if value.startswith("./") else value)
+    return value
+
+
 def check_env_name(value: str) -> str:
     if not runner.ENV_NAME_RE.match(value):
         raise ValueError(f"env var name {value!r} must match [A-Za-z_][A-Za-z0-9_]*")
@@ -147,9 +156,7 @@ class GetFilesInput(_Input):
     @field_validator("filename")
     @classmethod
     def _filename(cls, value: str | None) -> str | None:
-        if value is None or value in runner.STREAMS:
-            return value
-        return check_filename(value)
+        return value if value is None else check_file_to_read(value)
 
 
 class CleanupInput(_Input):
@@ -275,12 +282,22 @@ class RemovedEntry(BaseModel):
     id: str
 
 
+class SkippedEntry(BaseModel):
+    kind: Literal["task", "session", "run"]
+    id: str
+    reason: str = Field(description="Why it was kept, e.g. a run in progress.")
+
+
 class CleanupResult(BaseModel):
-    """Output of ec2_cleanup_tasks: exactly what was removed."""
+    """Output of ec2_cleanup_tasks: exactly what was removed, and what was chosen but kept in use."""
 
     policy: str = Field(description="Cleanup policy that chose what to remove.")
     hours: float | None = Field(default=None, description="Age threshold used, in hours.")
     removed: list[RemovedEntry] = Field(default_factory=list)
+    skipped: list[SkippedEntry] = Field(
+        default_factory=list,
+        description="Chosen but not removed: in use by a run in progress (it is removed by a later cleanup).",
+    )
 
     @property
     def removed_tasks(self) -> list[str]:

@@ -62,6 +62,7 @@ NS_GET_PARENT = 0xB702  # _IO(0xb7, 0x2)
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -112,6 +113,24 @@ def drop_all_capabilities():
                 raise SetupError("capabilities left after dropping them: %s" % line.strip())
 
 
+def filter_fd(program):
+    """An fd holding the syscall filter's bytes, for bubblewrap's --seccomp."""
+    fd = os.memfd_create("ec2-sandbox-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_char_p))
+
+
+def install_filter(program):
+    """prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER): the runner's filter, in the program's own process."""
+    fprog = SockFprog(len(program) // 8, program)
+    _call("prctl(PR_SET_SECCOMP)", _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0))
+
+
 def report(fd, kind, *values):
     """One line to the runner: a kind (pid, sandbox, status, error) and its values, space-separated."""
     text = " ".join([kind] + [str(value).replace("\n", " ") for value in values])
@@ -125,8 +144,13 @@ class Holder(object):
         in_r, self.stdin = os.pipe()
         self.stdout, out_w = os.pipe()
         self.info, info_w = os.pipe()
+        placed = [in_r, out_w, err_fd, info_w]
+        if req.get("seccomp"):
+            placed.append(filter_fd(req["seccomp"]))  # fd 4: bubblewrap's --seccomp for the placeholder
         # Sources above the targets, so that no dup2 overwrites one still to be placed.
-        sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (in_r, out_w, err_fd, info_w)]
+        sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in placed]
+        if len(placed) > 4:
+            os.close(placed[4])
         actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(sources)]
         uid = req.get("uid")
         if uid is not None:
@@ -418,6 +442,10 @@ def become_program(req, out_fd, err_fd, report_fd):
         for limit, value in req["rlimits"]:
             resource.setrlimit(getattr(resource, limit), (value[0], value[1]))
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
+        if req.get("seccomp"):
+            install_filter(req["seccomp"])  # last: no_new_privs is set, the set-up's calls are done
+        if "exec" in req:
+            launch_other_runtime(req, report_fd)
         with open(req["program"], "rb") as fh:
             source = fh.read()
     except (SetupError, OSError, ValueError, KeyError) as exc:
@@ -432,6 +460,22 @@ def become_program(req, out_fd, err_fd, report_fd):
         site.USER_BASE = site.USER_SITE = None
         site.getusersitepackages()
     return req["program"], source
+
+
+def launch_other_runtime(req, report_fd):
+    """Become the run's program by exec, as a cold start would start it (returns only by raising).
+
+    The interpreter ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec: the
+    program gets them as a cold start does.
+    """
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    argv = req["exec"]
+    # The report pipe stays open for an exec that fails; it is close-on-exec, so the program never has it.
+    os.closerange(3, report_fd)
+    os.closerange(report_fd + 1, 1 << 16)
+    # A failed exec is a set-up error: the runner starts the run cold and reports what that says.
+    os.execve(argv[0], argv, req["env"])
 
 
 def run_program(path, source):

@@ -330,131 +330,71 @@ finish_step "uids $UID_FIRST-$UID_LAST cannot reach 169.254.169.254 / fd00:ec2::
 STEP=cleanup
 install_file 0755 "$LIB_DIR/cleanup.py" <<'PYTHON'
 #!/usr/bin/env python3
-"""Remove ec2-sandbox task and session dirs, and run records, older than --hours.
+"""Hourly cleanup (ec2-sandbox-cleanup.timer): the runner on this instance removes what is older than --hours.
 
-Installed by the instance setup and run by ec2-sandbox-cleanup.timer, so an instance cleans up even when no
-client ever calls the cleanup tool. It applies the toolkit's default "age" policy to the layout the runner
-keeps under the base dir (the same names, the same age: the dir's mtime) and gives each removed task's or
-session's uid back the way the runner's remove does: out of the base dir's map (runs/uids.json, under the
-lock the runner takes) and out of the machine-wide claims (UID_CLAIMS_DIR). Stdlib only. The toolkit's tests
-check that this file and the runner agree.
+The runner is what knows the layout and removes safely (through dir fds, never what a run in progress holds,
+by its own records of when each task and session was last used). This script only finds the copy SSM left in
+the root-only staging dir and asks it. Before any client has run code here there is nothing to clean.
 """
 
 import argparse
-import fcntl
 import json
 import os
-import re
-import shutil
 import stat
+import subprocess
 import sys
-import time
-
-TASK_HASH_RE = re.compile(r"^[0-9a-f]{12,64}$")
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-LAYOUT = (
-    ("tasks", "task", TASK_HASH_RE),
-    ("ephemeral", "task", TASK_HASH_RE),
-    ("sessions", "session", SESSION_ID_RE),
-    ("runs", "run", TASK_HASH_RE),
-)
-UID_CLAIMS_DIR = "/var/lib/ec2-sandbox/.uid-claims"
 
 
-def expired(base, cutoff):
-    for sub, kind, pattern in LAYOUT:
-        root = os.path.join(base, sub)
-        try:
-            names = sorted(os.listdir(root))
-        except FileNotFoundError:
-            continue
-        for name in names:
-            if not pattern.match(name):
-                continue
-            path = os.path.join(root, name)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff:
-                yield kind, name, path
-
-
-def release_uids(base, keys):
-    path = os.path.join(base, "runs", "uids.json")
+def newest_runner(base):
+    """The newest runner copy in <base>/staging, if the dir and the file are this user's alone."""
+    staging = os.path.join(base, "staging")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.lstat(staging)
     except FileNotFoundError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        raw = b""
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            raw += chunk
-        table = json.loads(raw.decode("utf-8")) if raw else {}
-        hit = [k for k in keys if k in table]
-        # Under the map's lock, as the runner does: a uid handed out again right after must keep its claim.
-        for key in hit:
-            unclaim(base, table.pop(key))
-        if hit:
-            data = json.dumps(table, sort_keys=True).encode("utf-8")
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, data)
-    finally:
-        os.close(fd)
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise SystemExit("refusing %s: not a directory this user alone may write" % staging)
+    found = []
+    for name in os.listdir(staging):
+        path = os.path.join(staging, name)
+        st = os.lstat(path)
+        if name.startswith("runner-") and name.endswith(".py") and stat.S_ISREG(st.st_mode):
+            if st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+                found.append((st.st_mtime, path))
+    return max(found)[1] if found else None
 
 
-def unclaim(base, uid):
-    """Drop this base dir's machine-wide claim on ``uid`` (a claim file holds the base dir's path)."""
-    path = os.path.join(UID_CLAIMS_DIR, str(uid))
-    try:
-        with open(path, "rb") as fh:
-            if fh.read().decode("utf-8", "replace") == base:
-                os.unlink(path)
-    except OSError:
-        pass
-
-
-def main(argv=None):
+def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-dir", default="/var/lib/ec2-sandbox")
     parser.add_argument("--hours", type=float, default=24.0)
-    parser.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    args = parser.parse_args(argv)
-    if not 0 <= args.hours <= 87600:
-        parser.error("--hours must be between 0 and 87600")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
+    args = parser.parse_args()
     base = os.path.abspath(args.base_dir)
     try:
-        st = os.lstat(base)
+        if not stat.S_ISDIR(os.lstat(base).st_mode):
+            print("refusing %s: not a directory (a link is never followed)" % base, file=sys.stderr)
+            return 2
     except FileNotFoundError:
-        print(json.dumps({"base_dir": base, "hours": args.hours, "removed": [], "errors": []}))
+        print(json.dumps({"base_dir": base, "removed": [], "skipped": []}))
         return 0
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        print("%s is not a directory owned by uid %d; refusing" % (base, os.geteuid()), file=sys.stderr)
-        return 2
-    cutoff = time.time() - args.hours * 3600
-    removed, released, errors = [], [], []
-    for kind, name, path in list(expired(base, cutoff)):
-        if not args.dry_run:
-            failures = []
-            if sys.version_info >= (3, 12):
-                shutil.rmtree(path, onexc=lambda func, target, exc: failures.append("%s: %s" % (target, exc)))
-            else:
-                shutil.rmtree(path, onerror=lambda func, target, exc: failures.append("%s: %s" % (target, exc[1])))
-            if failures:
-                errors.extend(failures)
-                continue
-            if kind != "run":
-                released.append(kind + ":" + name)
-        removed.append({"kind": kind, "id": name})
-    if released:
-        release_uids(base, released)
-    print(json.dumps({"base_dir": base, "hours": args.hours, "removed": removed, "errors": errors}))
-    return 1 if errors else 0
+    runner = newest_runner(base)
+    if runner is None:
+        note = "no runner has run on this instance yet: nothing to clean"
+        print(json.dumps({"base_dir": base, "removed": [], "skipped": [], "note": note}))
+        return 0
+    request = {"v": 1, "op": "cleanup", "base_dir": base, "hours": args.hours, "dry_run": args.dry_run}
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", runner], input=json.dumps(request).encode(), capture_output=True
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(b'{"envelope"')]
+    envelope = json.loads(lines[-1])["envelope"] if lines else None
+    if not envelope or not envelope.get("ok"):
+        error = (envelope or {}).get("error") or {"message": proc.stderr.decode("utf-8", "replace")[-2000:]}
+        print("the runner's cleanup failed: %s" % error.get("message"), file=sys.stderr)
+        return 1
+    print(json.dumps(envelope["result"]))
+    return 0
 
 
 if __name__ == "__main__":

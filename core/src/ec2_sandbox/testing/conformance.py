@@ -262,7 +262,8 @@ class ConformanceSuite:
 
     async def test_python_memory_limit_is_reported_as_such(self, sandbox: AsyncSandbox) -> None:
         small = derived(sandbox, max_memory_mb=128)
-        result = await small.execute_code("x = bytearray(512 * 1024 * 1024)\nprint(len(x))")
+        grow = "hog = []\nwhile True:\n    hog.append(b'x' * (4 << 20))"
+        result = await small.execute_code(grow)
         assert not result.success
         assert result.termination_reason == "memory_limit", result
         assert "memory" in (result.error_message or "")

@@ -158,6 +158,7 @@ if hashlib.sha256(source).hexdigest() != sys.argv[2]:
 runner = types.ModuleType("ec2_sandbox_runner")
 sys.modules["ec2_sandbox_runner"] = runner
 exec(compile(source, "ec2_sandbox_runner.py", "exec"), runner.__dict__)
+runner.become_subreaper()  # it reaps what its runs leave behind, bubblewrap's pid 1 among them
 try:
     # Probe bubblewrap once before requests run side by side (each would otherwise probe it on its own).
     bwrap = runner.find_bwrap()
