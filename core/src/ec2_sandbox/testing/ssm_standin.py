@@ -90,6 +90,8 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.ssm.models import Command, SimpleSystemManagerBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
 
+from . import eic_endpoints
+
 STDOUT_CAP = 24_000
 STDERR_CAP = 8_000
 TRUNCATION_MARKER = "\n---Output truncated---"
@@ -650,8 +652,10 @@ def _resp_list_command_invocations(self: SimpleSystemManagerResponse) -> ActionR
 
 
 def install() -> StandIn:
-    """Patch moto's SSM backend (idempotent) and return the stand-in's state."""
+    """Patch moto's SSM backend, and add EC2 Instance Connect Endpoints (:mod:`.eic_endpoints`), to moto
+    (idempotent); return the stand-in's state."""
     global _installed
+    eic_endpoints.install()
     with _install_lock:
         if not _installed:
             SimpleSystemManagerBackend.send_command = _send_command  # type: ignore[method-assign]
@@ -692,6 +696,7 @@ class Server:
 
     def stop(self) -> None:
         self.standin.reset()
+        eic_endpoints.reset()
         self.moto.stop()
 
 
