@@ -591,6 +591,7 @@ def test_prepare_instance_reports_each_step(account: Account, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] is True and report["status"] == "Success"
+    assert any("the eic and ssh transports need ssh_sudo: true" in note for note in report["notes"])
     steps = {s["step"]: s["status"] for s in report["steps"]}
     assert steps == {
         "packages": "ok",
@@ -606,6 +607,15 @@ def test_prepare_instance_reports_each_step(account: Account, tmp_path: Path) ->
     again = json.loads(account.cli(*args).stdout)
     rerun = {s["step"]: s["status"] for s in again["steps"]}
     assert rerun == {**dict.fromkeys(steps, "ok"), "userns": "skipped"}
+    # An environment that uses eic without ssh_sudo is told what it misses.
+    config = json.loads(account.config.read_text())
+    account.config.write_text(json.dumps({**config, "default": {**config["default"], "transport": "eic"}}))
+    try:
+        plain = account.cli("prepare-instance", instance["InstanceId"], "--setup-root", str(root))
+    finally:
+        account.config.write_text(json.dumps(config))
+    assert plain.returncode == 0, plain.stderr
+    assert "note: this environment uses eic without ssh_sudo: the eic and ssh transports need" in plain.stdout
     # A step that fails makes the command fail, naming the step and why.
     with (root / "etc" / "passwd").open("a") as fh:
         fh.write("intruder:x:200001:100::/:/bin/sh\n")
