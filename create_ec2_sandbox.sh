@@ -4,16 +4,23 @@
 # What it makes, all named after --name and tagged ec2-sandbox:name=<name> (that tag is how --delete and
 # reruns find them):
 #   IAM role <name>-role + instance profile <name>-profile with only AmazonSSMManagedInstanceCore
-#   security group <name>-sg: inbound tcp/22 only from the region's EC2 Instance Connect prefix list;
-#     outbound only tcp/443 (SSM, EIC, package mirrors over https), tcp/80 (Ubuntu's apt mirrors are http),
-#     udp+tcp/53 (DNS to resolvers outside the VPC). The VPC resolver, the time service and the metadata
-#     service are link-local and never filtered by security groups.
+#   security group <name>-sg: no inbound rule by default (SSM needs none: the agent connects out);
+#     tcp/22 from --ssh-from CIDRs (the eic/ssh transports connecting straight to the instance) and/or from
+#     the EC2 Instance Connect Endpoint's security group (--eic-endpoint: tunnelled traffic comes from the
+#     endpoint's network interface). Outbound only tcp/443 (SSM, EIC, package mirrors over https), tcp/80
+#     (Ubuntu's apt mirrors are http), udp+tcp/53 (DNS to resolvers outside the VPC). The VPC resolver, the
+#     time service and the metadata service are link-local and never filtered by security groups.
+#   with --eic-endpoint: security group <name>-eice-sg (outbound tcp/22 to <name>-sg only) and an EC2
+#     Instance Connect Endpoint in the instance's subnet (or the VPC's existing endpoint, reused)
 #   instance <name>: Ubuntu 24.04 LTS (or --ami), IMDSv2 required with hop limit 1, encrypted gp3 root volume,
 #     user-data provisioning/user-data.sh (gzip-compressed: cloud-init unpacks it)
 # Then it waits for the instance and for SSM, merges an environment into the configuration file, and runs
 # `ec2-sandbox status` and a hello-world through the toolkit.
 #
-# Reruns reuse what exists; an interrupted run is finished by running it again or removed with --delete.
+# Reruns reuse what exists and repair what drifted (security group rules and membership, the instance
+# profile, IMDSv2); what cannot be repaired in place (an unencrypted root volume) is said plainly.
+# An interrupted run is finished by running it again or removed with --delete.
+# The permissions it needs are in docs/iam-policy.json.
 set -euo pipefail
 
 if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
@@ -40,6 +47,10 @@ ENVIRONMENT="default"
 CONFIG=""
 DRY_RUN=0
 DELETE=0
+SSH_FROM=()
+EIC_ENDPOINT=0
+# Set when a dry run has no working credentials: reads are printed too, and answered with placeholders.
+OFFLINE=0
 # Bounded waits; the environment may shorten them (tests) or lengthen them (slow regions).
 WAIT_SECONDS="${EC2_SANDBOX_WAIT_SECONDS:-900}"
 POLL_SECONDS="${EC2_SANDBOX_POLL_SECONDS:-5}"
@@ -48,8 +59,18 @@ usage() {
     cat <<'EOF'
 Usage: create_ec2_sandbox.sh [options]
 
-Provision an EC2 instance ready for ec2-sandbox (SSM and EC2 Instance Connect, no key pairs), write its
-environment into the configuration file, and test it. Rerun to finish or check; --delete to remove it all.
+Provision an EC2 instance ready for ec2-sandbox (SSM, optionally EC2 Instance Connect; no key pairs), write
+its environment into the configuration file, and test it. Rerun to finish, check and repair; --delete to
+remove it all.
+
+Network (default: SSM only - no inbound rule at all, the safest choice):
+  --ssh-from CIDR     also admit tcp/22 from CIDR (repeatable), for the eic/ssh transports connecting straight
+                      to the instance's public or private address (e.g. your address: 203.0.113.7/32)
+  --eic-endpoint      also admit tcp/22 through an EC2 Instance Connect Endpoint in the instance's subnet
+                      (created, or the VPC's existing one reused) whose security group the instance's admits;
+                      for private instances (transport eic with eic_endpoint_id)
+  The eic and ssh transports need ssh_sudo (written to the configuration with either option) for per-session
+  uids and the metadata guard; without it the runner runs as the login user.
 
 Options:
   --name NAME         resource name prefix and tag value (default: ec2-sandbox)
@@ -63,7 +84,8 @@ Options:
   --environment NAME  environment to write in the configuration file (default: default)
   --config PATH       configuration file (default: $EC2_SANDBOX_CONFIG, then ./config.json)
   --skip-test         do not wait for SSM nor run the connection test
-  --dry-run           print every AWS call; run only the read-only ones; change nothing
+  --dry-run           print every AWS call; run only the read-only ones; change nothing (without working
+                      credentials: print what would be called, with placeholders)
   --delete            remove the instance, security group, instance profile and role tagged with --name
   -h, --help          show this help
 
@@ -74,6 +96,7 @@ EOF
 
 log() { printf '==> %s\n' "$*" >&2; }
 info() { printf '    %s\n' "$*" >&2; }
+warn() { printf '==> warning: %s\n' "$*" >&2; }
 die() {
     printf 'create_ec2_sandbox.sh: error: %s\n' "$*" >&2
     exit 1
@@ -99,6 +122,8 @@ while [[ $# -gt 0 ]]; do
         --skip-test) SKIP_TEST=1; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
         --delete) DELETE=1; shift ;;
+        --ssh-from) need_value "$@"; SSH_FROM+=("$2"); shift 2 ;;
+        --eic-endpoint) EIC_ENDPOINT=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -114,6 +139,10 @@ esac
 [[ $INSTANCE_TYPE =~ ^[a-z0-9-]+\.[a-z0-9]+$ ]] || die "--type '$INSTANCE_TYPE' is not an instance type"
 [[ -z $AMI || $AMI =~ ^ami-[0-9a-f]{8,17}$ ]] || die "--ami '$AMI' is not an AMI id (ami-...)"
 [[ -z $SUBNET || $SUBNET =~ ^subnet-[0-9a-f]{8,17}$ ]] || die "--subnet '$SUBNET' is not a subnet id"
+for cidr in "${SSH_FROM[@]}"; do
+    [[ $cidr =~ ^(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])([.](25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){3}/([0-9]|[12][0-9]|3[0-2])$ ]] \
+        || die "--ssh-from '$cidr' is not an IPv4 CIDR like 203.0.113.7/32"
+done
 [[ $ENVIRONMENT =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] \
     || die "--environment '$ENVIRONMENT': use letters, digits, '.', '_' or '-', starting with a letter or digit"
 # Checked here because bash arithmetic evaluates text: a leading 0 would make a number octal (and 08 an
@@ -166,7 +195,8 @@ trap 'rm -rf "$WORK_DIR"' EXIT
 AWS_ERR="$WORK_DIR/aws-stderr"
 
 # aws_call read|write ARGS...: run one AWS CLI call. Under --dry-run every call is printed, and write calls
-# are not run (they print nothing on stdout). On failure the CLI's message is kept in $AWS_ERR.
+# are not run (they print nothing on stdout); without credentials reads are not run either, and answered as
+# an empty account would answer them, with placeholders. On failure the CLI's message is kept in $AWS_ERR.
 aws_call() {
     local kind=$1
     shift
@@ -177,9 +207,45 @@ aws_call() {
             printf '[dry-run] would run:%s\n' "$shown" >&2
             return 0
         fi
+        if [[ $OFFLINE -eq 1 ]]; then
+            printf '[dry-run] would read:%s\n' "$shown" >&2
+            offline_answer "$@"
+            return
+        fi
         printf '[dry-run] reading:%s\n' "$shown" >&2
     fi
     "${AWS[@]}" "$@" 2>"$AWS_ERR"
+}
+
+# What an account with none of our resources answers, for a dry run without credentials; <...> are
+# placeholders for what only AWS knows.
+offline_answer() {
+    case "$1 $2" in
+        "sts get-caller-identity") echo '{"Account": "<account>", "Arn": "arn:aws:iam::<account>:user/<you>"}' ;;
+        "iam get-role" | "iam get-instance-profile")
+            echo "NoSuchEntity (dry run without credentials: assumed absent)" >"$AWS_ERR"
+            return 1 ;;
+        "ssm get-parameter") echo '{"Parameter": {"Value": "<latest Ubuntu 24.04 AMI>"}}' ;;
+        "ec2 describe-images")
+            jq -cn --arg a "$ARCH" '{Images: [{Architecture: $a, RootDeviceName: "<root device>"}]}' ;;
+        "ec2 describe-instance-types")
+            jq -cn --arg a "$ARCH" '{InstanceTypes: [{ProcessorInfo: {SupportedArchitectures: [$a]}}]}' ;;
+        "ec2 describe-vpcs") echo '{"Vpcs": [{"VpcId": "<default VPC>"}]}' ;;
+        "ec2 describe-subnets")
+            echo '{"Subnets": [{"VpcId": "<VPC of the subnet>", "SubnetId": "<default subnet>"}]}' ;;
+        *) echo '{"Reservations": [], "SecurityGroups": [], "InstanceConnectEndpoints": []}' ;;
+    esac
+}
+
+# did VERB WHAT: report a change made - or, in a dry run, one that would be made.
+did() {
+    if [[ $DRY_RUN -eq 1 ]]; then
+        info "would $1 $2"
+    elif [[ $1 == *e ]]; then
+        info "${1}d $2"
+    else
+        info "${1}ed $2"
+    fi
 }
 
 aws_fail() {
@@ -190,8 +256,14 @@ aws_error_is() {
     grep -q -- "$1" "$AWS_ERR"
 }
 
-CALLER=$(aws_call read sts get-caller-identity) \
-    || aws_fail "AWS credentials (profile '${PROFILE:-none: default chain}') do not work (aws sts get-caller-identity)"
+if ! CALLER=$(aws_call read sts get-caller-identity); then
+    [[ $DRY_RUN -eq 1 ]] \
+        || aws_fail "AWS credentials (profile '${PROFILE:-none: default chain}') do not work (aws sts get-caller-identity)"
+    info "dry run without working credentials ($(head -c 200 "$AWS_ERR" | tr '\n' ' ')): reads are printed," \
+        "not run, and <placeholders> stand for what AWS would answer"
+    OFFLINE=1
+    CALLER=$(offline_answer sts get-caller-identity)
+fi
 ACCOUNT=$(jq -r .Account <<<"$CALLER")
 CALLER_ARN=$(jq -r .Arn <<<"$CALLER")
 PARTITION=$(cut -d: -f2 <<<"$CALLER_ARN")
@@ -260,6 +332,78 @@ wait_until() {
     done
 }
 
+# Rules are compared one (protocol, ports, source) at a time, so a rerun adds what is missing and revokes what
+# is not ours - including the all-traffic egress rule every new group starts with.
+# shellcheck disable=SC2016  # jq program text, not shell
+RULES_JQ='
+def atoms: [.[] | . as $p
+    | ({p: $p.IpProtocol} + (if $p.IpProtocol == "-1" then {} else {f: $p.FromPort, t: $p.ToPort} end)) as $b
+    | ((($p.IpRanges // [])[] | $b + {k: "IpRanges", v: {CidrIp: .CidrIp}, d: .Description}),
+       (($p.Ipv6Ranges // [])[] | $b + {k: "Ipv6Ranges", v: {CidrIpv6: .CidrIpv6}, d: .Description}),
+       (($p.PrefixListIds // [])[] | $b + {k: "PrefixListIds", v: {PrefixListId: .PrefixListId}, d: .Description}),
+       (($p.UserIdGroupPairs // [])[] | $b + {k: "UserIdGroupPairs", v: {GroupId: .GroupId}, d: .Description}))];
+def key: del(.d);
+def perms: map({IpProtocol: .p} + (if .f == null then {} else {FromPort: .f, ToPort: .t} end)
+    + {(.k): [.v + (if .d == null then {} else {Description: .d} end)]});
+(($have | atoms) as $h | ($want | atoms) as $w
+ | if $mode == "add" then [$w[] | select(key as $x | all($h[]; key != $x))]
+   else [$h[] | select(key as $x | all($w[]; key != $x))] end) | perms'
+sg_rules() { # sg_rules add|revoke HAVE WANT
+    jq -cn --arg mode "$1" --argjson have "$2" --argjson want "$3" "$RULES_JQ"
+}
+
+# apply_rules GROUP_ID GROUP_DOCUMENT WANT_INGRESS WANT_EGRESS: make the group's rules exactly these.
+apply_rules() {
+    local sg=$1 doc=$2 direction have want revoke add
+    for direction in ingress egress; do
+        if [[ $direction == ingress ]]; then
+            have=$(jq -c '.IpPermissions // []' <<<"$doc") want=$3
+        else
+            have=$(jq -c '.IpPermissionsEgress // []' <<<"$doc") want=$4
+        fi
+        revoke=$(sg_rules revoke "$have" "$want")
+        if [[ $revoke != "[]" ]]; then
+            aws_call write ec2 "revoke-security-group-$direction" --group-id "$sg" --ip-permissions "$revoke" \
+                >/dev/null || aws_fail "cannot revoke $direction rules of $sg"
+            did revoke "$direction rules of $sg not ours: $revoke"
+        fi
+        add=$(sg_rules add "$have" "$want")
+        if [[ $add != "[]" ]]; then
+            aws_call write ec2 "authorize-security-group-$direction" --group-id "$sg" --ip-permissions "$add" \
+                >/dev/null || aws_fail "cannot add $direction rules to $sg"
+            did add "$direction rules to $sg: $(jq -c 'map([.IpProtocol, .FromPort])' <<<"$add")"
+        fi
+    done
+}
+
+# ensure_group NAME DESCRIPTION: find our group NAME in $VPC or create it; sets GROUP_ID and GROUP_DOC.
+ensure_group() {
+    local name=$1 description=$2 out
+    out=$(aws_call read ec2 describe-security-groups \
+        --filters "Name=vpc-id,Values=$VPC" "Name=group-name,Values=$name") || aws_fail "cannot list security groups"
+    GROUP_ID=$(jq -r '.SecurityGroups[0].GroupId // empty' <<<"$out")
+    if [[ -n $GROUP_ID ]]; then
+        jq -e --arg k "$TAG_KEY" --arg v "$NAME" 'any(.SecurityGroups[0].Tags[]?; .Key == $k and .Value == $v)' \
+            <<<"$out" >/dev/null || die "security group $name ($GROUP_ID) is not tagged $TAG_KEY=$NAME"
+        info "security group $name ($GROUP_ID) exists"
+        GROUP_DOC=$(jq -c '.SecurityGroups[0]' <<<"$out")
+        return 0
+    fi
+    out=$(aws_call write ec2 create-security-group --group-name "$name" --vpc-id "$VPC" --description "$description" \
+        --tag-specifications "ResourceType=security-group,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$name}]") \
+        || aws_fail "cannot create security group $name"
+    if [[ $DRY_RUN -eq 1 ]]; then
+        GROUP_ID="<new $name>"
+        # What a new group starts with: no inbound rule, all outbound allowed.
+        GROUP_DOC='{"IpPermissions":[],"IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]}'
+    else
+        GROUP_ID=$(jq -r .GroupId <<<"$out")
+        out=$(aws_call read ec2 describe-security-groups --group-ids "$GROUP_ID") || aws_fail "cannot read $GROUP_ID"
+        GROUP_DOC=$(jq -c '.SecurityGroups[0]' <<<"$out")
+    fi
+    did create "security group $name ($GROUP_ID)"
+}
+
 # ------------------------------------------------------------------------------------------------------
 # --delete: everything carrying the tag, in dependency order
 # ------------------------------------------------------------------------------------------------------
@@ -289,7 +433,7 @@ do_delete() {
     if ((${#ids[@]})); then
         aws_call write ec2 terminate-instances --instance-ids "${ids[@]}" >/dev/null \
             || aws_fail "cannot terminate ${ids[*]}"
-        info "terminating ${ids[*]}"
+        did terminate "${ids[*]}"
         if [[ $DRY_RUN -eq 0 ]]; then
             wait_until "instances ${ids[*]} to terminate" instances_gone "${ids[@]}"
         fi
@@ -297,15 +441,22 @@ do_delete() {
         info "no instance tagged $TAG_KEY=$NAME"
     fi
 
+    delete_endpoints
     out=$(aws_call read ec2 describe-security-groups --filters "$TAG_FILTER") \
         || aws_fail "cannot list security groups"
     mapfile -t sgs < <(jq -r '.SecurityGroups[].GroupId' <<<"$out")
+    # The instance's and the endpoint's groups name each other in their rules: a group still named in
+    # another's rule cannot be deleted, so their rules go first.
+    for sg in "${sgs[@]}"; do
+        apply_rules "$sg" "$(jq -c --arg g "$sg" '.SecurityGroups[] | select(.GroupId == $g)' <<<"$out")" '[]' '[]'
+    done
     for sg in "${sgs[@]}"; do
         if [[ $DRY_RUN -eq 1 ]]; then
             aws_call write ec2 delete-security-group --group-id "$sg"
+            did delete "security group $sg"
         else
             wait_until "security group $sg to be deletable" delete_group "$sg"
-            info "deleted security group $sg"
+            did delete "security group $sg"
         fi
     done
     ((${#sgs[@]})) || info "no security group tagged $TAG_KEY=$NAME"
@@ -327,7 +478,7 @@ do_delete() {
         done
         aws_call write iam delete-instance-profile --instance-profile-name "$PROFILE_NAME" \
             || aws_fail "cannot delete instance profile $PROFILE_NAME"
-        info "deleted instance profile $PROFILE_NAME"
+        did delete "instance profile $PROFILE_NAME"
     fi
     if [[ -n $role_doc ]]; then
         policies=$(aws_call read iam list-attached-role-policies --role-name "$ROLE_NAME") \
@@ -346,7 +497,7 @@ do_delete() {
                 || aws_fail "cannot delete inline policy $arn"
         done
         aws_call write iam delete-role --role-name "$ROLE_NAME" || aws_fail "cannot delete role $ROLE_NAME"
-        info "deleted role $ROLE_NAME"
+        did delete "role $ROLE_NAME"
     fi
     if [[ -f $CONFIG ]] && jq -e --arg e "$ENVIRONMENT" 'type == "object" and has($e)' "$CONFIG" >/dev/null 2>&1; then
         info "environment '$ENVIRONMENT' in $CONFIG still names the deleted instance; edit or remove it"
@@ -356,6 +507,43 @@ do_delete() {
     else
         log "done: nothing tagged $TAG_KEY=$NAME is left"
     fi
+}
+
+# Our live EC2 Instance Connect Endpoints, as a JSON array.
+find_endpoints() {
+    local out
+    out=$(aws_call read ec2 describe-instance-connect-endpoints --filters "$TAG_FILTER" \
+        "Name=state,Values=create-in-progress,create-complete,update-in-progress,update-complete,update-failed") \
+        || aws_fail "cannot list EC2 Instance Connect Endpoints"
+    jq -c '[.InstanceConnectEndpoints[]]' <<<"$out"
+}
+
+endpoint_state_is() { # endpoint_state_is ID STATE...
+    local id=$1 out
+    shift
+    out=$(aws_call read ec2 describe-instance-connect-endpoints --instance-connect-endpoint-ids "$id") \
+        || aws_fail "cannot read EC2 Instance Connect Endpoint $id"
+    WAIT_STATE=$(jq -r '.InstanceConnectEndpoints[0].State' <<<"$out")
+    local want
+    for want in "$@"; do
+        [[ $WAIT_STATE == "$want" ]] && return 0
+    done
+    [[ $WAIT_STATE == *failed ]] && die "EC2 Instance Connect Endpoint $id is $WAIT_STATE"
+    return 1
+}
+
+delete_endpoints() {
+    local endpoints id ids=()
+    endpoints=$(find_endpoints) || exit 1
+    mapfile -t ids < <(jq -r '.[].InstanceConnectEndpointId' <<<"$endpoints")
+    for id in "${ids[@]}"; do
+        aws_call write ec2 delete-instance-connect-endpoint --instance-connect-endpoint-id "$id" >/dev/null \
+            || aws_fail "cannot delete EC2 Instance Connect Endpoint $id"
+        if [[ $DRY_RUN -eq 0 ]]; then
+            wait_until "EC2 Instance Connect Endpoint $id to be deleted" endpoint_state_is "$id" delete-complete
+        fi
+        did delete "EC2 Instance Connect Endpoint $id"
+    done
 }
 
 if [[ $DELETE -eq 1 ]]; then
@@ -372,7 +560,7 @@ if [[ -z $AMI ]]; then
     param="/aws/service/canonical/ubuntu/server/24.04/stable/current/$SSM_ARCH/hvm/ebs-gp3/ami-id"
     out=$(aws_call read ssm get-parameter --name "$param") || aws_fail "cannot read the Ubuntu AMI from $param"
     AMI=$(jq -r .Parameter.Value <<<"$out")
-    [[ $AMI =~ ^ami-[0-9a-f]+$ ]] || die "$param holds '$AMI', not an AMI id"
+    [[ $OFFLINE -eq 1 || $AMI =~ ^ami-[0-9a-f]+$ ]] || die "$param holds '$AMI', not an AMI id"
 fi
 out=$(aws_call read ec2 describe-images --image-ids "$AMI") || aws_fail "cannot describe $AMI"
 jq -e '.Images | length == 1' <<<"$out" >/dev/null || die "AMI $AMI not found in $REGION"
@@ -401,7 +589,7 @@ else
     aws_call write iam create-role --role-name "$ROLE_NAME" --assume-role-policy-document "$trust" \
         --description "ec2-sandbox instance $NAME: SSM agent only" "${TAGS_IAM[@]}" >/dev/null \
         || aws_fail "cannot create role $ROLE_NAME"
-    info "created role $ROLE_NAME"
+    did create "role $ROLE_NAME"
 fi
 if [[ $DRY_RUN -eq 1 && -z $ROLE_DOC ]]; then
     aws_call write iam attach-role-policy --role-name "$ROLE_NAME" --policy-arn "$SSM_POLICY_ARN"
@@ -418,14 +606,14 @@ else
     if ! jq -e --arg p "$SSM_POLICY_ARN" 'any(.AttachedPolicies[]; .PolicyArn == $p)' <<<"$policies" >/dev/null; then
         aws_call write iam attach-role-policy --role-name "$ROLE_NAME" --policy-arn "$SSM_POLICY_ARN" \
             || aws_fail "cannot attach $SSM_POLICY_NAME to $ROLE_NAME"
-        info "attached $SSM_POLICY_NAME"
+        did attach "$SSM_POLICY_NAME"
     fi
 fi
 profile_doc=$(get_instance_profile) || exit 1
 if [[ -z $profile_doc ]]; then
     aws_call write iam create-instance-profile --instance-profile-name "$PROFILE_NAME" "${TAGS_IAM[@]}" \
         >/dev/null || aws_fail "cannot create instance profile $PROFILE_NAME"
-    info "created instance profile $PROFILE_NAME"
+    did create "instance profile $PROFILE_NAME"
     if [[ $DRY_RUN -eq 0 ]]; then
         aws_call read iam wait instance-profile-exists --instance-profile-name "$PROFILE_NAME" \
             || aws_fail "instance profile $PROFILE_NAME did not appear"
@@ -439,16 +627,33 @@ fi
 if [[ -z $profile_roles ]]; then
     aws_call write iam add-role-to-instance-profile --instance-profile-name "$PROFILE_NAME" \
         --role-name "$ROLE_NAME" || aws_fail "cannot add $ROLE_NAME to $PROFILE_NAME"
-    info "added $ROLE_NAME to $PROFILE_NAME"
+    did add "$ROLE_NAME to $PROFILE_NAME"
 elif [[ $profile_roles != "$ROLE_NAME" ]]; then
     die "instance profile $PROFILE_NAME holds role(s) $profile_roles, not $ROLE_NAME; choose another --name"
 fi
 
 # ------------------------------------------------------------------------------------------------------
-# Network: VPC, EIC prefix list, security group
+# Network: VPC, subnet, security groups, EC2 Instance Connect Endpoint
 # ------------------------------------------------------------------------------------------------------
 
-log "security group $SG_NAME"
+network="SSM only (no inbound rule)"
+if ((${#SSH_FROM[@]})); then
+    network="SSM; tcp/22 from ${SSH_FROM[*]}"
+fi
+if [[ $EIC_ENDPOINT -eq 1 ]]; then
+    network="${network/ only (no inbound rule)/}; tcp/22 through an EC2 Instance Connect Endpoint"
+fi
+log "network: $network"
+EXISTING=$(find_instances) || exit 1
+if [[ $(jq length <<<"$EXISTING") -gt 1 ]]; then
+    die "several instances are tagged $TAG_KEY=$NAME ($(jq -r 'map(.InstanceId) | join(" ")' <<<"$EXISTING"));" \
+        "terminate the extra ones or run --delete"
+fi
+# The endpoint goes in the instance's subnet: an existing instance's, --subnet, or a default subnet chosen
+# here (and then used for the instance too).
+if [[ -z $SUBNET && $EIC_ENDPOINT -eq 1 ]]; then
+    SUBNET=$(jq -r '.[0].SubnetId // empty' <<<"$EXISTING")
+fi
 if [[ -n $SUBNET ]]; then
     out=$(aws_call read ec2 describe-subnets --subnet-ids "$SUBNET") || aws_fail "cannot describe $SUBNET"
     VPC=$(jq -r '.Subnets[0].VpcId' <<<"$out")
@@ -456,94 +661,91 @@ else
     out=$(aws_call read ec2 describe-vpcs --filters Name=isDefault,Values=true) || aws_fail "cannot list VPCs"
     VPC=$(jq -r '.Vpcs[0].VpcId // empty' <<<"$out")
     [[ -n $VPC ]] || die "$REGION has no default VPC: pass --subnet with a subnet that has internet access"
-fi
-PL_NAME="com.amazonaws.$REGION.ec2-instance-connect"
-out=$(aws_call read ec2 describe-managed-prefix-lists --filters "Name=prefix-list-name,Values=$PL_NAME") \
-    || aws_fail "cannot look up the prefix list $PL_NAME"
-PREFIX_LIST=$(jq -r '.PrefixLists[0].PrefixListId // empty' <<<"$out")
-[[ -n $PREFIX_LIST ]] || die "no managed prefix list $PL_NAME in $REGION (EC2 Instance Connect not offered there?)"
-info "VPC $VPC; EC2 Instance Connect prefix list $PREFIX_LIST"
-
-out=$(aws_call read ec2 describe-security-groups \
-    --filters "Name=vpc-id,Values=$VPC" "Name=group-name,Values=$SG_NAME") \
-    || aws_fail "cannot list security groups"
-SG=$(jq -r '.SecurityGroups[0].GroupId // empty' <<<"$out")
-if [[ -n $SG ]]; then
-    jq -e --arg k "$TAG_KEY" --arg v "$NAME" 'any(.SecurityGroups[0].Tags[]?; .Key == $k and .Value == $v)' \
-        <<<"$out" >/dev/null || die "security group $SG_NAME ($SG) is not tagged $TAG_KEY=$NAME"
-    info "security group $SG exists"
-    SG_DOC=$(jq -c '.SecurityGroups[0]' <<<"$out")
-else
-    out=$(aws_call write ec2 create-security-group --group-name "$SG_NAME" --vpc-id "$VPC" \
-        --description "ec2-sandbox $NAME: ssh from EC2 Instance Connect only; egress http(s) and dns" \
-        --tag-specifications "ResourceType=security-group,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$NAME}]") \
-        || aws_fail "cannot create security group $SG_NAME"
-    if [[ $DRY_RUN -eq 1 ]]; then
-        SG="sg-DRYRUN"
-        # What a new group starts with: no inbound rule, all outbound allowed.
-        SG_DOC='{"IpPermissions":[],"IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]}'
-    else
-        SG=$(jq -r .GroupId <<<"$out")
-        out=$(aws_call read ec2 describe-security-groups --group-ids "$SG") || aws_fail "cannot read $SG"
-        SG_DOC=$(jq -c '.SecurityGroups[0]' <<<"$out")
+    if [[ $EIC_ENDPOINT -eq 1 ]]; then
+        out=$(aws_call read ec2 describe-subnets --filters "Name=vpc-id,Values=$VPC" Name=default-for-az,Values=true) \
+            || aws_fail "cannot list the subnets of $VPC"
+        SUBNET=$(jq -r '[.Subnets[]] | sort_by(.AvailabilityZone) | .[0].SubnetId // empty' <<<"$out")
+        [[ -n $SUBNET ]] || die "$VPC has no default subnet: pass --subnet"
     fi
-    info "created security group $SG"
+fi
+info "VPC $VPC${SUBNET:+, subnet $SUBNET}"
+
+ensure_group "$SG_NAME" "ec2-sandbox $NAME instance: inbound as provisioned; egress http(s) and dns"
+SG=$GROUP_ID
+SG_DOC=$GROUP_DOC
+
+# --eic-endpoint: tunnelled SSH comes from the endpoint's network interface (it does not preserve client
+# addresses), so the instance's group admits the endpoint's group; ours lets the endpoint reach port 22 of
+# the instance's group and nothing else. A VPC holds one endpoint: an existing one is reused as it is.
+ENDPOINT_ID=""
+EICE_SG=""
+EICE_GROUPS=()
+if [[ $EIC_ENDPOINT -eq 1 ]]; then
+    out=$(aws_call read ec2 describe-instance-connect-endpoints --filters "Name=vpc-id,Values=$VPC" \
+        "Name=state,Values=create-in-progress,create-complete,update-in-progress,update-complete,update-failed") \
+        || aws_fail "cannot list the EC2 Instance Connect Endpoints of $VPC"
+    endpoint=$(jq -c --arg k "$TAG_KEY" --arg v "$NAME" '[.InstanceConnectEndpoints[]]
+        | (map(select(any(.Tags[]?; .Key == $k and .Value == $v))) + .) | .[0] // empty' <<<"$out")
+    if [[ -n $endpoint ]] && ! jq -e --arg k "$TAG_KEY" --arg v "$NAME" \
+        'any(.Tags[]?; .Key == $k and .Value == $v)' <<<"$endpoint" >/dev/null; then
+        ENDPOINT_ID=$(jq -r .InstanceConnectEndpointId <<<"$endpoint")
+        mapfile -t EICE_GROUPS < <(jq -r '.SecurityGroupIds[]' <<<"$endpoint")
+        info "reusing $VPC's EC2 Instance Connect Endpoint $ENDPOINT_ID (not ours, left as it is): the instance" \
+            "admits its groups ${EICE_GROUPS[*]}, which must allow outbound tcp/22"
+        if jq -e '.PreserveClientIp' <<<"$endpoint" >/dev/null; then
+            warn "$ENDPOINT_ID preserves client IPs: tunnelled traffic then comes from the callers' addresses," \
+                "which only --ssh-from can admit"
+        fi
+    else
+        ensure_group "$NAME-eice-sg" "ec2-sandbox $NAME: EC2 Instance Connect Endpoint, ssh to the instance only"
+        EICE_SG=$GROUP_ID
+        EICE_DOC=$GROUP_DOC
+        EICE_GROUPS=("$EICE_SG")
+        if [[ -n $endpoint ]]; then
+            ENDPOINT_ID=$(jq -r .InstanceConnectEndpointId <<<"$endpoint")
+            info "EC2 Instance Connect Endpoint $ENDPOINT_ID exists"
+        fi
+    fi
 fi
 
-# Rules are compared one (protocol, ports, source) at a time, so a rerun adds what is missing and revokes what
-# is not ours - including the all-traffic egress rule every new group starts with.
-WANT_IN=$(jq -cn --arg pl "$PREFIX_LIST" '[{IpProtocol: "tcp", FromPort: 22, ToPort: 22,
-    PrefixListIds: [{PrefixListId: $pl, Description: "EC2 Instance Connect"}]}]')
+json_array() { jq -cn '$ARGS.positional' --args "$@"; }
+WANT_IN=$(jq -cn --argjson cidrs "$(json_array "${SSH_FROM[@]}")" --argjson groups "$(json_array "${EICE_GROUPS[@]}")" '
+    [($cidrs[] | {IpProtocol: "tcp", FromPort: 22, ToPort: 22, IpRanges: [{CidrIp: ., Description: "ssh (--ssh-from)"}]}),
+     ($groups[] | {IpProtocol: "tcp", FromPort: 22, ToPort: 22,
+                   UserIdGroupPairs: [{GroupId: ., Description: "ssh through the EC2 Instance Connect Endpoint"}]})]')
 WANT_OUT=$(jq -cn '[
     {IpProtocol: "tcp", FromPort: 443, ToPort: 443, IpRanges: [{CidrIp: "0.0.0.0/0", Description: "https: SSM, EIC, packages"}]},
     {IpProtocol: "tcp", FromPort: 80, ToPort: 80, IpRanges: [{CidrIp: "0.0.0.0/0", Description: "http: apt mirrors"}]},
     {IpProtocol: "udp", FromPort: 53, ToPort: 53, IpRanges: [{CidrIp: "0.0.0.0/0", Description: "dns"}]},
     {IpProtocol: "tcp", FromPort: 53, ToPort: 53, IpRanges: [{CidrIp: "0.0.0.0/0", Description: "dns"}]}]')
-# shellcheck disable=SC2016  # jq program text, not shell
-RULES_JQ='
-def atoms: [.[] | . as $p
-    | ({p: $p.IpProtocol} + (if $p.IpProtocol == "-1" then {} else {f: $p.FromPort, t: $p.ToPort} end)) as $b
-    | ((($p.IpRanges // [])[] | $b + {k: "IpRanges", v: {CidrIp: .CidrIp}, d: .Description}),
-       (($p.Ipv6Ranges // [])[] | $b + {k: "Ipv6Ranges", v: {CidrIpv6: .CidrIpv6}, d: .Description}),
-       (($p.PrefixListIds // [])[] | $b + {k: "PrefixListIds", v: {PrefixListId: .PrefixListId}, d: .Description}),
-       (($p.UserIdGroupPairs // [])[] | $b + {k: "UserIdGroupPairs", v: {GroupId: .GroupId}, d: .Description}))];
-def key: del(.d);
-def perms: map({IpProtocol: .p} + (if .f == null then {} else {FromPort: .f, ToPort: .t} end)
-    + {(.k): [.v + (if .d == null then {} else {Description: .d} end)]});
-(($have | atoms) as $h | ($want | atoms) as $w
- | if $mode == "add" then [$w[] | select(key as $x | all($h[]; key != $x))]
-   else [$h[] | select(key as $x | all($w[]; key != $x))] end) | perms'
-sg_rules() { # sg_rules add|revoke HAVE WANT
-    jq -cn --arg mode "$1" --argjson have "$2" --argjson want "$3" "$RULES_JQ"
-}
-HAVE_IN=$(jq -c '.IpPermissions // []' <<<"$SG_DOC")
-HAVE_OUT=$(jq -c '.IpPermissionsEgress // []' <<<"$SG_DOC")
-for direction in ingress egress; do
-    if [[ $direction == ingress ]]; then have=$HAVE_IN want=$WANT_IN; else have=$HAVE_OUT want=$WANT_OUT; fi
-    revoke=$(sg_rules revoke "$have" "$want")
-    if [[ $revoke != "[]" ]]; then
-        aws_call write ec2 "revoke-security-group-$direction" --group-id "$SG" --ip-permissions "$revoke" \
-            >/dev/null || aws_fail "cannot revoke $direction rules of $SG"
-        info "revoked $direction rules not ours: $revoke"
+apply_rules "$SG" "$SG_DOC" "$WANT_IN" "$WANT_OUT"
+if [[ -n $EICE_SG ]]; then
+    apply_rules "$EICE_SG" "$EICE_DOC" '[]' "$(jq -cn --arg sg "$SG" '[{IpProtocol: "tcp", FromPort: 22, ToPort: 22,
+        UserIdGroupPairs: [{GroupId: $sg, Description: "ssh to the ec2-sandbox instance"}]}]')"
+fi
+if [[ $EIC_ENDPOINT -eq 1 && -z $ENDPOINT_ID ]]; then
+    out=$(aws_call write ec2 create-instance-connect-endpoint --subnet-id "$SUBNET" --security-group-ids "$EICE_SG" \
+        --no-preserve-client-ip \
+        --tag-specifications "ResourceType=instance-connect-endpoint,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$NAME}]") \
+        || aws_fail "cannot create an EC2 Instance Connect Endpoint in $SUBNET"
+    if [[ $DRY_RUN -eq 1 ]]; then
+        ENDPOINT_ID="<new endpoint>"
+    else
+        ENDPOINT_ID=$(jq -r .InstanceConnectEndpoint.InstanceConnectEndpointId <<<"$out")
     fi
-    add=$(sg_rules add "$have" "$want")
-    if [[ $add != "[]" ]]; then
-        aws_call write ec2 "authorize-security-group-$direction" --group-id "$SG" --ip-permissions "$add" \
-            >/dev/null || aws_fail "cannot add $direction rules to $SG"
-        info "added $direction rules: $(jq -c 'map([.IpProtocol, .FromPort]) ' <<<"$add")"
-    fi
-done
+    did create "EC2 Instance Connect Endpoint $ENDPOINT_ID in $SUBNET"
+fi
+if [[ -n $ENDPOINT_ID && $DRY_RUN -eq 0 ]]; then
+    wait_until "EC2 Instance Connect Endpoint $ENDPOINT_ID to be ready" endpoint_state_is "$ENDPOINT_ID" \
+        create-complete update-complete update-in-progress
+    info "EC2 Instance Connect Endpoint $ENDPOINT_ID is ready"
+fi
 
 # ------------------------------------------------------------------------------------------------------
 # Instance
 # ------------------------------------------------------------------------------------------------------
 
 log "instance $NAME"
-EXISTING=$(find_instances) || exit 1
-if [[ $(jq length <<<"$EXISTING") -gt 1 ]]; then
-    die "several instances are tagged $TAG_KEY=$NAME ($(jq -r 'map(.InstanceId) | join(" ")' <<<"$EXISTING"));" \
-        "terminate the extra ones or run --delete"
-fi
 gzip -9 -n -c "$USER_DATA_FILE" >"$WORK_DIR/user-data.gz"
 user_data_bytes=$(wc -c <"$WORK_DIR/user-data.gz")
 ((user_data_bytes <= 16384)) || die "compressed user-data is $user_data_bytes bytes; EC2 accepts 16384"
@@ -552,6 +754,46 @@ SUBNET_ARGS=()
 if [[ -n $SUBNET ]]; then
     SUBNET_ARGS=(--subnet-id "$SUBNET")
 fi
+
+# repair_instance INSTANCE_DOCUMENT: a rerun puts back what drifted on the instance, and says plainly what it
+# cannot put back.
+repair_instance() {
+    local doc=$1 groups profile out association unencrypted
+    if ! jq -e '.MetadataOptions | .HttpTokens == "required" and .HttpPutResponseHopLimit == 1' \
+        <<<"$doc" >/dev/null; then
+        aws_call write ec2 modify-instance-metadata-options --instance-id "$INSTANCE_ID" \
+            --http-tokens required --http-put-response-hop-limit 1 --http-endpoint enabled >/dev/null \
+            || aws_fail "cannot require IMDSv2 on $INSTANCE_ID"
+        did require "IMDSv2 with hop limit 1 on $INSTANCE_ID"
+    fi
+    groups=$(jq -r '[.SecurityGroups[].GroupId] | sort | join(" ")' <<<"$doc")
+    if [[ $groups != "$SG" ]]; then
+        aws_call write ec2 modify-instance-attribute --instance-id "$INSTANCE_ID" --groups "$SG" \
+            || aws_fail "cannot set the security groups of $INSTANCE_ID"
+        did replace "the security groups of $INSTANCE_ID (${groups:-none}) with $SG"
+    fi
+    profile=$(jq -r '.IamInstanceProfile.Arn // empty' <<<"$doc")
+    if [[ -z $profile ]]; then
+        aws_call write ec2 associate-iam-instance-profile --instance-id "$INSTANCE_ID" \
+            --iam-instance-profile "Name=$PROFILE_NAME" >/dev/null || aws_fail "cannot give $INSTANCE_ID $PROFILE_NAME"
+        did associate "instance profile $PROFILE_NAME with $INSTANCE_ID"
+    elif [[ $profile != */"$PROFILE_NAME" ]]; then
+        out=$(aws_call read ec2 describe-iam-instance-profile-associations \
+            --filters "Name=instance-id,Values=$INSTANCE_ID" Name=state,Values=associated) \
+            || aws_fail "cannot read the instance profile association of $INSTANCE_ID"
+        association=$(jq -r '.IamInstanceProfileAssociations[0].AssociationId' <<<"$out")
+        aws_call write ec2 replace-iam-instance-profile-association --association-id "$association" \
+            --iam-instance-profile "Name=$PROFILE_NAME" >/dev/null || aws_fail "cannot replace $profile on $INSTANCE_ID"
+        did replace "instance profile $profile of $INSTANCE_ID with $PROFILE_NAME"
+    fi
+    out=$(aws_call read ec2 describe-volumes --filters "Name=attachment.instance-id,Values=$INSTANCE_ID") \
+        || aws_fail "cannot read the volumes of $INSTANCE_ID"
+    unencrypted=$(jq -r '[.Volumes[] | select(.Encrypted | not) | .VolumeId] | join(" ")' <<<"$out")
+    if [[ -n $unencrypted ]]; then
+        warn "cannot repair: volume(s) $unencrypted of $INSTANCE_ID are not encrypted, and EBS encryption is" \
+            "only chosen for a new volume; for an encrypted instance run --delete, then this script again"
+    fi
+}
 
 launch() {
     local attempt out
@@ -591,19 +833,13 @@ if [[ $(jq length <<<"$EXISTING") -eq 1 ]]; then
         stopped)
             aws_call write ec2 start-instances --instance-ids "$INSTANCE_ID" >/dev/null \
                 || aws_fail "cannot start $INSTANCE_ID"
-            info "started $INSTANCE_ID" ;;
+            did start "$INSTANCE_ID" ;;
         stopping | shutting-down) die "$INSTANCE_ID is $state; rerun when it has stopped, or run --delete" ;;
     esac
-    if ! jq -e '.[0].MetadataOptions | .HttpTokens == "required" and .HttpPutResponseHopLimit == 1' \
-        <<<"$EXISTING" >/dev/null; then
-        aws_call write ec2 modify-instance-metadata-options --instance-id "$INSTANCE_ID" \
-            --http-tokens required --http-put-response-hop-limit 1 --http-endpoint enabled >/dev/null \
-            || aws_fail "cannot require IMDSv2 on $INSTANCE_ID"
-        info "IMDSv2 now required with hop limit 1"
-    fi
+    repair_instance "$(jq -c '.[0]' <<<"$EXISTING")"
 else
     launch
-    info "launched $INSTANCE_ID"
+    did launch "$INSTANCE_ID"
 fi
 
 instance_running() {
@@ -640,9 +876,19 @@ fi
 # ------------------------------------------------------------------------------------------------------
 
 log "environment '$ENVIRONMENT' in $CONFIG"
+# With an SSH path the eic settings are written too: ssh_sudo, because only a runner started as root gives each
+# session its own uid and falls under the metadata guard (it covers the sandbox uids, not the login user).
+ssh_path=$(( ${#SSH_FROM[@]} > 0 || EIC_ENDPOINT ))
 ENTRY=$(jq -cn --arg id "$INSTANCE_ID" --arg region "$REGION" --arg profile "$PROFILE" \
+    --arg endpoint "$ENDPOINT_ID" --argjson ssh "$ssh_path" \
     '{transport: "ssm", instance_id: $id, region: $region}
-     + if $profile == "" then {} else {aws_profile: $profile} end')
+     + (if $profile == "" then {} else {aws_profile: $profile} end)
+     + (if $ssh == 1 then {ssh_sudo: true} else {} end)
+     + (if $endpoint == "" then {} else {eic_endpoint_id: $endpoint} end)')
+if [[ $ssh_path -eq 1 ]]; then
+    info "for SSH set \"transport\": \"eic\" in '$ENVIRONMENT'; ssh_sudo is true: the eic and ssh transports need it" \
+        "for per-session uids and the metadata guard (without it the runner runs as the login user)"
+fi
 if [[ -z $PROFILE ]]; then
     info "no AWS profile in use: aws_profile is not written; the toolkit will use the default credential chain"
 fi
@@ -662,7 +908,8 @@ else
     mkdir -p "$config_dir"
     tmp_config=$(mktemp "$config_dir/.config.XXXXXX")
     if [[ -e $CONFIG ]]; then
-        chmod --reference="$CONFIG" "$tmp_config"
+        # Keeps the file's mode (cp -p, unlike GNU-only chmod --reference, works on macOS too).
+        cp -p "$CONFIG" "$tmp_config"
     else
         chmod 600 "$tmp_config"
     fi

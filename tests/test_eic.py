@@ -21,7 +21,6 @@ from urllib.parse import parse_qs, urlsplit
 import asyncssh
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
 from botocore.credentials import Credentials
 from moto import mock_aws
 from support.runs import run_in_flight
@@ -29,8 +28,14 @@ from support.sshd import EicKeyStore, Sshd, requires_sshd, running_sshd
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig, aws_session
 from ec2_sandbox.errors import ConfigError, TransportError
+from ec2_sandbox.testing import eic_endpoints
 from ec2_sandbox.testing.conformance import ConformanceSuite
-from ec2_sandbox.transports.eic import EICTransport, presigned_tunnel_url, websocket_connect
+from ec2_sandbox.transports.eic import (
+    EICTransport,
+    endpoint_dns_name,
+    presigned_tunnel_url,
+    websocket_connect,
+)
 
 pytestmark = requires_sshd
 
@@ -57,8 +62,10 @@ def aws() -> Iterator[None]:
         patch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
         patch.setenv("AWS_DEFAULT_REGION", REGION)
         aws_session.clear_clients()
+        eic_endpoints.install()  # moto has no EIC Endpoints: the stand-in's, as strict as the API reference
         with mock_aws():
             yield
+        eic_endpoints.reset()
         aws_session.clear_clients()
 
 
@@ -352,38 +359,78 @@ class FakeEndpoint:
         await ws.close(1000, "tunnel duration reached")
 
 
-def stub_endpoint_lookup(config: SandboxConfig) -> list[dict[str, Any]]:
-    """moto lacks DescribeInstanceConnectEndpoints: answer it at the client, as the service would."""
+def count_endpoint_lookups(config: SandboxConfig) -> list[dict[str, Any]]:
+    """The DescribeInstanceConnectEndpoints requests the transport makes (moto's stand-in answers them)."""
     calls: list[dict[str, Any]] = []
 
-    def before_call(params: dict[str, Any], **kwargs: Any) -> tuple[AWSResponse, dict[str, Any]]:
-        calls.append(params)
-        ids = params["body"].get("InstanceConnectEndpointId.1")
-        found = [{"InstanceConnectEndpointId": ids, "DnsName": ENDPOINT_DNS, "State": "create-complete"}]
-        return AWSResponse("https://ec2", 200, {}, None), {
-            "InstanceConnectEndpoints": found if ids == ENDPOINT_ID else []
-        }
+    def before_call(params: dict[str, Any], **kwargs: Any) -> None:
+        calls.append(params["body"])
 
     client = aws_session.client(config, "ec2")
     client.meta.events.register("before-call.ec2.DescribeInstanceConnectEndpoints", before_call)
     return calls
 
 
-async def test_endpoint_tunnel_carries_ssh_and_reconnects_when_it_ends(
-    sshd: Sshd, instance: dict[str, Any], key_store: EicKeyStore, tmp_base_dir: str, tmp_path: Path
-) -> None:
+def create_endpoint(instance: dict[str, Any], wait: bool = True) -> dict[str, Any]:
+    """An EIC Endpoint in the instance's subnet (moto's, from ec2_sandbox.testing.eic_endpoints)."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    created = ec2.create_instance_connect_endpoint(SubnetId=instance["SubnetId"])["InstanceConnectEndpoint"]
+    endpoint_id = created["InstanceConnectEndpointId"]
+    while wait and created["State"] != "create-complete":
+        time.sleep(0.1)
+        found = ec2.describe_instance_connect_endpoints(InstanceConnectEndpointIds=[endpoint_id])
+        created = found["InstanceConnectEndpoints"][0]
+    return created
+
+
+@pytest.fixture
+def endpoint(instance: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    created = create_endpoint(instance)
+    yield created
+    boto3.client("ec2", region_name=REGION).delete_instance_connect_endpoint(
+        InstanceConnectEndpointId=created["InstanceConnectEndpointId"]
+    )
+
+
+@pytest.fixture
+def via_endpoint(
+    sshd: Sshd,
+    instance: dict[str, Any],
+    endpoint: dict[str, Any],
+    key_store: EicKeyStore,
+    tmp_base_dir: str,
+    tmp_path: Path,
+) -> SandboxConfig:
+    """A configuration that reaches the test sshd through ``endpoint`` (keys pushed into the sshd's store)."""
     config = eic_config(sshd, instance, tmp_base_dir, tmp_path, ssh_host=None, ssh_port=22)
-    config = config.model_copy(update={"eic_endpoint_id": ENDPOINT_ID})
-    lookups = stub_endpoint_lookup(config)
-    urls: list[str] = []
-    async with FakeEndpoint(sshd.port) as endpoint:
+    return config.model_copy(update={"eic_endpoint_id": endpoint["InstanceConnectEndpointId"]})
 
-        async def connector(url: str) -> Any:
+
+def relay_to(endpoint: FakeEndpoint, dns_name: str, urls: list[str] | None = None) -> Any:
+    """A tunnel connector that checks the URL is for ``dns_name`` and relays it to the local endpoint."""
+
+    async def connector(url: str) -> Any:
+        if urls is not None:
             urls.append(url)
-            parts = urlsplit(url)
-            assert parts.scheme == "wss" and parts.netloc == ENDPOINT_DNS
-            return await websocket_connect(f"ws://127.0.0.1:{endpoint.port}{parts.path}?{parts.query}")
+        parts = urlsplit(url)
+        assert parts.scheme == "wss" and parts.netloc == dns_name
+        return await websocket_connect(f"ws://127.0.0.1:{endpoint.port}{parts.path}?{parts.query}")
 
+    return connector
+
+
+async def test_endpoint_tunnel_carries_ssh_and_reconnects_when_it_ends(
+    sshd: Sshd,
+    instance: dict[str, Any],
+    endpoint: dict[str, Any],
+    via_endpoint: SandboxConfig,
+    tmp_path: Path,
+) -> None:
+    endpoint_id, config = endpoint["InstanceConnectEndpointId"], via_endpoint
+    lookups = count_endpoint_lookups(config)
+    urls: list[str] = []
+    async with FakeEndpoint(sshd.port) as local:
+        connector = relay_to(local, endpoint["DnsName"], urls)
         transport = EICTransport(config, max_tunnel_duration=1800, tunnel_connector=connector)
         async with AsyncSandbox(config, transport=transport) as sb:
             chunks: list[bytes] = []
@@ -396,14 +443,15 @@ async def test_endpoint_tunnel_carries_ssh_and_reconnects_when_it_ends(
             assert hashlib.sha256(data).digest() == hashlib.sha256(bytes(range(256)) * 20000).digest()
             # The tunnel's duration ends under a running program: a clear error, then a new tunnel.
             run = await run_in_flight(sb, 10)
-            endpoint.end_tunnels()
+            local.end_tunnels()
             with pytest.raises(TransportError, match="was lost while the runner was running"):
                 await asyncio.wait_for(run, 60)
             assert (await sb.execute_code("print('new tunnel')")).stdout == "new tunnel\n"
-    assert len(lookups) == 1  # the endpoint's DNS name is looked up once
+    assert len(lookups) == 1  # the endpoint's DNS name is looked up once, for usable states only
+    assert lookups[0]["Filter.1.Name"] == "state"
     assert len(urls) == 2 and transport.keys_pushed == 2
-    for query in endpoint.requests:
-        assert query["instanceConnectEndpointId"] == ENDPOINT_ID
+    for query in local.requests:
+        assert query["instanceConnectEndpointId"] == endpoint_id
         assert query["remotePort"] == "22"
         assert query["privateIpAddress"] == instance["PrivateIpAddress"]
         assert query["maxTunnelDuration"] == "1800"
@@ -416,23 +464,69 @@ async def test_unknown_endpoint_is_a_clear_error(
 ) -> None:
     config = eic_config(sshd, instance, tmp_base_dir, tmp_path, ssh_host=None, ssh_port=22)
     config = config.model_copy(update={"eic_endpoint_id": "eice-00000000000000000"})
-    stub_endpoint_lookup(config)
     async with AsyncSandbox(config) as sb:
-        with pytest.raises(TransportError, match="Endpoint eice-00000000000000000 was not found"):
+        with pytest.raises(TransportError, match=r"InvalidInstanceConnectEndpointId\.NotFound"):
             await sb.execute_code("print(1)")
+    assert key_store.pushes  # the key was pushed; no tunnel was opened
+
+
+async def test_an_endpoint_still_creating_or_deleted_is_not_dialled(
+    sshd: Sshd, instance: dict[str, Any], key_store: EicKeyStore, tmp_base_dir: str, tmp_path: Path
+) -> None:
+    """A new endpoint is create-in-progress for minutes and a deleted one stays listed as delete-complete:
+    neither carries tunnels, and neither may be dialled (the AWS CLI filters on the same states)."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    creating = create_endpoint(instance, wait=False)
+    endpoint_id = creating["InstanceConnectEndpointId"]
+    assert creating["State"] == "create-in-progress"
+    dialled: list[str] = []
+
+    async def connector(url: str) -> Any:
+        dialled.append(url)
+        raise AssertionError("an unusable endpoint was dialled")
+
+    config = eic_config(sshd, instance, tmp_base_dir, tmp_path, ssh_host=None, ssh_port=22)
+    config = config.model_copy(update={"eic_endpoint_id": endpoint_id})
+    for step in ("creating", "deleted"):
+        if step == "deleted":
+            ec2.delete_instance_connect_endpoint(InstanceConnectEndpointId=endpoint_id)
+        async with AsyncSandbox(config, transport=EICTransport(config, tunnel_connector=connector)) as sb:
+            with pytest.raises(TransportError, match=f"Endpoint {endpoint_id} is not available"):
+                await sb.execute_code("print(1)")
+    assert dialled == []
+
+
+async def test_fips_configuration_tunnels_through_the_fips_name(
+    sshd: Sshd, endpoint: dict[str, Any], via_endpoint: SandboxConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_USE_FIPS_ENDPOINT", "true")
+    # The API calls keep moto's in-process host names; only the FIPS setting matters here.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", f"https://ec2.{REGION}.amazonaws.com")
+    monkeypatch.setenv(
+        "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT", f"https://ec2-instance-connect.{REGION}.amazonaws.com"
+    )
+    aws_session.clear_clients()
+    config = via_endpoint
+    assert endpoint["FipsDnsName"] != endpoint["DnsName"]
+    try:
+        async with FakeEndpoint(sshd.port) as local:
+            transport = EICTransport(config, tunnel_connector=relay_to(local, endpoint["FipsDnsName"]))
+            async with AsyncSandbox(config, transport=transport) as sb:
+                assert (await sb.execute_code("print('fips')")).stdout == "fips\n"
+    finally:
+        aws_session.clear_clients()
+    without = {k: v for k, v in endpoint.items() if k != "FipsDnsName"}
+    with pytest.raises(TransportError, match="has no FIPS DNS name"):
+        endpoint_dns_name(without, fips=True)
+    assert endpoint_dns_name(without, fips=False) == endpoint["DnsName"]
 
 
 async def test_runs_that_would_outlive_the_tunnel_start_on_a_new_one_and_the_old_one_closes(
-    sshd: Sshd, instance: dict[str, Any], key_store: EicKeyStore, tmp_base_dir: str, tmp_path: Path
+    sshd: Sshd, endpoint: dict[str, Any], via_endpoint: SandboxConfig
 ) -> None:
-    config = eic_config(sshd, instance, tmp_base_dir, tmp_path, ssh_host=None, ssh_port=22)
-    config = config.model_copy(update={"eic_endpoint_id": ENDPOINT_ID})
-    stub_endpoint_lookup(config)
-    async with FakeEndpoint(sshd.port) as endpoint:
-
-        async def connector(url: str) -> Any:
-            parts = urlsplit(url)
-            return await websocket_connect(f"ws://127.0.0.1:{endpoint.port}{parts.path}?{parts.query}")
+    config = via_endpoint
+    async with FakeEndpoint(sshd.port) as local:
+        connector = relay_to(local, endpoint["DnsName"])
 
         # A run allowed 5 s (+ the core's 30 s margin) fits before the tunnel's deadline, one of 20 s not.
         transport = EICTransport(config, max_tunnel_duration=100, tunnel_connector=connector)
@@ -446,7 +540,7 @@ async def test_runs_that_would_outlive_the_tunnel_start_on_a_new_one_and_the_old
             assert (await sb.execute_code("print(3)", timeout=20)).success
             assert transport.connections_opened == 2 and transport.keys_pushed == 2
             for _ in range(100):  # the retired tunnel closes once idle
-                if endpoint.active == 1:
+                if local.active == 1:
                     break
                 await asyncio.sleep(0.1)
-            assert endpoint.active == 1
+            assert local.active == 1

@@ -13,6 +13,7 @@ import fnmatch
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,14 +38,59 @@ AMI = "ami-1e749f67"  # one of moto's built-in x86_64 images (Ubuntu, root devic
 SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 BIN = Path(sys.executable).parent
 SCRIPT_FLAGS = (
-    "--name", "--type", "--arch", "--ami", "--subnet", "--region", "--profile",
-    "--environment", "--config", "--skip-test", "--dry-run", "--delete", "--help",
+    "--name", "--type", "--arch", "--ami", "--subnet", "--region", "--profile", "--environment", "--config",
+    "--skip-test", "--dry-run", "--delete", "--ssh-from", "--eic-endpoint", "--help",
 )  # fmt: skip
+#: The tools the script runs besides aws and jq, wrapped to refuse GNU long options as macOS's BSD tools do.
+BSD_TOOLS = ("chmod", "cp", "mv", "mkdir", "mktemp", "rm", "date", "sed", "grep", "tr", "cut", "wc", "head",
+             "gzip", "dirname", "sleep", "cat")  # fmt: skip
+POLICY = ROOT / "docs" / "iam-policy.json"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("aws", path=str(BIN)) is None or shutil.which("jq") is None,
     reason="needs the AWS CLI (dev group) and jq",
 )
+
+
+#: The instance group's egress: https, http and DNS, nothing else.
+INSTANCE_EGRESS = {
+    ("tcp", 443, 443, "cidr", "0.0.0.0/0"),
+    ("tcp", 80, 80, "cidr", "0.0.0.0/0"),
+    ("udp", 53, 53, "cidr", "0.0.0.0/0"),
+    ("tcp", 53, 53, "cidr", "0.0.0.0/0"),
+}
+
+
+def rules(permissions: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    """Security group rules one (protocol, ports, source) at a time, whatever way EC2 grouped them."""
+    found: set[tuple[Any, ...]] = set()
+    for p in permissions:
+        ports = (p["IpProtocol"], p.get("FromPort"), p.get("ToPort"))
+        found |= {(*ports, "cidr", r["CidrIp"]) for r in p.get("IpRanges", [])}
+        found |= {(*ports, "cidr6", r["CidrIpv6"]) for r in p.get("Ipv6Ranges", [])}
+        found |= {(*ports, "prefix-list", r["PrefixListId"]) for r in p.get("PrefixListIds", [])}
+        found |= {(*ports, "group", r["GroupId"]) for r in p.get("UserIdGroupPairs", [])}
+    return found
+
+
+def bsd_userland(where: Path) -> Path:
+    """A directory of wrappers that refuse GNU-only long options (``--reference=...``) the way macOS's BSD
+    tools do, in front of the real ones: the script runs with them first on PATH."""
+    where.mkdir()
+    for tool in BSD_TOOLS:
+        real = shutil.which(tool)
+        assert real, tool
+        wrapper = where / tool
+        wrapper.write_text(
+            "#!/bin/bash\n"
+            'for arg in "$@"; do\n'
+            "    [[ $arg == -- ]] && break\n"
+            f'    if [[ $arg == --?* ]]; then echo "{tool}: illegal option -- ${{arg#-}}" >&2; exit 64; fi\n'
+            "done\n"
+            f'exec {real} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+    return where
 
 
 class Account:
@@ -63,8 +109,9 @@ class Account:
             "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
         )
         (aws / "config").write_text(f"[default]\nregion = {REGION}\n")
+        bsd = bsd_userland(home / "bsd-bin")
         self.env = {
-            "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "PATH": f"{bsd}:{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": str(home),
             "LANG": "C.UTF-8",
             "AWS_ENDPOINT_URL": server.url,
@@ -84,9 +131,9 @@ class Account:
             aws_secret_access_key="testing",
         )
 
-    def run(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 240, name: str = NAME) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["bash", str(SCRIPT), "--name", NAME, "--config", str(self.config), *args],
+            ["bash", str(SCRIPT), "--name", name, "--config", str(self.config), *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -145,7 +192,6 @@ class Account:
 
 @pytest.fixture(scope="module")
 def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Account]:
-    from moto.ec2.models import ec2_backends
     from moto.ssm.models import Parameter, ssm_backends
 
     from ec2_sandbox.testing import ssm_standin
@@ -155,12 +201,7 @@ def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Account]:
         with ssm_standin.serve() as server:
             # Fresh backends, so IAM is built with the AWS managed policies loaded.
             urllib.request.urlopen(urllib.request.Request(f"{server.url}/moto-api/reset", method="POST"))
-            # moto has neither the EC2 Instance Connect prefix list nor Canonical's public AMI parameter.
-            ec2_backends[ACCOUNT][REGION]._create_aws_managed_prefix_list(
-                name=f"com.amazonaws.{REGION}.ec2-instance-connect",
-                address_family="IPv4",
-                entries=[{"Cidr": "18.206.107.24/29", "Description": "default"}],
-            )
+            # moto lacks Canonical's public AMI parameter.
             ssm_backends[ACCOUNT][REGION]._parameters[UBUNTU_PARAM].append(
                 Parameter(
                     account_id=ACCOUNT,
@@ -182,12 +223,16 @@ def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Account]:
                 shutil.rmtree(acct.base_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def eic_prefix_list(account: Account) -> str:
-    lists = account.client("ec2").describe_managed_prefix_lists(
-        Filters=[{"Name": "prefix-list-name", "Values": [f"com.amazonaws.{REGION}.ec2-instance-connect"]}]
-    )
-    return lists["PrefixLists"][0]["PrefixListId"]
+DRY_RUN_WRITES = (
+    "iam create-role",
+    "iam attach-role-policy",
+    "iam create-instance-profile",
+    "iam add-role-to-instance-profile",
+    "ec2 create-security-group",
+    "ec2 revoke-security-group-egress",
+    "ec2 authorize-security-group-egress",
+    "ec2 run-instances",
+)
 
 
 def test_dry_run_prints_every_change_and_makes_none(account: Account) -> None:
@@ -195,24 +240,53 @@ def test_dry_run_prints_every_change_and_makes_none(account: Account) -> None:
     proc = account.run("--dry-run")
     assert proc.returncode == 0, proc.stderr
     out = proc.stderr
-    for call in (
-        "iam create-role",
-        "iam attach-role-policy",
-        "iam create-instance-profile",
-        "iam add-role-to-instance-profile",
-        "ec2 create-security-group",
-        "ec2 authorize-security-group-ingress",
-        "ec2 revoke-security-group-egress",
-        "ec2 authorize-security-group-egress",
-        "ec2 run-instances",
-    ):
+    for call in DRY_RUN_WRITES:
         assert f"[dry-run] would run: aws --region us-east-1 --profile default --output json {call}" in out
+    assert "authorize-security-group-ingress" not in out  # SSM only: no inbound rule at all
     assert "[dry-run] reading:" in out and "sts get-caller-identity" in out
+    for change in (
+        f"would create role {NAME}-role",
+        f"would create security group {NAME}-sg",
+        "would launch",
+    ):
+        assert change in out, change
+    assert "created" not in out and "launched" not in out
     assert account.snapshot() == before
     assert not account.config.exists()
 
 
-def test_create_end_to_end(account: Account, eic_prefix_list: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dry_run_without_credentials_prints_the_calls_with_placeholders(
+    account: Account, tmp_path: Path
+) -> None:
+    keep = ("AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED")
+    env = {k: v for k, v in account.env.items() if not k.startswith("AWS_") or k in keep}
+    env |= {"AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+    before = account.snapshot()
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--name", NAME, "--region", REGION, "--dry-run", "--eic-endpoint",
+         "--ssh-from", "198.51.100.0/24", "--config", str(tmp_path / "c.json")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stderr
+    assert "dry run without working credentials" in out
+    # Only the credentials check was tried; every later read is printed, not run.
+    tried = [line for line in out.splitlines() if line.startswith("[dry-run] reading:")]
+    assert tried == ["[dry-run] reading: aws --region us-east-1 --output json sts get-caller-identity"]
+    assert "[dry-run] would read: aws --region us-east-1 --output json ec2 describe-instances" in out
+    prefix = "[dry-run] would run: aws --region us-east-1 --output json"
+    for call in (
+        *DRY_RUN_WRITES,
+        "ec2 authorize-security-group-ingress",
+        "ec2 create-instance-connect-endpoint",
+    ):
+        assert f"{prefix} {call}" in out, call
+    assert "<latest Ubuntu 24.04 AMI>" in out and "<default VPC>" in out and "<account>" in out
+    assert "198.51.100.0/24" in out
+    assert account.snapshot() == before and not (tmp_path / "c.json").exists()
+
+
+def test_create_end_to_end(account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
     from moto.ec2.exceptions import EC2ClientError
     from moto.ec2.models.instances import InstanceBackend
 
@@ -279,23 +353,8 @@ def test_create_end_to_end(account: Account, eic_prefix_list: str, monkeypatch: 
 
     (group,) = account.tagged_groups()
     assert group["GroupName"] == f"{NAME}-sg"
-    assert len(group["IpPermissions"]) == 1
-    (ssh,) = group["IpPermissions"]
-    assert (ssh["IpProtocol"], ssh["FromPort"], ssh["ToPort"]) == ("tcp", 22, 22)
-    assert [p["PrefixListId"] for p in ssh["PrefixListIds"]] == [eic_prefix_list]
-    assert not ssh.get("IpRanges") and not ssh.get("Ipv6Ranges") and not ssh.get("UserIdGroupPairs")
-    assert "0.0.0.0/0" not in json.dumps(group["IpPermissions"])
-    egress = {
-        (p["IpProtocol"], p.get("FromPort"), p.get("ToPort"), r["CidrIp"])
-        for p in group["IpPermissionsEgress"]
-        for r in p.get("IpRanges", [])
-    }
-    assert egress == {
-        ("tcp", 443, 443, "0.0.0.0/0"),
-        ("tcp", 80, 80, "0.0.0.0/0"),
-        ("udp", 53, 53, "0.0.0.0/0"),
-        ("tcp", 53, 53, "0.0.0.0/0"),
-    }
+    assert group["IpPermissions"] == []  # SSM only: the agent connects out, nothing comes in
+    assert rules(group["IpPermissionsEgress"]) == INSTANCE_EGRESS
 
     (instance,) = account.live_instances()
     iid = instance["InstanceId"]
@@ -330,36 +389,167 @@ def test_create_end_to_end(account: Account, eic_prefix_list: str, monkeypatch: 
     assert any(account.base_dir.joinpath("runs").iterdir())
 
 
-def test_rerun_reuses_everything_and_repairs_drift(account: Account, eic_prefix_list: str) -> None:
+def test_rerun_reuses_everything_and_repairs_drift(account: Account) -> None:
+    from moto.ec2.models import ec2_backends
+
     ec2 = account.client("ec2")
     (instance,) = account.live_instances()
+    iid = instance["InstanceId"]
     (group,) = account.tagged_groups()
     before = account.snapshot()
-    # Someone opened ssh to the world and relaxed the metadata options.
+    # Someone opened ssh to the world, relaxed the metadata options, put the instance in the VPC's default
+    # group and took its instance profile away.
     ec2.authorize_security_group_ingress(
         GroupId=group["GroupId"],
         IpPermissions=[
             {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
         ],
     )
-    ec2.modify_instance_metadata_options(
-        InstanceId=instance["InstanceId"], HttpTokens="optional", HttpPutResponseHopLimit=2
-    )
+    ec2.modify_instance_metadata_options(InstanceId=iid, HttpTokens="optional", HttpPutResponseHopLimit=2)
+    default = ec2.describe_security_groups(
+        Filters=[
+            {"Name": "group-name", "Values": ["default"]},
+            {"Name": "vpc-id", "Values": [instance["VpcId"]]},
+        ]
+    )["SecurityGroups"][0]["GroupId"]
+    ec2.modify_instance_attribute(InstanceId=iid, Groups=[default])
+    (association,) = ec2.describe_iam_instance_profile_associations(
+        Filters=[{"Name": "instance-id", "Values": [iid]}]
+    )["IamInstanceProfileAssociations"]
+    ec2.disassociate_iam_instance_profile(AssociationId=association["AssociationId"])
+    # and the root volume is not encrypted (which only a new volume can change).
+    volumes = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [iid]}])["Volumes"]
+    backend_volumes = ec2_backends[ACCOUNT][REGION].volumes
+    for volume in volumes:
+        backend_volumes[volume["VolumeId"]].encrypted = False
     assert account.snapshot() != before
-    proc = account.run("--skip-test")
+    try:
+        proc = account.run("--skip-test")
+    finally:
+        for volume in volumes:
+            backend_volumes[volume["VolumeId"]].encrypted = True
     assert proc.returncode == 0, proc.stderr
     out = proc.stderr
     for word in ("created", "launched", "attached", "added ingress", "added egress", "started"):
         assert word not in out, out
-    assert "revoked ingress rules not ours" in out and "0.0.0.0/0" in out
-    assert "IMDSv2 now required" in out
+    assert f"revoked ingress rules of {group['GroupId']} not ours" in out and "0.0.0.0/0" in out
+    assert "required IMDSv2 with hop limit 1" in out
+    assert f"replaced the security groups of {iid} ({default}) with {group['GroupId']}" in out
+    assert f"associated instance profile {NAME}-profile with {iid}" in out
+    assert f"warning: cannot repair: volume(s) {volumes[0]['VolumeId']} of {iid} are not encrypted" in out
     # Back to exactly what the first run made: same role, profile, group rules and instance.
     assert account.snapshot() == before
     (again,) = account.live_instances()
     assert again["MetadataOptions"]["HttpTokens"] == "required"
     assert again["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+    assert [g["GroupId"] for g in again["SecurityGroups"]] == [group["GroupId"]]
+    assert again["IamInstanceProfile"]["Arn"].endswith(f":instance-profile/{NAME}-profile")
     (group,) = account.tagged_groups()
-    assert [p["PrefixListId"] for p in group["IpPermissions"][0]["PrefixListIds"]] == [eic_prefix_list]
+    assert group["IpPermissions"] == []
+
+
+def test_ssh_from_admits_those_addresses_only(account: Account) -> None:
+    name = "sbx-ssh"
+    bad = account.run("--ssh-from", "10.0.0.0/33", name=name)
+    assert bad.returncode == 1 and "--ssh-from '10.0.0.0/33' is not an IPv4 CIDR" in bad.stderr
+    cidrs = ("--ssh-from", "203.0.113.7/32", "--ssh-from", "198.51.100.0/24")
+    proc = account.run("--skip-test", "--environment", "ssh", *cidrs, name=name)
+    assert proc.returncode == 0, proc.stderr
+    (group,) = account.tagged_groups(name)
+    assert rules(group["IpPermissions"]) == {
+        ("tcp", 22, 22, "cidr", "203.0.113.7/32"),
+        ("tcp", 22, 22, "cidr", "198.51.100.0/24"),
+    }
+    assert rules(group["IpPermissionsEgress"]) == INSTANCE_EGRESS
+    entry = json.loads(account.config.read_text())["ssh"]
+    assert entry["ssh_sudo"] is True and entry["transport"] == "ssm" and "eic_endpoint_id" not in entry
+    assert "ssh_sudo is true: the eic and ssh transports need it" in proc.stderr
+    # The network is what the latest run asked for: without --ssh-from, SSM only again.
+    again = account.run("--skip-test", "--environment", "ssh", name=name)
+    assert again.returncode == 0, again.stderr
+    assert account.tagged_groups(name)[0]["IpPermissions"] == []
+    assert account.run("--delete", name=name).returncode == 0
+    assert account.tagged_groups(name) == [] and account.live_instances(name) == []
+
+
+def test_eic_endpoint_is_created_and_admitted_group_to_group(account: Account) -> None:
+    name = "sbx-eice"
+    ec2 = account.client("ec2")
+    proc = account.run("--skip-test", "--environment", "eice", "--eic-endpoint", name=name)
+    assert proc.returncode == 0, proc.stderr
+    groups = {g["GroupName"]: g for g in account.tagged_groups(name)}
+    assert set(groups) == {f"{name}-sg", f"{name}-eice-sg"}
+    instance_group, endpoint_group = groups[f"{name}-sg"], groups[f"{name}-eice-sg"]
+    (endpoint,) = ec2.describe_instance_connect_endpoints(
+        Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [name]}]
+    )["InstanceConnectEndpoints"]
+    (instance,) = account.live_instances(name)
+    assert endpoint["State"] == "create-complete" and endpoint["PreserveClientIp"] is False
+    assert endpoint["SubnetId"] == instance["SubnetId"]
+    assert endpoint["SecurityGroupIds"] == [endpoint_group["GroupId"]]
+    # Rule by rule: the instance admits ssh from the endpoint's group only; the endpoint reaches port 22 of
+    # the instance's group only.
+    assert rules(instance_group["IpPermissions"]) == {("tcp", 22, 22, "group", endpoint_group["GroupId"])}
+    assert rules(instance_group["IpPermissionsEgress"]) == INSTANCE_EGRESS
+    assert endpoint_group["IpPermissions"] == []
+    assert rules(endpoint_group["IpPermissionsEgress"]) == {
+        ("tcp", 22, 22, "group", instance_group["GroupId"])
+    }
+    assert [g["GroupId"] for g in instance["SecurityGroups"]] == [instance_group["GroupId"]]
+    entry = json.loads(account.config.read_text())["eice"]
+    assert entry["eic_endpoint_id"] == endpoint["InstanceConnectEndpointId"] and entry["ssh_sudo"] is True
+
+    again = account.run("--skip-test", "--environment", "eice", "--eic-endpoint", name=name)
+    assert again.returncode == 0, again.stderr
+    assert f"EC2 Instance Connect Endpoint {endpoint['InstanceConnectEndpointId']} exists" in again.stderr
+    for word in ("created", "revoked", "added", "launched"):
+        assert word not in again.stderr, again.stderr
+
+    gone = account.run("--delete", name=name)
+    assert gone.returncode == 0, gone.stderr
+    assert f"deleted EC2 Instance Connect Endpoint {endpoint['InstanceConnectEndpointId']}" in gone.stderr
+    (deleted,) = ec2.describe_instance_connect_endpoints(
+        InstanceConnectEndpointIds=[endpoint["InstanceConnectEndpointId"]]
+    )["InstanceConnectEndpoints"]
+    assert deleted["State"] == "delete-complete"
+    assert account.tagged_groups(name) == [] and account.live_instances(name) == []
+
+
+def test_the_policy_file_grants_every_call_the_script_makes(account: Account) -> None:
+    text = POLICY.read_text()
+    account.client("iam").create_policy(PolicyName="ec2-sandbox-provisioning", PolicyDocument=text)  # grammar
+    statements = json.loads(text)["Statement"]
+
+    def listed(value: str | list[str]) -> list[str]:
+        return [value] if isinstance(value, str) else value
+
+    allowed = {action for st in statements if st["Effect"] == "Allow" for action in listed(st["Action"])}
+    script = SCRIPT.read_text()
+    calls = set(re.findall(r"aws_call (?:read|write) ([a-z0-9-]+) ([a-z][a-z0-9-]+)", script))
+    calls |= {
+        ("ec2", f"{verb}-security-group-{way}")
+        for verb in ("authorize", "revoke")
+        for way in ("ingress", "egress")
+    }
+    assert ("ec2", "create-instance-connect-endpoint") in calls and ("iam", "wait") in calls
+    needed = {
+        f"{service}:{''.join(word.capitalize() for word in op.split('-'))}"
+        for service, op in calls
+        if op != "wait"
+    }
+    needed |= {"iam:GetInstanceProfile"}  # what 'iam wait instance-profile-exists' polls
+    # Implied by the calls: tags on create, the role handed to EC2, the endpoint's network interface and role.
+    needed |= {"iam:TagRole", "iam:TagInstanceProfile", "ec2:CreateTags", "iam:PassRole"}
+    needed |= {"ec2:CreateNetworkInterface", "iam:CreateServiceLinkedRole"}
+    # The connection test through the toolkit.
+    needed |= {"ssm:SendCommand", "ssm:GetCommandInvocation", "ssm:DescribeInstanceInformation"}
+    assert needed - allowed == set()
+    (pass_role,) = [st for st in statements if "iam:PassRole" in listed(st["Action"])]
+    assert pass_role["Resource"] != "*" and pass_role["Condition"]["StringEquals"]["iam:PassedToService"] == (
+        "ec2.amazonaws.com"
+    )
+    (parameter,) = [st for st in statements if "ssm:GetParameter" in listed(st["Action"])]
+    assert fnmatch.fnmatchcase(f"arn:aws:ssm:{REGION}::parameter{UBUNTU_PARAM}", parameter["Resource"])
 
 
 def test_an_agent_that_never_comes_online_fails_with_the_reason(account: Account) -> None:
@@ -401,6 +591,7 @@ def test_prepare_instance_reports_each_step(account: Account, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] is True and report["status"] == "Success"
+    assert any("the eic and ssh transports need ssh_sudo: true" in note for note in report["notes"])
     steps = {s["step"]: s["status"] for s in report["steps"]}
     assert steps == {
         "packages": "ok",
@@ -416,6 +607,15 @@ def test_prepare_instance_reports_each_step(account: Account, tmp_path: Path) ->
     again = json.loads(account.cli(*args).stdout)
     rerun = {s["step"]: s["status"] for s in again["steps"]}
     assert rerun == {**dict.fromkeys(steps, "ok"), "userns": "skipped"}
+    # An environment that uses eic without ssh_sudo is told what it misses.
+    config = json.loads(account.config.read_text())
+    account.config.write_text(json.dumps({**config, "default": {**config["default"], "transport": "eic"}}))
+    try:
+        plain = account.cli("prepare-instance", instance["InstanceId"], "--setup-root", str(root))
+    finally:
+        account.config.write_text(json.dumps(config))
+    assert plain.returncode == 0, plain.stderr
+    assert "note: this environment uses eic without ssh_sudo: the eic and ssh transports need" in plain.stdout
     # A step that fails makes the command fail, naming the step and why.
     with (root / "etc" / "passwd").open("a") as fh:
         fh.write("intruder:x:200001:100::/:/bin/sh\n")

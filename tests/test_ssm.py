@@ -7,6 +7,7 @@ here can reach AWS.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -16,13 +17,16 @@ import sys
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig, aws_session
 from ec2_sandbox.errors import TransportError
+from ec2_sandbox.protocol import RunnerRefusal
 from ec2_sandbox.testing import ssm_standin
 from ec2_sandbox.testing.conformance import ConformanceSuite
 from ec2_sandbox.transports import ssm as ssm_transport
@@ -273,12 +277,22 @@ async def test_reserved_exit_statuses_never_reach_ssm(
         assert inv["ResponseCode"] == 3, note
 
 
-async def test_exit_137_from_ssm_is_explained(
+async def test_timed_out_is_a_timeout_whatever_the_code(
     standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
 ) -> None:
+    """The agent SIGKILLs a script past executionTimeout and reports TimedOut with exit 137 - and reports any
+    exit 137 as TimedOut (GetStatus): both are timeouts, not "out of memory"."""
     transport = quick(config_for(instance_id, tmp_base_dir))
-    with pytest.raises(TransportError, match="exit 137"):
+    with pytest.raises(TransportError) as exit_137:
         await transport._run(["exit 137"], time.monotonic() + 30)
+    command_id = await transport._send(["sleep 30"], 1)
+    inv = await transport._poll(command_id, time.monotonic(), time.monotonic() + 30)
+    assert inv["Status"] == "TimedOut" and inv["StatusDetails"] == "ExecutionTimedOut"
+    assert inv["ResponseCode"] == 137
+    killed = await transport._status_error(inv, 1)
+    for error in (exit_137.value, killed):
+        assert "execution timeout" in str(error) and "ExecutionTimedOut, exit 137" in str(error)
+        assert "memory" not in str(error)
 
 
 # ---------------------------------------------------------------------- the SSM service misbehaving
@@ -338,6 +352,8 @@ async def test_stopped_instance_is_reported_as_stopped(
         assert not result.success and result.termination_reason == "not_started"
         message = result.error_message or ""
         assert "DeliveryTimedOut" in message and "stopped" in message, message
+        # AWS's delivery window is TimeoutSeconds plus executionTimeout, and the message says so.
+        assert f"TimeoutSeconds {ssm_transport.DELIVERY_TIMEOUT} s + executionTimeout " in message
         status = await sandbox.instance_status()
     parts = {p.name: p for p in status.parts}
     assert not parts["instance"].ok and "stopped" in parts["instance"].message
@@ -370,6 +386,179 @@ async def test_access_denied_is_a_clear_error(
     assert not result.success and result.termination_reason == "not_started"
     assert "access denied" in (result.error_message or "")
     assert "ssm:SendCommand" in (result.error_message or "")
+
+
+async def test_offline_agent_is_found_when_the_command_stays_in_progress(
+    ssm_server: ssm_standin.Server, standin: ssm_standin.StandIn, fresh_instance: str, tmp_base_dir: str
+) -> None:
+    """AWS keeps a command to an unavailable agent InProgress (not Pending): the check must not wait for
+    Pending, and a run whose time runs out before the agent starts it says so."""
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=ssm_server.url)
+    standin.ping_status[fresh_instance] = "ConnectionLost"
+    cid = ssm.send_command(
+        InstanceIds=[fresh_instance], DocumentName="AWS-RunShellScript", Parameters={"commands": ["true"]}
+    )["Command"]["CommandId"]
+    inv = ssm.get_command_invocation(CommandId=cid, InstanceId=fresh_instance)
+    assert (inv["Status"], inv["ExecutionStartDateTime"], inv["ResponseCode"]) == ("InProgress", "", -1)
+    standin.reset()
+    standin.ping_status[fresh_instance] = "ConnectionLost"
+    transport = quick(config_for(fresh_instance, tmp_base_dir), pending_check_after=60)
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="did not start the command") as late:
+        await transport._run(["true"], time.monotonic() + 2)
+    assert "offline (ping status ConnectionLost)" in str(late.value)
+    assert time.monotonic() - started < 10
+    assert_the_command_was_cancelled(standin)
+
+
+@pytest.mark.parametrize(
+    ("details", "kind", "words"),
+    [
+        ("Undeliverable", "unreachable", "could not deliver the command"),
+        ("AccessDenied", "access_denied", "may not send commands to this instance"),
+        ("InvalidPlatform", "unsupported_platform", "needs a Linux instance"),
+        ("Terminated", "not_run", "terminated the command"),
+    ],
+)
+async def test_terminal_details_under_status_failed_are_explained(
+    standin: ssm_standin.StandIn, fresh_instance: str, tmp_base_dir: str, details: str, kind: str, words: str
+) -> None:
+    standin.outcome[fresh_instance] = details
+    async with AsyncSandbox(config_for(fresh_instance, tmp_base_dir)) as sandbox:
+        result = await sandbox.execute_code("print(1)")
+    assert not result.success and result.termination_reason == "not_started"
+    assert f"({details}" in (result.error_message or "") and words in (result.error_message or "")
+    (inv,) = standin.invocations.values()
+    assert (inv.status, inv.details, inv.response_code) == ("Failed", details, -1)
+    transport = quick(config_for(fresh_instance, tmp_base_dir))
+    with pytest.raises(RunnerRefusal) as refused:
+        await transport._run(["true"], time.monotonic() + 30)
+    assert refused.value.kind == kind
+
+
+def test_standin_ends_undeliverable_and_wrong_platform_commands_as_aws_does(
+    ssm_server: ssm_standin.Server, standin: ssm_standin.StandIn, fresh_instance: str, ec2
+) -> None:  # type: ignore[no-untyped-def]
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=ssm_server.url)
+
+    def final(instance: str, cid: str) -> dict:  # type: ignore[type-arg]
+        for _ in range(200):
+            inv = ssm.get_command_invocation(CommandId=cid, InstanceId=instance)
+            if inv["Status"] not in ("Pending", "InProgress"):
+                return inv
+            time.sleep(0.05)
+        raise AssertionError(inv)
+
+    def send(instance: str, **extra: object) -> str:
+        return ssm.send_command(
+            InstanceIds=[instance],
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": ["true"], "executionTimeout": ["5"]},
+            **extra,
+        )["Command"]["CommandId"]
+
+    windows = next(i for i in ec2.describe_images()["Images"] if i.get("Platform") == "windows")
+    launched = ec2.run_instances(ImageId=windows["ImageId"], MinCount=1, MaxCount=1)
+    win_id = launched["Instances"][0]["InstanceId"]
+    inv = final(win_id, send(win_id))
+    assert (inv["Status"], inv["StatusDetails"]) == ("Failed", "InvalidPlatform")
+    # Sent to a stopped instance (a valid target), which is terminated before its agent takes the command.
+    ec2.stop_instances(InstanceIds=[fresh_instance])
+    sent = ssm.send_command(
+        InstanceIds=[fresh_instance],
+        DocumentName="AWS-RunShellScript",
+        Parameters={"commands": ["true"], "executionTimeout": ["5"]},
+        TimeoutSeconds=30,
+    )["Command"]
+    # The delivery deadline is TimeoutSeconds + executionTimeout, not TimeoutSeconds alone.
+    assert (sent["ExpiresAfter"] - sent["RequestedDateTime"]).total_seconds() == 35
+    assert standin.invocations[(sent["CommandId"], fresh_instance)].delivery_timeout == 35
+    ec2.terminate_instances(InstanceIds=[fresh_instance])
+    inv = final(fresh_instance, sent["CommandId"])
+    assert (inv["Status"], inv["StatusDetails"], inv["ResponseCode"]) == ("Failed", "Undeliverable", -1)
+    # botocore checks the range too; the service refuses it on its own.
+    unchecked = boto3.client(
+        "ssm", region_name=REGION, endpoint_url=ssm_server.url, config=Config(parameter_validation=False)
+    )
+    with pytest.raises(ClientError, match="TimeoutSeconds must be between 30"):
+        unchecked.send_command(
+            InstanceIds=[win_id],
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": ["true"]},
+            TimeoutSeconds=10,
+        )
+
+
+async def test_a_command_ssm_refuses_as_too_large_is_staged_instead(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    """The 64 KB document limit is AWS's to apply: when it refuses what our estimate let through, the run
+    goes the staged way rather than failing."""
+    data = os.urandom(100_000)
+    code = "import hashlib\nprint(hashlib.sha256(open('blob.bin', 'rb').read()).hexdigest())"
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=5)
+    transport = quick(config, max_command_chars=10**7)
+    async with AsyncSandbox(config, transport=transport) as sandbox:
+        result = await sandbox.execute_code(code, files={"blob.bin": data})
+    assert result.success, result
+    assert result.stdout.strip() == hashlib.sha256(data).hexdigest()
+    assert standin.calls["SendCommand"] > 2  # the refused one, the chunks, the run
+    assert len(standin.invocations) == standin.calls["SendCommand"] - 1
+
+
+def _expiring_profile(tmp_path, monkeypatch: pytest.MonkeyPatch, seconds: int) -> str:  # type: ignore[no-untyped-def]
+    """A profile whose credentials (from credential_process, as SSO or an assumed role would) expire in
+    ``seconds``."""
+    helper = tmp_path / "creds.py"
+    helper.write_text(
+        "import datetime, json\n"
+        f"end = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds={seconds})\n"
+        'print(json.dumps({"Version": 1, "AccessKeyId": "testing", "SecretAccessKey": "testing",'
+        ' "SessionToken": "testing", "Expiration": end.isoformat()}))\n'
+    )
+    config = tmp_path / "aws-config"
+    config.write_text(f"[profile expiring]\ncredential_process = {sys.executable} {helper}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    return "expiring"
+
+
+async def test_presigned_staging_urls_live_no_longer_than_the_credentials(
+    ssm_server: ssm_standin.Server,
+    standin: ssm_standin.StandIn,
+    instance_id: str,
+    tmp_base_dir: str,
+    tmp_path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=ssm_server.url)
+    s3.create_bucket(Bucket="ec2sb-expiring")
+    profile = _expiring_profile(tmp_path, monkeypatch, 300)
+    config = config_for(
+        instance_id, tmp_base_dir, s3_bucket="ec2sb-expiring", aws_profile=profile, max_execution_time=600
+    )
+    data = os.urandom(200_000)
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        result = await sandbox.execute_code(
+            "print(len(open('b', 'rb').read()))", files={"b": data}, timeout=600
+        )
+    assert result.success and result.stdout == "200000\n", result
+    (inv,) = standin.invocations.values()
+    lines = inv.script.split("\n")
+    opening = next(i for i, line in enumerate(lines) if line.endswith(f"<<'{ssm_transport.HEREDOC_END}'"))
+    header = json.loads(base64.b64decode(lines[opening + 1]))
+    query = {k: v[0] for k, v in parse_qs(urlsplit(header["url"]).query).items()}
+    # Signature V4 says how long, V2 (botocore's default for S3 here) until when.
+    expires = int(query["X-Amz-Expires"]) if "X-Amz-Expires" in query else int(query["Expires"]) - time.time()
+    assert 200 <= expires <= 300  # not the 900 s asked for otherwise: the credentials end first
+    assert "the AWS credentials expire in" in caplog.text and "within this run's" in caplog.text
+
+    profile = _expiring_profile(tmp_path, monkeypatch, 20)
+    short = config_for(instance_id, tmp_base_dir, s3_bucket="ec2sb-expiring", aws_profile=profile)
+    async with AsyncSandbox(short, transport=quick(short)) as sandbox:
+        result = await sandbox.execute_code("print(1)", files={"b": data})
+    assert not result.success and "the AWS credentials expire in" in (result.error_message or "")
+    assert "refresh the credentials" in (result.error_message or "")
 
 
 # ---------------------------------------------------------------------- giving up
@@ -484,6 +673,7 @@ def test_standin_runs_scripts_as_the_agent_does(
     started = time.monotonic()
     inv = run(["sleep 60 &", "sleep 60"], timeout="1")
     assert inv["Status"] == "TimedOut" and inv["StatusDetails"] == "ExecutionTimedOut"
+    assert inv["ResponseCode"] == 137  # the agent's CommandStoppedPreemptivelyExitCode
     assert time.monotonic() - started < 10
     with pytest.raises(ClientError, match="MaxDocumentSizeExceeded"):
         run(["# " + "x" * 70000])

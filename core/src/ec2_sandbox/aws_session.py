@@ -6,6 +6,7 @@ clients are safe to share, so clients are cached here too.
 
 from __future__ import annotations
 
+import datetime
 import threading
 from typing import Any, Literal
 
@@ -48,6 +49,23 @@ def make_session(config: SandboxConfig) -> boto3.Session:
             f"(~/.aws/config, ~/.aws/credentials, or $AWS_CONFIG_FILE / $AWS_SHARED_CREDENTIALS_FILE); "
             f"create it with 'aws configure --profile {config.aws_profile}' or choose another"
         ) from None
+
+
+def credential_lifetime(session: boto3.Session | None) -> float | None:
+    """Seconds until the session's credentials expire, or None when they do not say (long-term keys, or
+    temporary keys given without their expiry). Whatever is signed with them - a presigned URL too - stops
+    working when they expire, whatever expiry it asked for."""
+    credentials = session.get_credentials() if session is not None else None
+    if credentials is None:
+        return None
+    # Refreshable credentials (SSO, assumed roles, credential_process) renew themselves here when close to
+    # expiry: read the expiry of what will actually sign.
+    credentials.get_frozen_credentials()
+    # botocore keeps the expiry of RefreshableCredentials only in this attribute; static keys have none.
+    expiry = getattr(credentials, "_expiry_time", None)
+    if not isinstance(expiry, datetime.datetime):
+        return None
+    return (expiry - datetime.datetime.now(datetime.UTC)).total_seconds()
 
 
 def client(config: SandboxConfig, service: str, **kwargs: Any) -> Any:

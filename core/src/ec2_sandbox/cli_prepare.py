@@ -31,6 +31,13 @@ from .errors import ConfigError, InvalidInputError, SandboxError
 DEFAULT_TIMEOUT = 1800
 STEP_RE = re.compile(r"^ec2-sandbox-setup: (?P<step>[a-z-]+): (?P<status>[a-z]+): (?P<detail>.*)$")
 FINAL_STATUSES = ("Success", "Failed", "TimedOut", "Cancelled")
+#: SendCommand's TimeoutSeconds. The agent may take the command until TimeoutSeconds + executionTimeout
+#: (AWS's "total timeout"), so that, plus the run, bounds the wait.
+DELIVERY_TIMEOUT = 60
+SSH_SUDO_NOTE = (
+    "the eic and ssh transports need ssh_sudo: true for per-session uids and the metadata guard "
+    "(the guard covers the sandbox uids, which only a runner started as root hands out)"
+)
 
 
 @dataclass
@@ -173,12 +180,12 @@ def run_setup(ssm: Any, instance_id: str, commands: list[str], timeout: int) -> 
         DocumentName="AWS-RunShellScript",
         Comment="ec2-sandbox prepare-instance",
         Parameters={"commands": commands, "executionTimeout": [str(timeout)]},
-        TimeoutSeconds=60,
+        TimeoutSeconds=DELIVERY_TIMEOUT,
     )
     command_id = sent["Command"]["CommandId"]
     _progress(f"setup sent to {instance_id} (command {command_id}); waiting for it to finish")
     start = time.monotonic()
-    deadline = start + timeout + 120
+    deadline = start + DELIVERY_TIMEOUT + 2 * timeout + 60
     delay = 0.2
     last_report = start
     while True:
@@ -195,12 +202,19 @@ def run_setup(ssm: Any, instance_id: str, commands: list[str], timeout: int) -> 
             return inv
         now = time.monotonic()
         if now > deadline:
-            raise SandboxError(f"the setup on {instance_id} did not finish within {timeout + 120} s")
+            raise SandboxError(f"the setup on {instance_id} did not finish within {deadline - start:.0f} s")
         if now - last_report >= 15:
             _progress(f"still {inv.get('Status', 'Pending')} after {now - start:.0f} s")
             last_report = now
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
+
+
+def ssh_notes(config: SandboxConfig) -> list[str]:
+    """What to know before using eic/ssh with this instance, and whether the environment already does."""
+    if config.transport in ("eic", "ssh") and not config.ssh_sudo:
+        return [f"this environment uses {config.transport} without ssh_sudo: {SSH_SUDO_NOTE}"]
+    return [SSH_SUDO_NOTE]
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -229,6 +243,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 "status": inv.get("Status"),
                 "steps": [asdict(s) for s in steps],
                 "stderr": inv.get("StandardErrorContent", ""),
+                "notes": ssh_notes(config) if ok else [],
             }
         )
     else:
@@ -237,7 +252,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not ok:
         failed = next((s for s in steps if s.status == "failed"), None)
         reason = (
-            f"step {failed.step} failed: {failed.detail}" if failed else f"SSM status {inv.get('Status')}"
+            f"step {failed.step} failed: {failed.detail}"
+            if failed
+            else f"SSM status {inv.get('Status')} ({inv.get('StatusDetails')})"
         )
         stderr = inv.get("StandardErrorContent", "").strip()
         if stderr and not args.json:
@@ -246,4 +263,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return 1
     if not args.json:
         print(f"{args.instance_id} is prepared for ec2-sandbox")
+        for note in ssh_notes(config):
+            print(f"note: {note}")
     return 0

@@ -1,23 +1,60 @@
-"""A faithful local stand-in for AWS Systems Manager Run Command, built on moto.
+"""A local stand-in for AWS Systems Manager Run Command, built on moto, as strict as AWS.
 
 moto's own SSM backend accepts ``send_command`` and executes nothing. This module replaces its Run Command
-methods so that commands really run on this machine the way the SSM agent runs them on an instance:
+methods so that commands really run on this machine the way the SSM agent runs them on an instance. Each
+behaviour follows a document; where a document left room, the stand-in takes the harsher reading.
 
-* the ``commands`` of ``AWS-RunShellScript`` joined with newlines into a script, run with ``/bin/sh`` (dash
-  on Debian/Ubuntu) unless the first line is a shebang, working dir ``/usr/bin``, as the current user (root
-  in CI), in a process group of its own, with the agent's plain system ``PATH``;
-* ``executionTimeout`` enforced by killing the group: status ``TimedOut``; an exit status of 137 is also
-  reported as ``TimedOut``; any other non-zero exit is ``Failed`` with its output;
-* ``ResponseCode`` -1 and empty output while the command is pending or running; stdout cut at 24,000 and
-  stderr at 8,000 characters with a truncation marker;
-* ``InvocationDoesNotExist`` for the first polls of a new command (configurable), injectable throttling and
-  errors, an optional delivery latency;
-* an instance moto does not know (or one marked unmanaged) is refused with ``InvalidInstanceId``; a stopped
-  instance, or one whose agent lost its connection, never gets the command: ``DeliveryTimedOut`` after the
-  command's delivery timeout;
-* with ``OutputS3BucketName``, the complete stdout and stderr uploaded to (moto's) S3 as the agent does;
-* ``cancel_command``, ``list_command_invocations`` and ``describe_instance_information`` (ping status) -
-  which moto leaves unimplemented.
+Running (the AWS-RunShellScript document; amazon-ssm-agent ``agent/plugins/runscript``,
+``agent/executers/executers.go``):
+
+* the ``commands`` joined with newlines into ``_script.sh``, run with ``sh`` (dash on Debian/Ubuntu) unless
+  the first line is a shebang, working dir ``/usr/bin``, as the current user (root in CI), in a process group
+  of its own (``Setpgid``, executers_unix.go), with the agent's plain system ``PATH``;
+* the command ends when the script exited and its output pipes closed (a background child that keeps stdout
+  open keeps it InProgress);
+* ``executionTimeout`` (AWS-RunShellScript: 1 to 172800, default 3600) enforced by SIGKILL to the group; the
+  agent then reports exit code 137 (``CommandStoppedPreemptivelyExitCode``, executers_unix.go) and
+  ``GetStatus(137)`` makes that Status ``TimedOut`` (agent/plugins/pluginutil/pluginutil_unix.go): so a
+  timeout is ``TimedOut``/``ExecutionTimedOut`` with ResponseCode **137**, and so is a script that exits 137
+  by itself; any other non-zero exit is ``Failed`` with its output;
+
+Results (GetCommandInvocation API reference):
+
+* ``ResponseCode`` -1 and empty output until the plugin ends; ``ExecutionStartDateTime`` empty until the
+  plugin starts ("If the plugin hasn't started to run, the string is empty");
+* ``StandardOutputContent`` is "the first 24,000 characters" of stdout and ``StandardErrorContent`` "the first
+  8,000 characters" of stderr, with a truncation marker;
+* ``InvocationDoesNotExist`` for the first polls of a new command (eventual consistency; configurable),
+  injectable throttling and errors, an optional delivery latency;
+
+Delivery (SendCommand API reference; "Understanding command statuses" and "Understanding command timeout
+values", https://docs.aws.amazon.com/systems-manager/latest/userguide/monitor-commands.html):
+
+* ``TimeoutSeconds`` must be 30 to 2592000 (default 3600), else ``InvalidParameters`` (harsher than AWS's
+  ValidationException wording, same refusal);
+* an instance moto does not know, one shutting down or terminated, or one marked unmanaged is refused with
+  ``InvalidInstanceId``; running, pending, stopping and stopped instances are valid targets;
+* the delivery deadline is ``TimeoutSeconds`` **plus** ``executionTimeout`` ("Total timeout"); the command's
+  ``ExpiresAfter`` says so;
+* a command the agent cannot take (instance stopped, agent ``ConnectionLost``) is **InProgress**, not
+  Pending: "If the agent isn't running or available on the node, the command status remains at In Progress
+  until the agent is available again, or until the execution timeout limit is reached"; at the deadline it
+  ends ``TimedOut``/``DeliveryTimedOut``; if the agent comes back before, the command runs;
+* terminal details that are not statuses of their own end as Status ``Failed`` with that StatusDetails:
+  ``InvalidPlatform`` (a Windows instance: AWS-RunShellScript targets Linux), ``Undeliverable`` (the instance
+  was terminated before the agent took the command: "The node might not exist or might not be responding"),
+  and, on demand for one instance (:attr:`StandIn.outcome`), ``AccessDenied`` and ``Terminated``;
+* the parameters are refused with ``MaxDocumentSizeExceeded`` above 64 KB (the only documented limit: the SSM
+  document size);
+
+Cancelling and reading (CancelCommand, ListCommandInvocations, DescribeInstanceInformation API references):
+
+* ``cancel_command`` stops a running script (SIGTERM, then SIGKILL) and ends it ``Cancelled``; a command not
+  yet delivered is cancelled at once;
+* with ``OutputS3BucketName``, the complete stdout and stderr uploaded to (moto's) S3 under
+  ``<prefix>/<command>/<instance>/awsrunShellScript/0.awsrunShellScript/``, as the agent does;
+* ``describe_instance_information`` reports ``PingStatus`` (``ConnectionLost`` for a stopped instance) -
+  which moto leaves unimplemented, as it does ``list_command_invocations`` and ``cancel_command``.
 
 EC2 state (``run_instances``, ``stop_instances``) stays moto's, and requests go through botocore for real:
 serialisation, error parsing and retries are exercised as they would be against AWS.
@@ -53,12 +90,20 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.ssm.models import Command, SimpleSystemManagerBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
 
+from . import eic_endpoints
+
 STDOUT_CAP = 24_000
 STDERR_CAP = 8_000
 TRUNCATION_MARKER = "\n---Output truncated---"
 #: Roughly what SSM accepts in one command's parameters before ``MaxDocumentSizeExceeded``.
 MAX_PARAMETERS_BYTES = 64 * 1024
 AGENT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: What the agent reports for a script it killed (CommandStoppedPreemptivelyExitCode, executers_unix.go).
+KILLED_EXIT = 137
+#: SendCommand's TimeoutSeconds: "Minimum value of 30. Maximum value of 2592000"; 3600 when not given.
+TIMEOUT_SECONDS_MIN, TIMEOUT_SECONDS_MAX, TIMEOUT_SECONDS_DEFAULT = 30, 2_592_000, 3600
+#: StatusDetails that end an invocation as Status Failed without running it (monitor-commands.html).
+FAILED_DETAILS = ("Undeliverable", "AccessDenied", "InvalidPlatform", "Terminated")
 AGENT_VERSION = "3.3.1142.0"
 FINAL = ("Success", "Failed", "TimedOut", "Cancelled")
 
@@ -129,8 +174,11 @@ class StandIn:
     delivery_latency: float = 0.0
     #: get_command_invocation answers InvocationDoesNotExist this many times for each new command.
     missing_polls: int = 0
-    #: When set, replaces every command's delivery timeout (TimeoutSeconds, at least 30 s on AWS).
+    #: When set, replaces every command's delivery deadline (on AWS TimeoutSeconds + executionTimeout, so
+    #: at least 31 s): tests of a command that is never delivered need not wait that long.
     delivery_timeout: float | None = None
+    #: Instances whose invocations end Status Failed with this StatusDetails (one of FAILED_DETAILS).
+    outcome: dict[str, str] = field(default_factory=dict)
     #: Instances whose agent reports this ping status (default Online for running instances).
     ping_status: dict[str, str] = field(default_factory=dict)
     #: Instances that exist in EC2 but are not registered with SSM.
@@ -150,6 +198,7 @@ class StandIn:
             self.missing_polls = 0
             self.delivery_timeout = None
             self.ping_status.clear()
+            self.outcome.clear()
             self.unmanaged.clear()
             self.calls.clear()
             self.invocations.clear()
@@ -249,12 +298,35 @@ def _deliverable(instance_id: str, region: str, account: str) -> bool:
     return state == "running" and STANDIN.ping_status.get(instance_id, "Online") == "Online"
 
 
-def _instance_state(instance_id: str, region: str, account: str) -> str | None:
+def _instance(instance_id: str, region: str, account: str) -> Any:
     try:
-        instance = ec2_backends[account][region].get_instance(instance_id)
+        return ec2_backends[account][region].get_instance(instance_id)
     except Exception:
         return None
-    return instance.state
+
+
+def _instance_state(instance_id: str, region: str, account: str) -> str | None:
+    instance = _instance(instance_id, region, account)
+    return None if instance is None else instance.state
+
+
+def _failure(instance_id: str, region: str, account: str) -> str | None:
+    """The StatusDetails an invocation on ``instance_id`` ends with as Status Failed, if any."""
+    if instance_id in STANDIN.outcome:
+        return STANDIN.outcome[instance_id]
+    instance = _instance(instance_id, region, account)
+    if instance is None or instance.state in ("shutting-down", "terminated"):
+        return "Undeliverable"
+    if (getattr(instance, "platform", None) or "").lower() == "windows":
+        return "InvalidPlatform"
+    return None
+
+
+def _waiting(inv: Invocation) -> None:
+    """The service has the command but the agent has not taken it: InProgress, as AWS reports it."""
+    with inv.lock:
+        if inv.status == "Pending":
+            inv.status = inv.details = "InProgress"
 
 
 def _agent(inv: Invocation, region: str, account: str) -> None:
@@ -262,9 +334,16 @@ def _agent(inv: Invocation, region: str, account: str) -> None:
     deadline = time.monotonic() + inv.delivery_timeout
     if STANDIN.delivery_latency:
         time.sleep(STANDIN.delivery_latency)
-    while not _deliverable(inv.instance_id, region, account):
+    while True:
         if inv.cancelled:
             return
+        failure = _failure(inv.instance_id, region, account)
+        if failure is not None:
+            _finish(inv, "Failed", failure, -1)
+            return
+        if _deliverable(inv.instance_id, region, account):
+            break
+        _waiting(inv)
         if time.monotonic() >= deadline:
             _finish(inv, "TimedOut", "DeliveryTimedOut", -1)
             return
@@ -331,10 +410,10 @@ def _execute(inv: Invocation, workdir: str) -> None:
     if inv.cancelled:
         _finish(inv, "Cancelled", "Cancelled", -1, stdout, stderr)
     elif timed_out:
-        _finish(inv, "TimedOut", "ExecutionTimedOut", -1, stdout, stderr)
+        _finish(inv, "TimedOut", "ExecutionTimedOut", KILLED_EXIT, stdout, stderr)
     else:
         code = 128 - rc if rc < 0 else rc
-        if code == 137:
+        if code == KILLED_EXIT:
             _finish(inv, "TimedOut", "ExecutionTimedOut", code, stdout, stderr)
         elif code == 0:
             _finish(inv, "Success", "Success", 0, stdout, stderr)
@@ -380,9 +459,15 @@ def _send_command(
         raise SSMError("InvalidParameters", f"executionTimeout {raw_timeout!r} is not a number") from None
     if not 1 <= execution_timeout <= 172800:
         raise SSMError("InvalidParameters", "executionTimeout must be between 1 and 172800")
+    timeout_seconds = TIMEOUT_SECONDS_DEFAULT if timeout_seconds is None else int(timeout_seconds)
+    if not TIMEOUT_SECONDS_MIN <= timeout_seconds <= TIMEOUT_SECONDS_MAX:
+        raise SSMError(
+            "InvalidParameters",
+            f"TimeoutSeconds must be between {TIMEOUT_SECONDS_MIN} and {TIMEOUT_SECONDS_MAX}",
+        )
     for instance_id in instance_ids:
         state = _instance_state(instance_id, self.region_name, self.account_id)
-        if state is None or state == "terminated" or instance_id in STANDIN.unmanaged:
+        if state in (None, "shutting-down", "terminated") or instance_id in STANDIN.unmanaged:
             raise SSMError(
                 "InvalidInstanceId",
                 f"Instances [[{instance_id}]] not in a valid state for account {self.account_id}",
@@ -402,7 +487,10 @@ def _send_command(
     )
     command.instance_ids = list(instance_ids)
     command.status = "Pending"
-    delivery = STANDIN.delivery_timeout or float(timeout_seconds or 3600)
+    # "Total timeout": the agent has TimeoutSeconds + executionTimeout to take the command.
+    total = timeout_seconds + execution_timeout
+    command.expires_after = command.requested_date_time + datetime.timedelta(seconds=total)
+    delivery = STANDIN.delivery_timeout or float(total)
     for instance_id in instance_ids:
         inv = Invocation(
             command_id=command.command_id,
@@ -417,6 +505,8 @@ def _send_command(
             output_bucket=output_s3_bucket_name or "",
             output_prefix=output_s3_key_prefix or "",
         )
+        if not _deliverable(instance_id, self.region_name, self.account_id):
+            _waiting(inv)
         STANDIN.invocations[(command.command_id, instance_id)] = inv
         threading.Thread(
             target=_agent, args=(inv, self.region_name, self.account_id), daemon=True, name="ssm-agent"
@@ -562,8 +652,10 @@ def _resp_list_command_invocations(self: SimpleSystemManagerResponse) -> ActionR
 
 
 def install() -> StandIn:
-    """Patch moto's SSM backend (idempotent) and return the stand-in's state."""
+    """Patch moto's SSM backend, and add EC2 Instance Connect Endpoints (:mod:`.eic_endpoints`), to moto
+    (idempotent); return the stand-in's state."""
     global _installed
+    eic_endpoints.install()
     with _install_lock:
         if not _installed:
             SimpleSystemManagerBackend.send_command = _send_command  # type: ignore[method-assign]
@@ -604,6 +696,7 @@ class Server:
 
     def stop(self) -> None:
         self.standin.reset()
+        eic_endpoints.reset()
         self.moto.stop()
 
 
@@ -632,7 +725,9 @@ def create_instance(endpoint_url: str, region: str = "us-east-1") -> str:
     import boto3
 
     ec2 = boto3.client("ec2", region_name=region, endpoint_url=endpoint_url)
-    image = ec2.describe_images()["Images"][0]["ImageId"]
+    # A Linux image: AWS-RunShellScript on a Windows instance ends InvalidPlatform, here as on AWS.
+    images = ec2.describe_images(Filters=[{"Name": "architecture", "Values": ["x86_64"]}])["Images"]
+    image = next(i["ImageId"] for i in images if i.get("Platform") != "windows")
     reply = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")
     return reply["Instances"][0]["InstanceId"]
 

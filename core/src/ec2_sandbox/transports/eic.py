@@ -43,6 +43,9 @@ MAX_TUNNEL_DURATION = 3600
 PRESIGN_EXPIRES = 60
 #: Largest binary frame sent into the tunnel (as the AWS CLI does).
 FRAME_BYTES = 65000
+#: Endpoint states that carry tunnels: the AWS CLI's eicefetcher.py asks for exactly these (a deleted endpoint
+#: stays listed as delete-complete, a new one is create-in-progress for minutes).
+USABLE_ENDPOINT_STATES = ["create-complete", "update-in-progress", "update-failed", "update-complete"]
 
 TunnelConnector = Callable[[str], Awaitable[Any]]
 
@@ -70,6 +73,20 @@ def presigned_tunnel_url(
     )
     SigV4QueryAuth(credentials, "ec2-instance-connect", region, expires=expires).add_auth(request)
     return request.url
+
+
+def endpoint_dns_name(endpoint: dict[str, Any], fips: bool) -> str:
+    """The name to open tunnels at: ``FipsDnsName`` when FIPS endpoints are configured (``use_fips_endpoint``,
+    ``AWS_USE_FIPS_ENDPOINT``), as the AWS CLI does, else ``DnsName``."""
+    endpoint_id = endpoint.get("InstanceConnectEndpointId")
+    if not fips:
+        return str(endpoint["DnsName"])
+    if not endpoint.get("FipsDnsName"):
+        raise TransportError(
+            f"FIPS endpoints are configured (use_fips_endpoint) but the EC2 Instance Connect Endpoint "
+            f"{endpoint_id} has no FIPS DNS name in this region"
+        )
+    return str(endpoint["FipsDnsName"])
 
 
 async def websocket_connect(url: str) -> Any:
@@ -223,13 +240,18 @@ class EICTransport(SSHTransport):
             endpoint_id = self.config.eic_endpoint_id
 
             def call() -> str:
-                reply = self._client("ec2").describe_instance_connect_endpoints(
-                    InstanceConnectEndpointIds=[endpoint_id]
+                ec2 = self._client("ec2")
+                reply = ec2.describe_instance_connect_endpoints(
+                    InstanceConnectEndpointIds=[endpoint_id],
+                    Filters=[{"Name": "state", "Values": USABLE_ENDPOINT_STATES}],
                 )
                 endpoints = reply.get("InstanceConnectEndpoints") or []
-                if not endpoints or not endpoints[0].get("DnsName"):
-                    raise TransportError(f"EC2 Instance Connect Endpoint {endpoint_id} was not found")
-                return str(endpoints[0]["DnsName"])
+                if not endpoints:
+                    raise TransportError(
+                        f"EC2 Instance Connect Endpoint {endpoint_id} is not available: it is not in state "
+                        "create-complete (or update-*) - still being created, failed, or deleted"
+                    )
+                return endpoint_dns_name(endpoints[0], bool(ec2.meta.config.use_fips_endpoint))
 
             self._endpoint_dns = await self._aws(call, f"describe the EIC Endpoint {endpoint_id}")
         return self._endpoint_dns

@@ -58,10 +58,17 @@ CHUNK_CONCURRENCY = 4
 SSM_STDOUT_CAP, SSM_STDERR_CAP = 24_000, 8_000
 #: Key prefix of everything this transport puts in ``s3_bucket`` (staged requests, command output).
 S3_PREFIX = "ec2-sandbox"
-#: Seconds the agent has to pick a command up (TimeoutSeconds, at least 30 on AWS).
-DELIVERY_TIMEOUT = 60
-#: Seconds a command may stay undelivered before the instance and agent are checked.
-PENDING_CHECK_AFTER = 5.0
+#: SendCommand's TimeoutSeconds (AWS's minimum). The agent has TimeoutSeconds *plus* executionTimeout to take
+#: a command ("Total timeout", AWS's "Understanding command timeout values"), so the delivery window always
+#: outlasts the run's own deadline: whether a command was picked up is learnt from the agent, not from it.
+DELIVERY_TIMEOUT = 30
+#: Seconds a command may go without starting before the instance and its agent are checked, and between
+#: later checks. With the agent offline AWS keeps a command InProgress (not Pending) until the window ends.
+PENDING_CHECK_AFTER, RECHECK_EVERY = 5.0, 30.0
+#: Seconds a presigned staging URL is asked to live: the instance fetches it as soon as the command starts.
+PRESIGN_SECONDS = 900
+#: Credentials that expire sooner than this cannot sign a staging URL worth sending.
+MIN_PRESIGN_SECONDS = 60
 #: Seconds between polls around the time commands usually finish, and how long after it to keep at it.
 DENSE_STEP, DENSE_WINDOW = 0.03, 0.3
 TRUNCATION_MARKERS = ("---Output truncated---", "--output truncated--", "----- Result truncated ----")
@@ -187,6 +194,28 @@ def _truncated(data: bytes) -> bool:
 
 def _size(commands: Sequence[str]) -> int:
     return len(json.dumps({"commands": list(commands), "executionTimeout": ["172800"]}))
+
+
+def _details(inv: dict[str, Any]) -> str:
+    """StatusDetails without spaces (the user guide writes 'Delivery Timed Out', the API DeliveryTimedOut)."""
+    return (inv.get("StatusDetails") or "").replace(" ", "")
+
+
+def _ran(inv: dict[str, Any]) -> bool:
+    """Whether the invocation is a finished run of the script, whose exit status and output are the result.
+
+    Status Failed is also what AWS reports for invocations that never ran (Undeliverable, AccessDenied,
+    InvalidPlatform, Terminated in StatusDetails): those are not results."""
+    return inv.get("Status") in ("Success", "Failed") and _details(inv) in ("Success", "Failed", "")
+
+
+def _started(inv: dict[str, Any]) -> bool:
+    """Whether the agent started the script ("If the plugin hasn't started to run, the string is empty")."""
+    return bool(inv.get("ExecutionStartDateTime"))
+
+
+class CommandTooLarge(TransportError):
+    """SSM refused a command as larger than an SSM document may be (MaxDocumentSizeExceeded)."""
 
 
 class SsmTransport(Transport):
@@ -328,15 +357,23 @@ class SsmTransport(Transport):
         if self.config.base_sandbox_dir:
             header["base"] = self.config.base_sandbox_dir
         commands = _script(header, blob)
+        if _size(commands) <= self.max_command_chars:
+            try:
+                return await self._run(commands, deadline)
+            except CommandTooLarge as exc:
+                # The size limit is AWS's to apply, and it counts more than we can see: take its word.
+                log.debug("SSM refused the inline command as too large (%s): staging it", exc)
+        return await self._run_staged(header, blob, deadline)
+
+    async def _run_staged(self, header: dict[str, Any], blob: bytes, deadline: float) -> dict[str, Any]:
+        """Stage ``blob`` (in chunks on the instance, or in S3) and run a command that reads it from there."""
         cleanup: Callable[[], None] | None = None
-        if _size(commands) > self.max_command_chars:
-            if self.config.s3_bucket:
-                header["url"], cleanup = await self._stage_s3(blob)
-            else:
-                header["id"], header["parts"] = await self._stage_chunks(blob, header.get("base"), deadline)
-            commands = _script(header)
+        if self.config.s3_bucket:
+            header["url"], cleanup = await self._stage_s3(blob, deadline)
+        else:
+            header["id"], header["parts"] = await self._stage_chunks(blob, header.get("base"), deadline)
         try:
-            return await self._run(commands, deadline)
+            return await self._run(_script(header), deadline)
         finally:
             if cleanup is not None:
                 await asyncio.to_thread(cleanup)
@@ -381,9 +418,10 @@ class SsmTransport(Transport):
         await asyncio.gather(*(put(i, c) for i, c in enumerate(chunks)))
         return stage_id, len(chunks)
 
-    async def _stage_s3(self, blob: bytes) -> tuple[str, Callable[[], None]]:
+    async def _stage_s3(self, blob: bytes, deadline: float) -> tuple[str, Callable[[], None]]:
         """Put ``blob`` in the configured bucket; the instance fetches it with a short-lived presigned URL."""
         s3 = self.client("s3")
+        expires = await asyncio.to_thread(self._presign_seconds, deadline)
         bucket = self.config.s3_bucket
         key = f"{S3_PREFIX}/staging/{secrets.token_hex(16)}"
         try:
@@ -392,7 +430,7 @@ class SsmTransport(Transport):
                 s3.generate_presigned_url,
                 "get_object",
                 Params={"Bucket": bucket, "Key": key},
-                ExpiresIn=900,
+                ExpiresIn=expires,
             )
         except (ClientError, BotoCoreError) as exc:
             raise TransportError(
@@ -407,6 +445,29 @@ class SsmTransport(Transport):
                 log.warning("could not delete staged object s3://%s/%s: %s", bucket, key, exc)
 
         return url, cleanup
+
+    def _presign_seconds(self, deadline: float) -> int:
+        """How long a presigned staging URL can live. A URL signed with temporary credentials stops working
+        when they expire, whatever it asked for: ask for no more, and say so when they end before the run."""
+        lifetime = aws_session.credential_lifetime(self._session)
+        if lifetime is None or lifetime >= PRESIGN_SECONDS:
+            return PRESIGN_SECONDS
+        if lifetime < MIN_PRESIGN_SECONDS:
+            raise RunnerRefusal(
+                "credentials",
+                f"the AWS credentials expire in {max(0, int(lifetime))} s: a presigned URL for the staged "
+                f"request would die with them before {self.instance_id} could fetch it; refresh the "
+                "credentials (aws sso login, a new role session) and try again",
+            )
+        remaining = deadline - time.monotonic()
+        if lifetime < remaining:
+            log.warning(
+                "the AWS credentials expire in %d s, within this run's %d s: the presigned URL of the staged "
+                "request works only until then, and so does everything else signed with them",
+                lifetime,
+                remaining,
+            )
+        return int(lifetime)
 
     async def _run(self, commands: list[str], deadline: float) -> dict[str, Any]:
         """Send one command and poll it to a final status; raise on anything but Success and Failed."""
@@ -432,8 +493,7 @@ class SsmTransport(Transport):
         except BaseException:
             await self._cancel(command_id)
             raise
-        status = inv.get("Status")
-        if status in ("Success", "Failed"):
+        if _ran(inv):
             return inv
         raise await self._status_error(inv, execution_timeout)
 
@@ -450,6 +510,11 @@ class SsmTransport(Transport):
                 **self._output_location,
             )
         except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "MaxDocumentSizeExceeded":
+                raise CommandTooLarge(
+                    f"SSM refused the command for {self.instance_id} as too large: "
+                    f"{exc.response['Error'].get('Message', '')}"
+                ) from exc
             raise self._client_error(exc, "send a command to") from exc
         except BotoCoreError as exc:
             raise RunnerRefusal("unreachable", f"could not reach SSM for {self.instance_id}: {exc}") from exc
@@ -469,7 +534,8 @@ class SsmTransport(Transport):
         next_base = sent + delay
         hold_until = 0.0
         last_running = sent
-        checked = False
+        next_check = sent + self.pending_check_after
+        started = False
         while True:
             now = time.monotonic()
             wake = next_base
@@ -483,10 +549,7 @@ class SsmTransport(Transport):
                 delay = min(self.poll_max, delay * self.poll_factor)
                 next_base = asked + delay
             if asked > deadline:
-                raise TransportError(
-                    f"no result from {self.instance_id} within the time allowed; the command "
-                    f"{command_id} was cancelled"
-                )
+                raise await self._deadline_error(command_id, started)
             try:
                 inv = await asyncio.to_thread(
                     ssm.get_command_invocation, CommandId=command_id, InstanceId=self.instance_id
@@ -514,11 +577,27 @@ class SsmTransport(Transport):
                     self._durations.append(last_running - sent)
                 return inv
             last_running = asked
-            if status == "Pending" and not checked and asked - sent > self.pending_check_after:
-                checked = True
+            started = started or _started(inv)
+            if not started and asked >= next_check:
+                # Whatever the status says: AWS keeps a command to an offline agent InProgress.
+                next_check = asked + RECHECK_EVERY
                 problem = await self._delivery_problem()
                 if problem is not None:
                     raise RunnerRefusal("unreachable", problem)
+
+    async def _deadline_error(self, command_id: str, started: bool) -> TransportError:
+        """The run's time is up: say whether the command ran at all, and why not if the instance knows."""
+        if started:
+            return TransportError(
+                f"no result from {self.instance_id} within the time allowed; the command {command_id} was "
+                "cancelled"
+            )
+        problem = await self._delivery_problem()
+        return RunnerRefusal(
+            "unreachable",
+            f"the SSM agent on {self.instance_id} did not start the command {command_id} within the time "
+            f"allowed: {problem or 'the agent did not pick it up'}; the command was cancelled",
+        )
 
     def _expected(self) -> float | None:
         """A low estimate of how long commands take here: the lower quartile of recent lower bounds."""
@@ -545,17 +624,18 @@ class SsmTransport(Transport):
 
     # ------------------------------------------------------------------ errors
     async def _status_error(self, inv: dict[str, Any], execution_timeout: int) -> TransportError:
-        status = inv.get("Status")
-        details = (inv.get("StatusDetails") or "").replace(" ", "")
-        code = inv.get("ResponseCode")
+        """The error for an invocation that ended without a result, mapped on Status and StatusDetails both
+        (AWS reports Undeliverable, AccessDenied, InvalidPlatform and Terminated as Status Failed)."""
+        status, details, code = inv.get("Status"), _details(inv), inv.get("ResponseCode")
         where = self.instance_id
-        if details == "DeliveryTimedOut" or (status == "TimedOut" and not inv.get("ExecutionStartDateTime")):
+        if details == "DeliveryTimedOut" or (status == "TimedOut" and not _started(inv)):
             problem = await self._delivery_problem()
             return RunnerRefusal(
                 "unreachable",
-                f"the command was not delivered to {where} within {self.delivery_timeout} s "
-                f"(DeliveryTimedOut): {problem or 'the SSM agent did not pick it up'}; check the instance "
-                "is running and its SSM agent is online (ec2-sandbox status)",
+                f"the command was not delivered to {where} within its delivery window (TimeoutSeconds "
+                f"{self.delivery_timeout} s + executionTimeout {execution_timeout} s; DeliveryTimedOut): "
+                f"{problem or 'the SSM agent did not pick it up'}; check the instance is running and its SSM "
+                "agent is online (ec2-sandbox status)",
             )
         if details == "Undeliverable":
             problem = await self._delivery_problem()
@@ -564,26 +644,35 @@ class SsmTransport(Transport):
                 f"SSM could not deliver the command to {where} (Undeliverable): "
                 f"{problem or 'the instance may not exist or its agent does not respond'}",
             )
-        if status == "TimedOut":
-            if code == 137:
-                return TransportError(
-                    f"the runner on {where} was killed (exit 137, which SSM reports as TimedOut): the "
-                    "instance may be out of memory; check its memory and dmesg"
-                )
-            return TransportError(
-                f"SSM stopped the command on {where} after its execution timeout of {execution_timeout} s "
-                "(ExecutionTimedOut); the runner did not finish in time"
-            )
-        if status in ("Cancelled", "Cancelling"):
-            return TransportError(
-                f"the command on {where} was cancelled before it finished (someone or something called "
-                "CancelCommand, or the instance stopped)"
-            )
         if details == "AccessDenied":
             return RunnerRefusal(
                 "access_denied",
-                f"SSM was denied access running the command on {where}: check the instance profile "
-                "(AmazonSSMManagedInstanceCore)",
+                f"SSM refused to run the command on {where} (AccessDenied): these credentials may not send "
+                "commands to this instance (check ssm:SendCommand's resource and tag conditions)",
+            )
+        if details == "InvalidPlatform":
+            return RunnerRefusal(
+                "unsupported_platform",
+                f"{where} is not a platform AWS-RunShellScript runs on (InvalidPlatform): the runner needs "
+                "a Linux instance",
+            )
+        if details == "Terminated":
+            return RunnerRefusal(
+                "not_run",
+                f"SSM terminated the command on {where} before it ran (Terminated: the command's error "
+                "limit was reached)",
+            )
+        if status == "TimedOut" or details == "ExecutionTimedOut":
+            # The agent kills the script and reports exit 137 and TimedOut (executers_unix.go, GetStatus):
+            # a timeout whatever the code. The runner's own 137 never gets here: the script maps it away.
+            return TransportError(
+                f"SSM stopped the command on {where} after its execution timeout of {execution_timeout} s "
+                f"(ExecutionTimedOut, exit {code}); the runner did not finish in time"
+            )
+        if status in ("Cancelled", "Cancelling") or details == "Cancelled":
+            return TransportError(
+                f"the command on {where} was cancelled before it finished (someone or something called "
+                "CancelCommand, or the instance stopped)"
             )
         return TransportError(
             f"the command on {where} ended with SSM status {status} ({inv.get('StatusDetails')}), exit {code}"
@@ -610,8 +699,6 @@ class SsmTransport(Transport):
             )
         if code in THROTTLING:
             return TransportError(f"SSM kept throttling requests for {where} after retries: {message}")
-        if code == "MaxDocumentSizeExceeded":
-            return TransportError(f"SSM refused the command for {where} as too large: {message}")
         return TransportError(f"SSM could not {doing} {where}: {code}: {message}")
 
     async def _delivery_problem(self) -> str | None:
