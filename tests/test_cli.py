@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ec2_sandbox.cli import EXIT_FAILED
+
 EXE = [sys.executable, "-m", "ec2_sandbox.cli"]
 
 
@@ -30,7 +32,7 @@ def test_help_explains_every_command(cli_env: dict[str, str]) -> None:
     for command in ("exec", "files", "cleanup", "status", "plugins"):
         assert command in out
     exec_help = cli(cli_env, "exec", "--help").stdout.decode()
-    assert "124" in exec_help and "--file NAME=PATH" in exec_help
+    assert "124" in exec_help and "--file [NAME=]PATH" in exec_help
 
 
 def test_exec_passes_streams_and_exit_status(cli_env: dict[str, str]) -> None:
@@ -62,7 +64,7 @@ def test_exec_json_then_files(cli_env: dict[str, str]) -> None:
     assert cli(cli_env, "files", task, "r.bin").stdout == bytes([0, 255])
     assert cli(cli_env, "files", task, "@stdout").stdout == b"x\n"
     missing = cli(cli_env, "files", task, "nope")
-    assert missing.returncode == 1 and b"no file 'nope'" in missing.stderr
+    assert missing.returncode == EXIT_FAILED and b"no file 'nope'" in missing.stderr
 
 
 def test_exec_timeout_exit_status(cli_env: dict[str, str]) -> None:
@@ -81,9 +83,11 @@ def test_exec_timeout_exit_status(cli_env: dict[str, str]) -> None:
         (["files", "../../etc"], b"task_hash"),
     ],
 )
-def test_bad_input_exits_2_with_a_message(cli_env: dict[str, str], args: list[str], message: bytes) -> None:
+def test_bad_input_exits_failed_with_a_message(
+    cli_env: dict[str, str], args: list[str], message: bytes
+) -> None:
     proc = cli(cli_env, *args)
-    assert proc.returncode == 2, proc
+    assert proc.returncode == EXIT_FAILED, proc
     assert message in proc.stderr
 
 

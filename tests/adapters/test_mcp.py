@@ -21,6 +21,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from ec2_sandbox import AsyncSandbox
+from ec2_sandbox.cli import EXIT_FAILED
 from ec2_sandbox_mcp import create_mcp_server
 
 from .scenario import PLUGIN_RUNTIME, Received, Script
@@ -138,7 +139,7 @@ def test_cli_without_the_mcp_distribution() -> None:
         "sys.exit(main(['mcp']))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == EXIT_FAILED, proc.stderr
     assert "pip install ec2-sandbox-mcp" in proc.stderr, proc.stderr
 
 

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 
-from .cli import EXIT_USAGE, open_sandbox, run_async
+from .cli import EXIT_FAILED, open_sandbox, run_async
 
 INSTALL_HINT = (
     "ec2-sandbox: the MCP server needs the 'ec2-sandbox-mcp' distribution: "
@@ -36,10 +36,10 @@ def _mcp(args: argparse.Namespace) -> int:
         if exc.name not in ("ec2_sandbox_mcp", "mcp", "mcp_types"):
             raise
         print(INSTALL_HINT, file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED
     if not 0 < args.port < 65536:
         print(f"ec2-sandbox: --port {args.port} is not a TCP port (1-65535)", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED
     sandbox = open_sandbox(args)
     if args.transport == "http":
         print(f"ec2-sandbox: MCP over streamable HTTP at http://127.0.0.1:{args.port}/mcp", file=sys.stderr)
