@@ -22,6 +22,14 @@ def tmp_base_dir() -> Iterator[str]:
 
 
 @pytest.fixture
+def cli_env(tmp_base_dir: str, tmp_path: Path) -> dict[str, str]:
+    """An environment for ``ec2-sandbox`` subprocesses: none of the developer's settings, a fresh base dir."""
+    from support.cli import clean_env
+
+    return clean_env(tmp_base_dir)
+
+
+@pytest.fixture
 def no_config_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No config override variable or EC2_SANDBOX_CONFIG of the developer's shell, and no ./config.json,
     leaks into a test: it runs in its own empty directory."""

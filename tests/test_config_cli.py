@@ -363,3 +363,34 @@ def test_exit_statuses_in_a_real_process(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_FAILED and "(from variable MAX_MEMORY_MB)" in proc.stderr
     proc = cli("exec", "-c", "print(1)")
     assert proc.returncode == EXIT_FAILED and "MAX_MEMORY_MB" in proc.stderr
+
+
+def test_booleans_and_numbers_keep_their_json_types_in_a_file(tmp_path: Path) -> None:
+    """One rule: a file's values have their JSON types; text spellings are for variables and --set only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EC2_SANDBOX", "AWS_", "MAX_"))}
+    config = write(
+        tmp_path / "c.json",
+        {"x": {"max_memory_mb": True, "network": "yes", "warm_start": 1, "ssh_sudo": "off"}},
+    )
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ec2_sandbox.cli", "--config", config, *args],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    proc = cli("config", "validate", "x")
+    assert proc.returncode == 1
+    assert "x.max_memory_mb: True is a boolean, not a whole number" in proc.stdout
+    assert "x.network: 'yes' is not true or false" in proc.stdout
+    assert "x.warm_start: 1 is not true or false" in proc.stdout
+    assert "x.ssh_sudo: 'off' is not true or false" in proc.stdout
+    shown = cli("config", "show", "--json", EC2_SANDBOX_NETWORK="yes", EC2_SANDBOX_WARM_START="off")
+    fields = json.loads(shown.stdout)["fields"]
+    assert fields["network"]["value"] is True and fields["warm_start"]["value"] is False
+    bad = cli("config", "show", EC2_SANDBOX_NETWORK="maybe")
+    assert bad.returncode == EXIT_FAILED
+    assert "default.network: 'maybe' is not true or false (from variable EC2_SANDBOX_NETWORK)" in bad.stderr
