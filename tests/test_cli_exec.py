@@ -19,8 +19,6 @@ from support.cli import DEADLINE, EXE, clean_env, cli
 from ec2_sandbox.cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
 from ec2_sandbox.testing import ssm_standin
 
-pytestmark = pytest.mark.integration
-
 LONG = 'import sys\nprint("x" * 100000)\nprint("END")\nsys.stderr.write("e" * 60000)'
 LONG_OUT, LONG_ERR = b"x" * 100000 + b"\nEND\n", b"e" * 60000
 BINARY = (
