@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import DEADLINE, EXE, clean_env, cli
+from support.cli import DEADLINE, clean_env, cli, start_cli
 
 from ec2_sandbox.cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
 from ec2_sandbox.testing import ssm_standin
@@ -101,17 +101,7 @@ async def test_output_is_live_and_in_the_order_written(cli_env: dict[str, str], 
         "wait('gate2')\n"
         "print('out 2', flush=True)\n"
     )
-    proc = await asyncio.create_subprocess_exec(
-        *EXE,
-        "exec",
-        "--session",
-        "live",
-        "-c",
-        code,
-        env=cli_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_cli(cli_env, "exec", "--session", "live", "-c", code)
     session = Path(tmp_base_dir, "sessions", "live")
     try:
         assert await read_line(proc.stdout) == b"out 1\n"
@@ -133,15 +123,7 @@ async def test_ctrl_c_shows_what_was_written_and_names_the_task(cli_env: dict[st
         "print('ready', file=sys.stderr, flush=True)\n"
         "time.sleep(600)\n"
     )
-    proc = await asyncio.create_subprocess_exec(
-        *EXE,
-        "exec",
-        "-c",
-        code,
-        env=cli_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_cli(cli_env, "exec", "-c", code)
     try:
         assert await read_line(proc.stderr) == b"ready\n"
         proc.send_signal(signal.SIGINT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -31,3 +32,10 @@ def cli(
     if "stdout" not in kwargs and "stderr" not in kwargs:
         kwargs["capture_output"] = True
     return subprocess.run([*EXE, *args], env=dict(env), input=stdin, timeout=DEADLINE, **kwargs)
+
+
+async def start_cli(env: Mapping[str, str], *args: str) -> asyncio.subprocess.Process:
+    """Start ``ec2-sandbox ARGS``, its stdout and stderr piped to the test to read as they come."""
+    return await asyncio.create_subprocess_exec(
+        *EXE, *args, env=dict(env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )

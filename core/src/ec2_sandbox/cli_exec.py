@@ -156,12 +156,15 @@ def env_pairs(items: list[str]) -> dict[str, str]:
     return out
 
 
+class ReaderGone(Exception):
+    """Stdout's reader went away while output was being written."""
+
+
 @dataclass
 class Relay:
     """Writes the program's output to our stdout and stderr as it arrives, counting it per stream: the
     count is where reading the rest from the target starts."""
 
-    on_broken: Callable[[], object]
     received: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
     broken: bool = False
 
@@ -173,22 +176,31 @@ class Relay:
         try:
             out.write(data)
             out.flush()
-        except BrokenPipeError:  # our reader went away (`| head`): the run has no one to write to
+        except BrokenPipeError:  # our reader went away (`| head`): nothing more is worth writing
             self.broken = True
-            self.on_broken()
 
     def sink(self, stream: str) -> Callable[[bytes], None]:
-        return lambda data: self(stream, data)
+        """A page writer that stops the paging once the reader is gone."""
+
+        def write(data: bytes) -> None:
+            self(stream, data)
+            if self.broken:
+                raise ReaderGone
+
+        return write
 
     async def catch_up(self, sandbox: AsyncSandbox, task_hash: str, totals: dict[str, int] | None) -> None:
         """Write what the run produced beyond what arrived, read from its captured output on the target.
         ``totals``: each stream's size when the result says it, else (a stopped run) read to the end."""
-        for stream in STREAMS:
-            if self.broken or (totals is not None and self.received[stream] >= totals[stream]):
-                continue
-            await sandbox.download_task_file(
-                task_hash, f"@{stream}", self.sink(stream), offset=self.received[stream]
-            )
+        try:
+            for stream in STREAMS:
+                if self.broken or (totals is not None and self.received[stream] >= totals[stream]):
+                    continue
+                await sandbox.download_task_file(
+                    task_hash, f"@{stream}", self.sink(stream), offset=self.received[stream]
+                )
+        except ReaderGone:
+            pass
 
     def take_inline(self, result: ExecutionResult) -> None:
         """A stream that arrived whole and valid in the result needs no second trip to the target. U+FFFD
@@ -243,10 +255,16 @@ async def _pass_through(
     """Run the program, relaying its output; None when stdout's reader went away (the run is stopped)."""
     main = asyncio.current_task()
     assert main is not None
-    relay = Relay(on_broken=main.cancel)
+    relay = Relay()
+
+    def live(stream: str, data: bytes) -> None:
+        relay(stream, data)
+        if relay.broken and not main.cancelling():  # no one reads the run's output: stop it
+            main.cancel()
+
     async with cli.open_sandbox(args) as sandbox:
         try:
-            result = await program.run(sandbox, on_output=relay, on_start=started.append)
+            result = await program.run(sandbox, on_output=live, on_start=started.append)
         except asyncio.CancelledError:
             if relay.broken:
                 main.uncancel()
