@@ -139,7 +139,7 @@ def test_global_options_after_the_command(cli_env: dict[str, str], tmp_path: Pat
     config.write_text(json.dumps({"tight": {"max_execution_time": 5}}))
     proc = cli(cli_env, "exec", "-c", "print(1)", "--config", str(config), "-E", "tight", "--timeout", "10")
     assert proc.returncode == EXIT_FAILED
-    assert b"max_execution_time (5 s)" in proc.stderr
+    assert b"max_execution_time (5), in seconds" in proc.stderr
     proc = cli(cli_env, "config", "show", "tight", "--json", "--config", str(config))
     assert json.loads(proc.stdout)["fields"]["max_execution_time"]["value"] == 5
 

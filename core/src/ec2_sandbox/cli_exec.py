@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "program itself from stdin); give it data with --file.\n\n"
             "The run's task hash (for 'ec2-sandbox files') is printed to stderr when stderr is a terminal, "
             "with -v, and whenever the run did not end by itself; --json includes it. Ctrl-C stops the "
-            "run, shows what it had written, and names its task hash."
+            "run and names its task hash; where output is live, all the run wrote has been shown."
         ),
         epilog=cli.EXIT_STATUS_HELP,
     )
@@ -269,7 +269,9 @@ async def _pass_through(
             if relay.broken:
                 main.uncancel()
                 return None
-            if started:  # Ctrl-C: what the run wrote before it was stopped is still shown, if it can be
+            # Ctrl-C: where output was being shown live, its last bytes are shown too, if they can be. (Over
+            # a transport that does not stream nothing was shown; the task hash leads to all of it.)
+            if started and sandbox.transport.supports_streaming:
                 with contextlib.suppress(SandboxError, TimeoutError):
                     await asyncio.wait_for(relay.catch_up(sandbox, started[0], None), CATCH_UP_SECONDS)
             raise

@@ -173,7 +173,7 @@ class AsyncSandbox:
         if not isinstance(timeout, int | float) or not 1 <= timeout <= limit:
             raise InvalidInputError(
                 f"timeout: {timeout!r} s must be between 1 and this environment's max_execution_time "
-                f"({limit} s)"
+                f"({limit}), in seconds"
             )
         task_hash = uuid.uuid4().hex
         stream = on_output is not None and self.transport.supports_streaming
