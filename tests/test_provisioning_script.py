@@ -431,7 +431,7 @@ def test_prepare_instance_reports_each_step(account: Account, tmp_path: Path) ->
         refused = account.cli("prepare-instance", instance["InstanceId"])
     finally:
         account.server.standin.unmanaged.discard(instance["InstanceId"])
-    assert refused.returncode == 1 and "not managed by SSM" in refused.stderr
+    assert refused.returncode == 125 and "not managed by SSM" in refused.stderr
 
 
 def test_refuses_a_role_with_more_than_the_ssm_policy(account: Account) -> None:
