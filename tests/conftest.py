@@ -22,6 +22,14 @@ def tmp_base_dir() -> Iterator[str]:
 
 
 @pytest.fixture
+def cli_env(tmp_base_dir: str, tmp_path: Path) -> dict[str, str]:
+    """An environment for ``ec2-sandbox`` subprocesses: none of the developer's settings, a fresh base dir."""
+    from support.cli import clean_env
+
+    return clean_env(tmp_base_dir)
+
+
+@pytest.fixture
 def no_config_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No config override variable or EC2_SANDBOX_CONFIG of the developer's shell, and no ./config.json,
     leaks into a test: it runs in its own empty directory."""
@@ -36,12 +44,38 @@ def no_config_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     monkeypatch.chdir(tmp_path)
 
 
+#: Modules whose tests start real servers or processes: sshd, the SSM stand-in and moto, the CLI itself.
+INTEGRATION_MODULES = frozenset(
+    {
+        "test_ssm.py",
+        "test_ssh.py",
+        "test_eic.py",
+        "test_cli.py",
+        "test_cli_exec.py",
+        "test_config_cli.py",
+        "test_plugins_cli.py",
+        "test_plugins_ssm.py",
+        "test_provisioning_script.py",
+        "test_provisioning_userdata.py",
+        "test_mcp.py",
+    }
+)
+#: Modules that take a minute or more on an idle machine (measured with --durations).
+SLOW_MODULES = frozenset({"test_ssm.py", "test_provisioning_script.py", "test_attacks_resources.py"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under CI=true a test may not skip for a missing system package: CI must have installed it."""
-    if os.environ.get("EC2_SANDBOX_NO_SKIPS") != "1":
-        return
+    """Markers by module, kept in this one table (-m 'not slow' for a quick pass; the default runs all).
+    Under EC2_SANDBOX_NO_SKIPS=1 a test may not skip for a missing system package: CI must have it."""
+    no_skips = os.environ.get("EC2_SANDBOX_NO_SKIPS") == "1"
     for item in items:
-        item.add_marker(pytest.mark.no_skips)
+        module = item.path.name
+        if module in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
+        if module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+        if no_skips:
+            item.add_marker(pytest.mark.no_skips)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from ec2_sandbox.cli import main
+from ec2_sandbox.cli import EXIT_FAILED, main
 from ec2_sandbox.config_manager import PRESET_NAMES, ConfigManager
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRET"
@@ -150,18 +150,17 @@ def test_show_names_every_source(
     assert data["fields"]["allowed_runtimes"] == {"value": ["bash", "sh"], "source": "argument"}
 
 
-def test_show_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_show_errors_exit_failed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "config", "show", "nope")
-    assert code == 2 and "no environment named 'nope'" in err
+    assert code == EXIT_FAILED and "no environment named 'nope'" in err
     code, _, err = run(capsys, "--config", str(tmp_path / "x.json"), "config", "show")
-    assert code == 2 and "config template" in err
+    assert code == EXIT_FAILED and "config template" in err
     code, _, err = run(capsys, "config", "show", "--set", "max_memory_mb=99999999")
-    assert (
-        code == 2 and "default.max_memory_mb: '99999999' is above the maximum 262144 (from argument)" in err
-    )
+    assert code == EXIT_FAILED
+    assert "default.max_memory_mb: 99999999 is above the maximum 262144 (from argument)" in err
     code, _, err = run(capsys, "config", "show", "--set", "novalue")
-    assert code == 2 and "expected FIELD=VALUE" in err
-    assert run(capsys, "config")[0] == 2
+    assert code == EXIT_FAILED and "expected FIELD=VALUE" in err
+    assert run(capsys, "config")[0] == EXIT_FAILED
 
 
 # ----------------------------------------------------------------------------------------- template
@@ -179,7 +178,7 @@ def test_template_validates(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     assert code == 0 and "production: ok" in out
     assert ConfigManager().path == Path("config.json")
     code, _, err = run(capsys, "config", "template", "-o", str(target))
-    assert code == 2 and "--force" in err
+    assert code == EXIT_FAILED and "--force" in err
     assert run(capsys, "config", "template", "-o", str(target), "--force")[0] == 0
 
 
@@ -260,7 +259,7 @@ def test_secrets_absent_from_errors(capsys: pytest.CaptureFixture[str], tmp_path
     assert "typo.secret_acess_key: is not a known field" in out and "did you mean 'secret_access_key'" in out
     for name in ("half", "typed", "typo"):
         code, _, err = run(capsys, "--config", path, "config", "show", name)
-        assert code == 2 and SECRET not in err and "12345678901234" not in err
+        assert code == EXIT_FAILED and SECRET not in err and "12345678901234" not in err
         with pytest.raises(Exception) as info:
             ConfigManager(path).get_config(name)
         assert SECRET not in str(info.value) and SECRET not in repr(info.value)
@@ -318,7 +317,7 @@ def test_auth_check_with_a_profile(
     # a profile that does not exist: a configuration error naming it
     monkeypatch.setenv("AWS_PROFILE", "ghost")
     code, out, err = run(capsys, "config", "auth", "--check")
-    assert code == 2 and "aws_profile 'ghost' is not defined" in err
+    assert code == EXIT_FAILED and "aws_profile 'ghost' is not defined" in err
 
 
 @mock_aws
@@ -358,9 +357,40 @@ def test_exit_statuses_in_a_real_process(tmp_path: Path) -> None:
     proc = cli("--config", bad, "config", "validate")
     assert proc.returncode == 1 and "x.max_execution_time: 0 is below the minimum 1" in proc.stdout
     proc = cli("--config", bad, "config", "show", "x")
-    assert proc.returncode == 2 and "configuration error" in proc.stderr
+    assert proc.returncode == EXIT_FAILED and "configuration error" in proc.stderr
     env["MAX_MEMORY_MB"] = "huge"
     proc = cli("config", "show")
-    assert proc.returncode == 2 and "(from variable MAX_MEMORY_MB)" in proc.stderr
+    assert proc.returncode == EXIT_FAILED and "(from variable MAX_MEMORY_MB)" in proc.stderr
     proc = cli("exec", "-c", "print(1)")
-    assert proc.returncode == 2 and "MAX_MEMORY_MB" in proc.stderr
+    assert proc.returncode == EXIT_FAILED and "MAX_MEMORY_MB" in proc.stderr
+
+
+def test_booleans_and_numbers_keep_their_json_types_in_a_file(tmp_path: Path) -> None:
+    """One rule: a file's values have their JSON types; text spellings are for variables and --set only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EC2_SANDBOX", "AWS_", "MAX_"))}
+    config = write(
+        tmp_path / "c.json",
+        {"x": {"max_memory_mb": True, "network": "yes", "warm_start": 1, "ssh_sudo": "off"}},
+    )
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ec2_sandbox.cli", "--config", config, *args],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    proc = cli("config", "validate", "x")
+    assert proc.returncode == 1
+    assert "x.max_memory_mb: True is a boolean, not a whole number" in proc.stdout
+    assert "x.network: 'yes' is not true or false" in proc.stdout
+    assert "x.warm_start: 1 is not true or false" in proc.stdout
+    assert "x.ssh_sudo: 'off' is not true or false" in proc.stdout
+    shown = cli("config", "show", "--json", EC2_SANDBOX_NETWORK="yes", EC2_SANDBOX_WARM_START="off")
+    fields = json.loads(shown.stdout)["fields"]
+    assert fields["network"]["value"] is True and fields["warm_start"]["value"] is False
+    bad = cli("config", "show", EC2_SANDBOX_NETWORK="maybe")
+    assert bad.returncode == EXIT_FAILED
+    assert "default.network: 'maybe' is not true or false (from variable EC2_SANDBOX_NETWORK)" in bad.stderr

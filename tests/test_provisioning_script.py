@@ -624,14 +624,14 @@ def test_prepare_instance_reports_each_step(account: Account, tmp_path: Path) ->
     assert "[failed] uid-range: /etc/passwd has ids in the sandbox range" in failed.stdout
     assert "prepare-instance " + instance["InstanceId"] + ": step uid-range failed" in failed.stderr
     bad_id = account.cli("prepare-instance", "i-nothex")
-    assert bad_id.returncode == 2 and "is not an instance id" in bad_id.stderr
+    assert bad_id.returncode == 125 and "is not an instance id" in bad_id.stderr  # the CLI's own failure
     # An instance SSM does not manage is refused before anything is sent.
     account.server.standin.unmanaged.add(instance["InstanceId"])
     try:
         refused = account.cli("prepare-instance", instance["InstanceId"])
     finally:
         account.server.standin.unmanaged.discard(instance["InstanceId"])
-    assert refused.returncode == 1 and "not managed by SSM" in refused.stderr
+    assert refused.returncode == 125 and "not managed by SSM" in refused.stderr
 
 
 def test_refuses_a_role_with_more_than_the_ssm_policy(account: Account) -> None:

@@ -284,33 +284,35 @@ async def test_transport_timeout_fails_the_call_and_the_connection_stays_usable(
     assert (await sandbox.execute_code("print('still here')")).stdout == "still here\n"
 
 
-def service_pids() -> list[int]:
-    """Runner service processes on this machine (the sshd under test is local)."""
+def service_pids(server: Sshd) -> list[int]:
+    """Runner service processes under ``server``, the test's own sshd: another test run's services on this
+    machine are none of its business."""
     pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if SERVICE_MARK.encode() in argv:
-                pids.append(int(entry))
+    for pid in server.descendants():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if SERVICE_MARK.encode() in argv:
+            pids.append(pid)
     return pids
 
 
-async def test_a_crashed_runner_service_fails_its_runs_and_is_restarted(sandbox: AsyncSandbox) -> None:
+async def test_a_crashed_runner_service_fails_its_runs_and_is_restarted(
+    sandbox: AsyncSandbox, sshd: Sshd
+) -> None:
     transport = sandbox.transport
     assert isinstance(transport, SSHTransport)
-    others = set(service_pids())  # services of other connections, still finishing their runs
+    others = set(service_pids(sshd))  # services of other connections, still finishing their runs
     assert (await sandbox.execute_code("print('warm')")).success
-    [pid] = set(service_pids()) - others
+    [pid] = set(service_pids(sshd)) - others
     run = await run_in_flight(sandbox, 5)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(TransportError, match=r"stopped .*before it answered"):
         await asyncio.wait_for(run, 60)
     assert (await sandbox.execute_code("print('again')")).stdout == "again\n"
     assert transport.connections_opened == 1
-    assert len(set(service_pids()) - others - {pid}) == 1
+    assert len(set(service_pids(sshd)) - others - {pid}) == 1
 
 
 async def test_wrong_key_is_refused_with_a_hint(
@@ -442,12 +444,12 @@ async def test_ssh_sudo_starts_the_runner_through_sudo(
     config = ssh_config(sshd, tmp_base_dir, known_hosts, ssh_sudo=True)
     for persistent in (True, False):
         async with ssh_sandbox(config, persistent) as sb:
-            others = set(service_pids())
+            others = set(service_pids(sshd))
             result = await sb.execute_code("print('via sudo')")
             assert result.stdout == "via sudo\n", result
             if persistent:
                 # sudo and, under it, the python3 it started (both carry the service's argv).
-                pids = set(service_pids()) - others
+                pids = set(service_pids(sshd)) - others
                 comm = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids}
                 [python] = [pid for pid in pids if comm[pid] != "sudo"]
                 ppid = int(Path(f"/proc/{python}/stat").read_text().rsplit(")", 1)[1].split()[1])

@@ -21,6 +21,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from ec2_sandbox import AsyncSandbox
+from ec2_sandbox.cli import EXIT_FAILED
 from ec2_sandbox_mcp import create_mcp_server
 
 from .scenario import PLUGIN_RUNTIME, Received, Script
@@ -97,23 +98,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: How long a server may take to start on a loaded machine; it is waited on, not slept through.
+START_DEADLINE = 120
+
+
+async def start_http_server(port: int, env: dict[str, str], cwd: str) -> asyncio.subprocess.Process:
+    """`ec2-sandbox mcp --transport http` once it announces that it listens (the announcement comes
+    after the bind). A server that exits or stays silent fails the test with what it printed."""
+    proc = await asyncio.create_subprocess_exec(
+        ENTRY_POINT,
+        "mcp",
+        "--transport",
+        "http",
+        "--port",
+        str(port),
+        env=env,
+        cwd=cwd,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        line = await asyncio.wait_for(proc.stderr.readline(), START_DEADLINE)
+    except TimeoutError:
+        proc.kill()
+        pytest.fail(f"the MCP server did not announce itself within {START_DEADLINE} s")
+    assert f"http://127.0.0.1:{port}/mcp".encode() in line, line + await proc.stderr.read()
+    return proc
+
+
 async def test_streamable_http(base_dir: str, plugin_path: str) -> None:
     port = _free_port()
-    proc = subprocess.Popen(
-        [ENTRY_POINT, "mcp", "--transport", "http", "--port", str(port)],
-        env=_server_env(base_dir, plugin_path),
-        cwd=base_dir,
-        stderr=subprocess.PIPE,
-    )
+    proc = await start_http_server(port, _server_env(base_dir, plugin_path), base_dir)
     try:
         url = f"http://127.0.0.1:{port}/mcp"
-        for _ in range(100):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                await asyncio.sleep(0.1)
         async with Client(url) as client:
             out = await client.call_tool(
                 "ec2_code_execution", {"code": "console.log('over http', 1 + 1)", "runtime": "node"}
@@ -127,7 +144,27 @@ async def test_streamable_http(base_dir: str, plugin_path: str) -> None:
         assert r.status_code in (400, 403, 421), r.status_code
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+def test_busy_port_is_one_line_and_no_announcement(base_dir: str, plugin_path: str) -> None:
+    """A port in use is refused before anything says the server is serving there."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [ENTRY_POINT, "mcp", "--transport", "http", "--port", str(port)],
+            env=_server_env(base_dir, plugin_path),
+            cwd=base_dir,
+            capture_output=True,
+            text=True,
+            timeout=START_DEADLINE,
+        )
+    assert proc.returncode == EXIT_FAILED, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"ec2-sandbox: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port"
+    ]
 
 
 def test_cli_without_the_mcp_distribution() -> None:
@@ -138,7 +175,7 @@ def test_cli_without_the_mcp_distribution() -> None:
         "sys.exit(main(['mcp']))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == EXIT_FAILED, proc.stderr
     assert "pip install ec2-sandbox-mcp" in proc.stderr, proc.stderr
 
 

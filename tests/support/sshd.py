@@ -200,7 +200,7 @@ LogLevel VERBOSE
             return self.log_path.read_text(errors="replace")[-4000:]
         return ""
 
-    def _descendants(self) -> list[int]:
+    def descendants(self) -> list[int]:
         """Processes started by the listener: the per-connection sshd processes and their sessions."""
         if self.proc is None:
             return []
@@ -227,7 +227,7 @@ LogLevel VERBOSE
         """SIGKILL the listener and every process under it: open connections drop at once."""
         if self.proc is None:
             return
-        pids = self._descendants()
+        pids = self.descendants()
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.proc.pid, signal.SIGKILL)
         for pid in pids:

@@ -1,8 +1,9 @@
 """The ``ec2-sandbox`` command line.
 
 Subcommands live in small modules; each exposes ``register(subparsers)`` and is listed in
-:data:`COMMAND_MODULES`. Exit statuses: the program's own for ``exec``; 124 when a run timed out; 125 when
-it was killed by a limit or signal or never started; 2 for bad usage or input; 1 for other failures.
+:data:`COMMAND_MODULES`. Every failure of the tool itself ends here as one line on stderr and
+:data:`EXIT_FAILED`, a status chosen (as GNU ``timeout`` and ``env`` do) so that a program run by ``exec``
+does not produce it by accident.
 """
 
 from __future__ import annotations
@@ -12,22 +13,39 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from .config import SandboxConfig
-from .errors import ConfigError, InvalidInputError, SandboxError
+from .errors import ConfigError, InvalidInputError, SandboxError, TaskNotFoundError
 from .sandbox import AsyncSandbox, load_config
 
 T = TypeVar("T")
+log = logging.getLogger("ec2_sandbox")
+
 EXIT_TIMEOUT = 124
-EXIT_KILLED = 125
-EXIT_USAGE = 2
+EXIT_FAILED = 125
+EXIT_KILLED = 126
+EXIT_INTERRUPTED = 130
+#: 128 + SIGPIPE: what a shell reports for a tool whose reader went away (`... | head`).
+EXIT_BROKEN_PIPE = 141
+
+EXIT_STATUS_HELP = f"""\
+exit status:
+  {EXIT_TIMEOUT}  exec: the program timed out
+  {EXIT_FAILED}  ec2-sandbox itself failed (usage, input, configuration, credentials,
+       target unreachable); one line on stderr names the cause and the fix
+  {EXIT_KILLED}  exec: a limit or signal killed the program, or it never started
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_BROKEN_PIPE}  the reader of stdout went away (as in '| head')
+  exec exits with the program's own status otherwise"""
 
 #: Modules that add subcommands; each has ``register(subparsers)``.
 COMMAND_MODULES = [
+    "ec2_sandbox.cli_exec",
     "ec2_sandbox.cli_run",
     "ec2_sandbox.cli_config",
     "ec2_sandbox.cli_mcp",
@@ -35,28 +53,68 @@ COMMAND_MODULES = [
 ]
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps each paragraph of a description or epilog; an indented paragraph stays as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            if paragraph.startswith("  ") or "\n  " in paragraph:
+                paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of every command and subcommand (argparse creates subparsers of the parent's class).
+
+    Usage errors exit with :data:`EXIT_FAILED`, and the global options are accepted after any command as
+    well as before it (``ec2-sandbox exec --config f.json ...``): a subcommand's copy defaults to SUPPRESS,
+    so it only sets what was given there.
+    """
+
+    def __init__(self, *args: Any, top_level: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        group = self.add_argument_group("global options") if not top_level else self
+        unset = None if top_level else argparse.SUPPRESS
+        group.add_argument(
+            "--config",
+            metavar="FILE",
+            default=unset,
+            help="configuration file (default: $EC2_SANDBOX_CONFIG, then ./config.json if present)",
+        )
+        group.add_argument(
+            "-E",
+            "--environment",
+            metavar="NAME",
+            default=unset,
+            help="environment in the configuration file, or a preset name (default: 'default')",
+        )
+        group.add_argument(
+            "-v",
+            "--verbose",
+            action="count",
+            default=0 if top_level else argparse.SUPPRESS,
+            help="log progress and name each run's task hash (-vv: debug, with tracebacks)",
+        )
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_FAILED, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ec2-sandbox",
+        top_level=True,
         description=(
-            "Run code safely on your EC2 instance (over SSM or EC2 Instance Connect) or, with no instance "
-            "configured, on this machine - the same sandbox AI agents use through the four tools."
+            "Run code safely on your EC2 instance (over SSM, EC2 Instance Connect or plain SSH) or, with no "
+            "instance configured, on this machine - the same sandbox AI agents use through the four tools."
         ),
-        epilog="Run 'ec2-sandbox COMMAND --help' for a command's options.",
+        epilog=f"Run 'ec2-sandbox COMMAND --help' for a command's options.\n\n{EXIT_STATUS_HELP}",
     )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="configuration file (default: $EC2_SANDBOX_CONFIG, then ./config.json if present)",
-    )
-    parser.add_argument(
-        "-E",
-        "--environment",
-        metavar="NAME",
-        default=None,
-        help="environment in the configuration file, or a preset name (default: 'default')",
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -97,25 +155,60 @@ def print_json(data: object) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def failure_message(exc: BaseException) -> str:
+    """One line naming what went wrong and what to do about it."""
+    if isinstance(exc, InvalidInputError):
+        return f"invalid input: {exc}"
+    if isinstance(exc, ConfigError):
+        return f"configuration error: {exc}"
+    if isinstance(exc, TaskNotFoundError):
+        return f"{exc} ('ec2-sandbox files TASK_HASH' lists what a task has)"
+    boto = sys.modules.get("botocore.exceptions")  # only loaded when an AWS transport was used
+    if boto is not None:
+        if isinstance(exc, boto.NoRegionError):
+            return (
+                "no AWS region is configured: set 'region' in the configuration file, AWS_REGION, or a "
+                "region in your AWS profile ('ec2-sandbox config show' shows what is set)"
+            )
+        if isinstance(exc, boto.NoCredentialsError):
+            return "no AWS credentials found: 'ec2-sandbox config auth' shows where they are looked for"
+        if isinstance(exc, boto.BotoCoreError | boto.ClientError):
+            return f"AWS: {exc} ('ec2-sandbox config auth --check' tests the credentials)"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    if isinstance(exc, SandboxError):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback, and report it)"
+
+
+def stdout_gone() -> int:
+    """The reader of stdout went away: stop quietly, as Unix tools do. Python would complain again when it
+    flushes stdout at exit, so stdout becomes /dev/null first."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return int(args.handler(args) or 0)
-    except InvalidInputError as exc:
-        print(f"ec2-sandbox: invalid input: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ConfigError as exc:
-        print(f"ec2-sandbox: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except SandboxError as exc:
-        print(f"ec2-sandbox: {exc}", file=sys.stderr)
-        return 1
+        status = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a reader that left is noticed here, not by the interpreter at exit
+        return status
+    except BrokenPipeError:
+        return stdout_gone()
     except KeyboardInterrupt:
         print("ec2-sandbox: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        log.debug("ec2-sandbox failed", exc_info=True)
+        print(f"ec2-sandbox: {failure_message(exc)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def read_path(path: str) -> bytes:

@@ -1,7 +1,8 @@
 """``ec2-sandbox config``: list, validate, show, auth and template.
 
-Exit statuses: 0 when all is well; 1 when ``validate`` finds a problem or ``auth --check`` fails; 2 for a
-configuration that cannot be used (unknown environment, missing file, broken JSON, invalid values).
+Exit statuses: 0 when all is well; 1 when ``validate`` finds a problem or ``auth --check`` fails;
+:data:`~ec2_sandbox.cli.EXIT_FAILED` for a configuration that cannot be used (unknown environment, missing
+file, broken JSON, invalid values).
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from .config_manager import (
     ConfigManager,
     InvalidConfigError,
     ResolvedConfig,
-    is_list_field,
+    from_text,
     mask,
     scrub,
-    split_list,
 )
 from .errors import ConfigError
 
@@ -40,21 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "< file < environment variables < arguments. See CONFIG_GUIDE.md."
         ),
     )
-    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(handler=lambda args: (p.print_help(), cli.EXIT_FAILED)[1])
     commands = p.add_subparsers(dest="config_command", metavar="ACTION")
-    # --config may also follow the action (ec2-sandbox config show prod --config f.json).
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="configuration file")
 
-    c = commands.add_parser(
-        "list", parents=[common], help="environments: name, source, transport, instance", description=""
-    )
+    c = commands.add_parser("list", help="environments: name, source, transport, instance", description="")
     c.add_argument("--json", action="store_true", help="print as JSON")
     c.set_defaults(handler=cmd_list)
 
     c = commands.add_parser(
         "validate",
-        parents=[common],
         help="check environments (all when none is named); exit status 1 on any problem",
     )
     c.add_argument("names", nargs="*", metavar="ENV", help="environments to check (default: all)")
@@ -63,7 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = commands.add_parser(
         "show",
-        parents=[common],
         help="effective values of an environment and where each came from",
         description="Secrets are never printed: they show as ****.",
     )
@@ -76,12 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FIELD=VALUE",
         help="an explicit value, strongest of all layers (repeatable)",
     )
-    c.add_argument("--json", action="store_true", help="print {field: {value, source}} as JSON")
+    c.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"environment": NAME, "fields": {FIELD: {"value": ..., "source": ...}}} as JSON',
+    )
     c.set_defaults(handler=cmd_show)
 
     c = commands.add_parser(
         "auth",
-        parents=[common],
         help="which AWS credentials an environment uses; --check asks STS who they are",
     )
     c.add_argument("name", nargs="?", metavar="ENV", help="environment (default: -E or 'default')")
@@ -165,7 +161,10 @@ def _parse_sets(items: Iterable[str]) -> dict[str, Any]:
         if not sep:
             raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
         key = key.strip()
-        out[key] = split_list(value) if is_list_field(key) else value
+        try:
+            out[key] = from_text(key, value)
+        except ValueError as exc:
+            raise ConfigError(f"--set {item!r}: {exc}") from None
     return out
 
 

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 
-from .cli import EXIT_USAGE, open_sandbox, run_async
+from .cli import EXIT_FAILED, EXIT_STATUS_HELP, open_sandbox, run_async
 
 INSTALL_HINT = (
     "ec2-sandbox: the MCP server needs the 'ec2-sandbox-mcp' distribution: "
@@ -23,9 +23,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "Model Context Protocol. stdio (the default) is what desktop clients launch; 'http' serves "
             "streamable HTTP at http://127.0.0.1:PORT/mcp on the loopback interface only."
         ),
+        epilog=EXIT_STATUS_HELP,
     )
     parser.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
-    parser.add_argument("--port", type=int, default=8765, help="port for --transport http (default: 8765)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8765,
+        help="port for --transport http (default: 8765); the address is announced on stderr once it listens",
+    )
     parser.set_defaults(handler=_mcp)
 
 
@@ -36,13 +42,29 @@ def _mcp(args: argparse.Namespace) -> int:
         if exc.name not in ("ec2_sandbox_mcp", "mcp", "mcp_types"):
             raise
         print(INSTALL_HINT, file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED
     if not 0 < args.port < 65536:
         print(f"ec2-sandbox: --port {args.port} is not a TCP port (1-65535)", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED
     sandbox = open_sandbox(args)
-    if args.transport == "http":
-        print(f"ec2-sandbox: MCP over streamable HTTP at http://127.0.0.1:{args.port}/mcp", file=sys.stderr)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped
-        run_async(ec2_sandbox_mcp.serve(sandbox, transport=args.transport, port=args.port))
+    listening = False
+
+    def announce(url: str) -> None:
+        nonlocal listening
+        listening = True
+        print(f"ec2-sandbox: MCP over streamable HTTP at {url}", file=sys.stderr, flush=True)
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped
+            run_async(
+                ec2_sandbox_mcp.serve(sandbox, transport=args.transport, port=args.port, on_ready=announce)
+            )
+    except OSError as exc:
+        if args.transport != "http" or listening:
+            raise
+        print(
+            f"ec2-sandbox: cannot listen on 127.0.0.1:{args.port}: {exc.strerror}; choose another --port",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0

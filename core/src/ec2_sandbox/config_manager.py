@@ -95,6 +95,32 @@ def split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+#: How a boolean may be written where values are text (variables, ``config show --set``). A JSON file has
+#: booleans of its own: there only ``true`` and ``false`` are booleans.
+TEXT_BOOLEANS = {
+    **dict.fromkeys(("true", "1", "yes", "on"), True),
+    **dict.fromkeys(("false", "0", "no", "off"), False),
+}
+
+
+def from_text(name: str, raw: str) -> Any:
+    """The value of field ``name`` written as text (a variable, ``--set``): numbers as digits, booleans as
+    :data:`TEXT_BOOLEANS`, lists as ``a,b`` or a JSON list. Text that does not parse is returned as it is,
+    for validation to name the rule it breaks; a malformed JSON list raises ValueError."""
+    info = SandboxConfig.model_fields.get(name)
+    kind = info.annotation if info is not None else None
+    if is_list_field(name):
+        return _parse_list(raw)
+    if kind is bool:
+        return TEXT_BOOLEANS.get(raw.strip().lower(), raw)
+    if kind is int:
+        try:
+            return int(raw.strip())
+        except ValueError:
+            return raw
+    return raw
+
+
 def mask(name: str, value: Any) -> Any:
     """A value fit to print: secrets become ``****``; the access key id keeps its first and last 4."""
     if value is None:
@@ -159,6 +185,8 @@ class _Layer:
     source: str
     #: Per-field sources where they differ (the variables layer: each value names its variable).
     field_sources: dict[str, str] = field(default_factory=dict)
+    #: Values as written where that was text (variables): a problem quotes what the user typed.
+    texts: dict[str, str] = field(default_factory=dict)
 
     def source_of(self, key: str) -> str:
         return self.field_sources.get(key, self.source)
@@ -353,10 +381,15 @@ class ConfigManager:
             layers.append(_Layer(_protect(dict(overrides)), ARGUMENT_SOURCE))
         merged: dict[str, Any] = {}
         sources: dict[str, str] = dict.fromkeys(fields(), DEFAULT_SOURCE)
+        texts: dict[str, str] = {}
         for layer in layers:
             for key, value in layer.values.items():
                 merged[key] = value
                 sources[key] = layer.source_of(key)
+                if key in layer.texts:
+                    texts[key] = layer.texts[key]
+                else:
+                    texts.pop(key, None)
         extends = merged.pop("extends", None)
         sources.pop("extends", None)
         if extends is not None and not isinstance(extends, str):
@@ -368,12 +401,14 @@ class ConfigManager:
         config = None
         cross = _cross_checks(name, merged, sources)
         try:
-            config = SandboxConfig.model_validate(merged, context=context)
+            # Strict: a file's values keep their JSON types (true is no number, "yes" no boolean); text from
+            # variables and --set was parsed by from_text() already.
+            config = SandboxConfig.model_validate(merged, context=context, strict=True)
         except ValidationError as exc:
             errors = exc.errors()
             if cross:  # they say what the model's whole-config checks say, naming the field to fix
                 errors = [err for err in errors if err.get("loc")]
-            problems += [_describe(name, err, merged, sources) for err in errors]
+            problems += [_describe(name, err, merged, sources, texts) for err in errors]
         problems += cross
         policy = merged.get("cleanup_policy")
         if isinstance(policy, str) and policy not in self.registered_policies:
@@ -390,12 +425,13 @@ class ConfigManager:
         return ResolvedConfig(name, config, sources)
 
     def validate(self, names: Iterable[str] | None = None) -> dict[str, list[str]]:
-        """Problems of each environment (all when ``names`` is None); an empty list means valid."""
+        """Problems of each environment (all when ``names`` is None); an empty list means valid. Beyond
+        what :meth:`resolve` checks, an instance must have a region (here or in the AWS config files)."""
         report: dict[str, list[str]] = {}
         for name in self.names() if names is None else names:
             try:
-                self.resolve(name)
-                report[name] = []
+                region = _region_problem(self.resolve(name))
+                report[name] = [region] if region else []
             except InvalidConfigError as exc:
                 report[name] = list(exc.problems)
             except ConfigError as exc:
@@ -451,15 +487,11 @@ class ConfigManager:
             raw = self.environ.get(var)
             if raw is None or raw == "":
                 continue
-            if is_list_field(fname):
-                try:
-                    value: Any = _parse_list(raw)
-                except ValueError as exc:
-                    problems.append(f"{name}.{fname}: {raw!r} {exc} (from variable {var})")
-                    continue
-            else:
-                value = raw
-            values[fname] = value
+            try:
+                values[fname] = from_text(fname, raw)
+            except ValueError as exc:
+                problems.append(f"{name}.{fname}: {raw!r} {exc} (from variable {var})")
+                continue
             origin[fname] = var
         for var in self.environ:
             if var.startswith(ENV_PREFIX) and var not in OTHER_PREFIXED_VARS:
@@ -472,7 +504,12 @@ class ConfigManager:
                             var,
                             env_var_for(close[0]),
                         )
-        return _Layer(_protect(values), "variables", {f: f"variable {v}" for f, v in origin.items()})
+        return _Layer(
+            _protect(values),
+            "variables",
+            {f: f"variable {v}" for f, v in origin.items()},
+            {f: self.environ[v] for f, v in origin.items()},
+        )
 
 
 def _cross_checks(env: str, merged: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
@@ -500,6 +537,33 @@ def _cross_checks(env: str, merged: Mapping[str, Any], sources: Mapping[str, str
             f"{_origin(sources.get('transport'))}; set it, or use transport 'auto' to run locally"
         )
     return problems
+
+
+def _region_problem(resolved: ResolvedConfig) -> str | None:
+    """An instance that AWS cannot be asked about for want of a region. Checked by validate() only: where
+    boto3 finds a region depends on this machine's AWS files, not on the configuration alone."""
+    config, sources = resolved.config, resolved.sources
+    if not config.instance_id or config.resolved_transport not in ("ssm", "eic") or config.region:
+        return None
+    if _aws_config_region(config.aws_profile):
+        return None
+    return (
+        f"{resolved.name}.region: is needed to reach instance {config.instance_id!r}"
+        f"{_origin(sources.get('instance_id'))} and is not set here, in AWS_REGION / AWS_DEFAULT_REGION, or "
+        f"in the AWS config of profile {config.aws_profile or 'default'!r}; set it, e.g. "
+        '"region": "us-east-1"'
+    )
+
+
+def _aws_config_region(profile: str | None) -> str | None:
+    """The region boto3 would take from the AWS config files for ``profile`` (files only, no network)."""
+    import botocore.exceptions
+    import botocore.session
+
+    try:
+        return botocore.session.Session(profile=profile).get_config_variable("region")
+    except botocore.exceptions.ProfileNotFound:
+        return None  # the profile itself is reported when credentials are looked for
 
 
 def _parse_list(raw: str) -> list[str]:
@@ -539,8 +603,15 @@ _RULES = {
 }
 
 
-def _describe(env: str, err: Mapping[str, Any], merged: Mapping[str, Any], sources: Mapping[str, str]) -> str:
-    """One pydantic error as ``env.field: value rule (from source)``; secrets and unknown values hidden."""
+def _describe(
+    env: str,
+    err: Mapping[str, Any],
+    merged: Mapping[str, Any],
+    sources: Mapping[str, str],
+    texts: Mapping[str, str],
+) -> str:
+    """One pydantic error as ``env.field: value rule (from source)``; secrets and unknown values hidden;
+    a value given as text (``texts``) quoted as written."""
     loc = err.get("loc") or ()
     kind = err.get("type", "")
     if not loc:
@@ -556,9 +627,11 @@ def _describe(env: str, err: Mapping[str, Any], merged: Mapping[str, Any], sourc
     ctx = err.get("ctx") or {}
     if kind == "value_error":
         rule = str(ctx.get("error", err.get("msg", "")))
+    elif kind == "int_type" and isinstance(err.get("input"), bool):
+        rule = "is a boolean, not a whole number"
     elif kind in _RULES:
         rule = _RULES[kind].format(**{k: v for k, v in ctx.items()})
     else:
         rule = str(err.get("msg", "is invalid"))
-    value = MASK if fname in SECRET_FIELDS else err.get("input", merged.get(fname))
+    value = MASK if fname in SECRET_FIELDS else texts.get(fname, err.get("input", merged.get(fname)))
     return f"{where}: {value!r} {rule}{source}"

@@ -142,14 +142,17 @@ class AsyncSandbox:
         files: Mapping[str, FileData] | None = None,
         env_vars: Mapping[str, str] | None = None,
         create_filesystem: bool = True,
-        timeout: int | None = None,
+        timeout: float | None = None,
         *,
         on_output: OutputCallback | None = None,
+        on_start: Callable[[str], object] | None = None,
     ) -> ExecutionResult:
         """Run ``code`` and return its result; a failing or killed program is a result, not an exception.
 
         Raises :class:`InvalidInputError` before anything runs when an argument breaks a rule.
         ``on_output(stream, chunk)`` receives output while the run goes on, where the transport streams.
+        ``on_start(task_hash)`` is called just before the run is sent: a caller that gives up (Ctrl-C) can
+        still name the run whose output and files stay on the target.
         """
         if not isinstance(code, str) or not code.strip():
             raise InvalidInputError("code: must be a non-empty program")
@@ -171,7 +174,8 @@ class AsyncSandbox:
             timeout = limit
         if not isinstance(timeout, int | float) or not 1 <= timeout <= limit:
             raise InvalidInputError(
-                f"timeout: {timeout!r} must be between 1 and this environment's max_execution_time ({limit})"
+                f"timeout: {timeout!r} s must be between 1 and this environment's max_execution_time "
+                f"({limit}), in seconds"
             )
         task_hash = uuid.uuid4().hex
         stream = on_output is not None and self.transport.supports_streaming
@@ -207,6 +211,8 @@ class AsyncSandbox:
                 on_output(event["stream"], base64.b64decode(event["b64"]))
 
         log.debug("run %s: runtime=%s session=%s timeout=%s", task_hash, runtime, session_id, timeout)
+        if on_start is not None:
+            on_start(task_hash)
         try:
             raw = await protocol.call(
                 self.transport,
@@ -560,9 +566,10 @@ class Sandbox:
         files: Mapping[str, FileData] | None = None,
         env_vars: Mapping[str, str] | None = None,
         create_filesystem: bool = True,
-        timeout: int | None = None,
+        timeout: float | None = None,
         *,
         on_output: OutputCallback | None = None,
+        on_start: Callable[[str], object] | None = None,
     ) -> ExecutionResult:
         return self._run(
             self.aio.execute_code(
@@ -574,6 +581,7 @@ class Sandbox:
                 create_filesystem,
                 timeout,
                 on_output=on_output,
+                on_start=on_start,
             )
         )
 

@@ -15,6 +15,8 @@ run saved, MCP image content. Calls are served concurrently.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import mcp_types as types
@@ -98,17 +100,35 @@ async def serve_stdio(server: Server[Any]) -> None:
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
-async def serve_http(server: Server[Any], port: int = 8765, host: str = "127.0.0.1") -> None:
+async def serve_http(
+    server: Server[Any],
+    port: int = 8765,
+    host: str = "127.0.0.1",
+    on_ready: Callable[[str], object] | None = None,
+) -> None:
     """Serve streamable HTTP at ``http://{host}:{port}/mcp`` until cancelled.
 
+    The port is bound and listening before ``on_ready(url)`` is called, so an announcement is never made
+    for a port that is in use (that raises OSError first), and a client may connect as soon as it is made.
     Binds the loopback interface by default: the tools run code, so do not expose them to a network
     without putting authentication in front.
     """
     import uvicorn
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not past a listener: only TIME_WAIT
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
     app = server.streamable_http_app(host=host)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    await uvicorn.Server(config).serve()
+    if on_ready is not None:
+        on_ready(f"http://{host}:{port}/mcp")
+    await uvicorn.Server(config).serve(sockets=[sock])
 
 
 async def serve(
@@ -117,14 +137,16 @@ async def serve(
     transport: str = "stdio",
     port: int = 8765,
     host: str = "127.0.0.1",
+    on_ready: Callable[[str], object] | None = None,
 ) -> None:
-    """Create the server for ``config`` and serve it over ``transport`` ('stdio' or 'http')."""
+    """Create the server for ``config`` and serve it over ``transport`` ('stdio' or 'http'); for 'http',
+    ``on_ready(url)`` is called once the port listens."""
     server = create_mcp_server(config)
     try:
         if transport == "stdio":
             await serve_stdio(server)
         elif transport == "http":
-            await serve_http(server, port=port, host=host)
+            await serve_http(server, port=port, host=host, on_ready=on_ready)
         else:
             raise ValueError(f"transport must be 'stdio' or 'http', not {transport!r}")
     finally:

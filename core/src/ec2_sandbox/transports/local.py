@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -41,11 +42,18 @@ class LocalTransport(Transport):
         if self.mode == "subprocess":
             return await self._subprocess(payload, timeout, on_stdout_line)
         loop = asyncio.get_running_loop()
+        # Set once the caller has given up: the worker thread may still stream the program's last output
+        # while the caller's loop is already closed, and that output is no one's to receive.
+        abandoned = threading.Event()
 
         def emit(event: dict) -> None:
-            if on_stdout_line is not None:
-                line = json.dumps({"event": event}, separators=(",", ":")).encode()
+            if on_stdout_line is None or abandoned.is_set():
+                return
+            line = json.dumps({"event": event}, separators=(",", ":")).encode()
+            try:
                 loop.call_soon_threadsafe(on_stdout_line, line)
+            except RuntimeError:  # the loop closed between the check and the call
+                abandoned.set()
 
         req = json.loads(payload)
 
@@ -56,6 +64,7 @@ class LocalTransport(Transport):
             stdout = await asyncio.wait_for(loop.run_in_executor(_POOL, work), timeout)
         except BaseException:
             # Cancelled or out of time: the worker thread cannot be interrupted, but its program can.
+            abandoned.set()
             task_hash = req.get("task_hash") if isinstance(req, dict) else None
             if task_hash:
                 runner.cancel_run(task_hash)
