@@ -43,7 +43,7 @@ def test_preset_table_matches_the_presets() -> None:
     manager = ConfigManager(environ={})
     for row in rows:
         config = manager.get_config(row[0].strip("`"))
-        numbers = [int(cell) for cell in row[1:8]]
+        numbers = [int(cell) for cell in row[1:9]]
         assert numbers == [
             config.max_execution_time,
             config.max_memory_mb,
@@ -51,12 +51,13 @@ def test_preset_table_matches_the_presets() -> None:
             config.max_processes,
             config.max_file_size_mb,
             config.max_open_files,
+            config.max_disk_mb,
             config.max_output_chars,
         ], row[0]
-        assert row[8].strip("*").startswith("on") == config.network
-        listed = re.findall(r"[a-z0-9]+", row[9].replace("(first)", ""))
+        assert row[9].strip("*").startswith("on") == config.network
+        listed = re.findall(r"[a-z0-9]+", row[10].replace("(first)", ""))
         if config.allowed_runtimes is None:
-            assert row[9] == "all registered"
+            assert row[10] == "all registered"
         else:
             assert listed == config.allowed_runtimes
 

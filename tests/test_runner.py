@@ -137,7 +137,8 @@ def test_program_dies_when_the_runner_is_killed_outright(tmp_base_dir: str, isol
 @pytest.mark.skipif(os.geteuid() != 0, reason="the probe is remembered only by a root runner")
 def test_a_root_runner_remembers_the_bwrap_probe_across_processes(tmp_base_dir: str) -> None:
     """SSM starts a runner process per request: the sandbox probe must not be paid again each time."""
-    probe_file = Path(runner.BWRAP_PROBE_FILE)
+    # Kept in the base dir: another runner on this machine (another test run) never sees what is planted here.
+    probe_file = Path(runner.bwrap_probe_file(tmp_base_dir))
     probe_file.unlink(missing_ok=True)
     request = {"v": 1, "op": "probe", "base_dir": tmp_base_dir, "runtimes": []}
     try:

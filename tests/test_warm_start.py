@@ -181,6 +181,28 @@ def test_timeout_and_a_killed_zygote(boxes) -> None:
     assert result.stdout == "back True\n", result
 
 
+def test_the_zygote_shows_a_short_readable_command_line(boxes) -> None:
+    warm, _cold = boxes
+    assert warm.execute_code("print(1)").stdout == "1\n"
+    for zyg in runner._ZYGOTES.values():
+        with open(f"/proc/{zyg.proc.pid}/cmdline", "rb") as fh:
+            cmdline = fh.read().rstrip(b"\0").split(b"\0")
+        assert len(b" ".join(cmdline)) < 400, cmdline  # not the 20 KB of its source
+        assert cmdline[-2].endswith(b"/ec2_sandbox/zygote.py"), cmdline
+
+
+def test_other_runtimes_start_from_the_zygote_with_their_real_status(boxes) -> None:
+    warm, cold = boxes
+    code = "echo $0 $$; kill -TERM $$"
+    started = warm.execute_code(code, "bash")
+    # The zygote's program process executes bash: its parent sees the signal itself.
+    assert started.termination_reason == "signal" and started.return_code == -15, started
+    assert started.stdout.startswith("/") and "main.sh" in started.stdout, started
+    # A cold start through bubblewrap sees 128 + 15, which a program could also exit with.
+    plain = cold.execute_code(code, "bash")
+    assert plain.termination_reason == "exited" and plain.return_code == 143, plain
+
+
 def test_an_unprivileged_runner_starts_warm_too(tmp_base_dir: str) -> None:
     """The runner as an ordinary user: the sandbox's user namespace is its own, joined as its owner.
 

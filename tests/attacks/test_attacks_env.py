@@ -17,6 +17,7 @@ import subprocess
 import pytest
 from pydantic import ValidationError
 
+from ec2_sandbox import runner
 from ec2_sandbox.errors import InvalidInputError
 from ec2_sandbox.runtimes import Runtime
 
@@ -205,7 +206,8 @@ async def test_session_id_with_shell_syntax(box: Box) -> None:
         assert not envelope["ok"] and envelope["error"]["kind"] == "invalid_input", (sid, envelope)
     assert not os.path.exists(canary)
     assert sorted(os.listdir(os.path.join(box.base, "sessions"))) == []
-    assert set(os.listdir(box.base)) <= {"tasks", "sessions", "ephemeral", "runs", "locks"}
+    layout = {"tasks", "sessions", "ephemeral", "runs", "locks", runner.BWRAP_PROBE_NAME}
+    assert set(os.listdir(box.base)) <= layout
     await box.assert_recovers()
 
 

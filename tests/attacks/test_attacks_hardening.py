@@ -405,3 +405,68 @@ async def test_imds_blocked_is_reported_only_when_it_protects_the_run(
     assert "imds:blocked" in guarded.limits_enforced  # root runner: the code runs as a sandbox uid
     offline = await box.run("print(1)")
     assert "imds:blocked" not in offline.limits_enforced  # network off: nothing to claim
+
+
+# --------------------------------------------------------------------------------------------------- disk
+
+FILL = """
+import os
+os.makedirs("fill", exist_ok=True)
+n = 0
+while True:
+    with open("fill/%05d" % n, "wb") as fh:
+        fh.write(os.urandom(1 << 20))
+        fh.flush()
+        os.fsync(fh.fileno())
+    n += 1
+"""
+
+
+async def test_a_work_dir_cannot_grow_past_its_disk_quota(box: Box) -> None:
+    capped = box.with_config(max_disk_mb=20)
+    result = await capped.run(FILL, timeout=30)
+    assert result.termination_reason == "disk_limit", result
+    assert "20 MB disk quota" in result.error_message
+    assert "disk:quota" in result.limits_enforced and "disk:reserve" in result.limits_enforced
+    held = runner.tree_size(result.working_directory) >> 20
+    # It wrote (the positive control) and was stopped within a few ticks of the guard (more under load).
+    assert 20 <= held < 200, held
+    # At its quota, the session still runs code that removes files, and any growth ends a run at once.
+    grows = await capped.run("open('more.bin','wb').write(b'x' * (1 << 20)); import time; time.sleep(2)")
+    assert grows.termination_reason == "disk_limit", grows
+    tidy = await capped.run("import shutil\nshutil.rmtree('fill')\nprint('removed')")
+    assert tidy.success and tidy.stdout == "removed\n", tidy
+    await capped.assert_recovers()
+
+
+async def test_no_run_starts_below_the_free_disk_reserve(box: Box) -> None:
+    st = os.statvfs(box.base)
+    free_mb = st.f_bavail * st.f_frsize >> 20
+    refused = await box.with_config(disk_reserve_mb=free_mb + 1024).run("print('ran')")
+    assert refused.termination_reason == "not_started" and refused.stdout == "", refused
+    assert "below its reserve" in refused.error_message
+    # A run that brings the disk below the reserve while it goes on is ended.
+    tight = box.with_config(disk_reserve_mb=max(0, free_mb - 40), max_disk_mb=100000, max_file_size_mb=1024)
+    result = await tight.run(FILL, timeout=30)
+    assert result.termination_reason == "disk_limit", result
+    assert "reserve" in result.error_message
+    await box.assert_recovers()
+
+
+async def test_warm_runs_of_two_sessions_share_only_what_the_readme_says(best_box: Box) -> None:
+    # Shared by a fork, and documented as such: the string-hash secret. Never shared: random state.
+    probe = (
+        "import sys\nloaded = 'random' in sys.modules and 'preloaded' or 'fresh'\n"
+        "import random, secrets, uuid\n"
+        "print(loaded, hash('x'), random.random(), secrets.token_hex(8), uuid.uuid4())"
+    )
+    first = await best_box.run(probe, session="share-a-" + uuid.uuid4().hex[:8])
+    second = await best_box.run(probe, session="share-b-" + uuid.uuid4().hex[:8])
+    a, b = first.stdout.split(), second.stdout.split()
+    assert a[0] == b[0] == "fresh", (a, b)  # the zygote never imported random: each run seeds its own
+    assert all(x != y for x, y in zip(a[2:], b[2:], strict=True)), (a, b)
+    if best_box.isolation == "bwrap":  # warm starts need bubblewrap
+        assert a[1] == b[1], (a, b)
+    # A run that wants its own secret asks for it, and starts cold.
+    own = await best_box.run(probe, env={"PYTHONHASHSEED": "random"})
+    assert own.stdout.split()[1] != a[1], (own.stdout, a)

@@ -71,4 +71,9 @@ async def test_instance_status_names_missing_layers(box: Box) -> None:
     controllers = probe.details["cgroup_controllers"]
     no_memory_cgroup = [w for w in status.warnings if "no cgroup" in w]
     assert bool(no_memory_cgroup) == ("memory" not in controllers or "pids" not in controllers)
+    # The syscall filter: usable here, so no warning; turned off, a warning says what that opens.
+    assert probe.details["seccomp"] is runner.seccomp_usable() is True
+    assert not [w for w in status.warnings if "syscall" in w], status.warnings
+    unfiltered = await box.with_config(syscall_filter="none").sb.instance_status()
+    assert [w for w in unfiltered.warnings if "syscall_filter is 'none'" in w], unfiltered.warnings
     await box.assert_recovers()

@@ -64,6 +64,18 @@ class SandboxConfig(BaseModel):
         description="Largest file (and captured output) a run may write, MB.",
     )
     max_open_files: int = Field(default=1024, ge=16, le=1048576, description="Open file descriptors.")
+    max_disk_mb: int = Field(
+        default=2048,
+        ge=1,
+        le=16777216,
+        description="Disk a task's or session's work dir may hold, MB (checked while a run goes on).",
+    )
+    disk_reserve_mb: int = Field(
+        default=512,
+        ge=0,
+        le=16777216,
+        description="Free disk the target keeps: no run starts below it; a run that goes below it is ended.",
+    )
     max_output_chars: int = Field(
         default=20000,
         ge=200,

@@ -602,7 +602,7 @@ def find_bwrap():
     return shutil.which("bwrap", path=SYSTEM_PATH)
 
 
-def bwrap_works(bwrap, as_uid):
+def bwrap_works(bwrap, as_uid, base=None):
     """bwrap may be installed yet unusable (user namespaces disabled); find out once.
 
     Every unprivileged uid gets the same answer, so one probe as the first sandbox uid serves them all.
@@ -614,25 +614,32 @@ def bwrap_works(bwrap, as_uid):
         # Runs served side by side wait for the one probe: none may see a half-made answer and go
         # without namespaces.
         if key not in _BWRAP_CACHE:
-            answer = _remembered_probe(key)
+            answer = _remembered_probe(key, base)
             if answer is None:
                 answer = _probe_bwrap(bwrap, as_uid)
-                _remember_probe(key, answer)
+                _remember_probe(key, answer, base)
             _BWRAP_CACHE[key] = answer
     return _BWRAP_CACHE[key][0]
 
 
 # A root runner is often a new process per request (SSM): it keeps the probe's answer on disk for a while
 # instead of starting a sandbox before every run. Root-only file; stale once bwrap is replaced.
-BWRAP_PROBE_FILE = "/var/lib/ec2-sandbox/.bwrap-probe.json"
+BWRAP_PROBE_NAME = ".bwrap-probe.json"
+
+
+def bwrap_probe_file(base):
+    """Where a root runner keeps the probe's answer: in its base dir (root's, 0711), else the default one."""
+    return os.path.join(base or "/var/lib/ec2-sandbox", BWRAP_PROBE_NAME)
+
+
 BWRAP_PROBE_TTL = 600
 
 
-def _remembered_probe(key):
+def _remembered_probe(key, base):
     if os.geteuid() != 0:
         return None
     try:
-        fd = os.open(BWRAP_PROBE_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(bwrap_probe_file(base), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
             if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
@@ -650,16 +657,17 @@ def _remembered_probe(key):
     return None
 
 
-def _remember_probe(key, answer):
+def _remember_probe(key, answer, base):
     if os.geteuid() != 0:
         return
     try:
-        os.makedirs(os.path.dirname(BWRAP_PROBE_FILE), 0o711, exist_ok=True)
-        tmp = "%s.%d.tmp" % (BWRAP_PROBE_FILE, os.getpid())
+        path = bwrap_probe_file(base)
+        os.makedirs(os.path.dirname(path), 0o711, exist_ok=True)
+        tmp = "%s.%d.tmp" % (path, os.getpid())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(json.dumps({"%s|%s" % key: list(answer)}).encode("utf-8"))
-        os.rename(tmp, BWRAP_PROBE_FILE)
+        os.rename(tmp, path)
     except OSError:
         pass
 
@@ -933,10 +941,20 @@ def _filtered(name):
     raise ValueError(name)
 
 
+_SECCOMP_PROGRAMS = {}
+
+
 def seccomp_program(machine=None, allowed=()):
     """The filter's bytes (struct sock_filter[]) for ``machine``, with the calls in ``allowed`` let through;
-    None on an architecture without a table here."""
-    arch = SECCOMP_ARCHES.get(machine or os.uname().machine)
+    None on an architecture without a table here. Built once per combination: runs ask for it every time."""
+    key = (machine or os.uname().machine, tuple(sorted(allowed)))
+    if key not in _SECCOMP_PROGRAMS:
+        _SECCOMP_PROGRAMS[key] = _build_seccomp_program(*key)
+    return _SECCOMP_PROGRAMS[key]
+
+
+def _build_seccomp_program(machine, allowed):
+    arch = SECCOMP_ARCHES.get(machine)
     if arch is None:
         return None
     column, audit_arch = arch
@@ -1458,12 +1476,12 @@ def run_task(req, emit):
         ws.close()
 
 
-def choose_bwrap(isolation, run_uid):
+def choose_bwrap(isolation, run_uid, base):
     """The bubblewrap to run under, or None; raises when the request insists on one that cannot run."""
     if isolation not in ("auto", "bwrap"):
         return None
     candidate = find_bwrap()
-    if candidate and bwrap_works(candidate, run_uid):
+    if candidate and bwrap_works(candidate, run_uid, base):
         return candidate
     if isolation == "bwrap":
         raise RunnerError(
@@ -1491,7 +1509,7 @@ class RunPlan(object):
         self.timeout = float(req["timeout"])
         self.uid = ws.uid
         self.network = bool(req.get("network"))
-        self.bwrap = choose_bwrap(req.get("isolation", "auto"), ws.uid)
+        self.bwrap = choose_bwrap(req.get("isolation", "auto"), ws.uid, ws.base)
         self.hardened = bool(self.bwrap) and bwrap_hardened(self.bwrap, ws.uid)
         self.source_path = source_path
         self.workdir = ws.workdir
@@ -1521,6 +1539,8 @@ class RunPlan(object):
         imds = imds_warning(self.network, self.imds_guarded)
         if imds:
             self.warnings.append(imds)
+        self.disk_quota = mb_bytes(limits.get("disk_mb"))
+        self.disk_reserve = mb_bytes(req.get("disk_reserve_mb"))
         self.seccomp = None
         if req.get("syscall_filter", "default") != "none":
             if seccomp_usable():
@@ -1546,6 +1566,10 @@ class RunPlan(object):
             enforced.append("namespaces:bwrap")
         if self.seccomp:
             enforced.append("seccomp:default")
+        if self.disk_quota is not None:
+            enforced.append("disk:quota")
+        if self.disk_reserve is not None:
+            enforced.append("disk:reserve")
         if self.uid is not None:
             enforced.append("uid:private")
         enforced.append("network:off" if (self.bwrap and not self.network) or self.netns else "network:on")
@@ -1602,6 +1626,7 @@ def execute(req, emit, ws, plan):
             "without bubblewrap, a cgroup or root, only the run's process group is killed at its end: a "
             "program that calls setsid() can outlive the run"
         )
+    budget = DiskBudget(ws.workdir, plan.disk_quota, plan.disk_reserve)
     stdout_path = os.path.join(ws.rdir, "stdout")
     stderr_path = os.path.join(ws.rdir, "stderr")
     out_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -1611,7 +1636,9 @@ def execute(req, emit, ws, plan):
     lease = UidLease(ws.base, ws.uid) if ws.uid is not None and (sweep or ws.session_id) else None
     streamer = None
     try:
-        outcome, streamer = start_and_watch(req, emit, ws, plan, cg_dir, rlimit_memory, (out_fd, err_fd))
+        outcome, streamer = start_and_watch(
+            req, emit, ws, plan, cg_dir, rlimit_memory, (out_fd, err_fd), budget
+        )
     except BaseException:
         if lease is not None:
             lease.finish(False)
@@ -1651,7 +1678,7 @@ def execute(req, emit, ws, plan):
     return result
 
 
-def start_and_watch(req, emit, ws, plan, cg_dir, rlimit_memory, fds):
+def start_and_watch(req, emit, ws, plan, cg_dir, rlimit_memory, fds, budget):
     """A warm start where one applies, else (or when the zygote cannot set the run up) a cold one."""
     out_fd, err_fd = fds
     stdout_path, stderr_path = os.path.join(ws.rdir, "stdout"), os.path.join(ws.rdir, "stderr")
@@ -1676,7 +1703,7 @@ def start_and_watch(req, emit, ws, plan, cg_dir, rlimit_memory, fds):
         handle = start_warm(zyg, warm_req, out_fd, err_fd)
         if handle is not None:
             streamer = start_streamer(req, stdout_path, stderr_path, emit)
-            outcome = watch(handle, started, plan.timeout, ws.task_hash)
+            outcome = watch(handle, started, plan.timeout, ws.task_hash, budget)
             if outcome is not None:
                 zyg.failures = 0
                 return outcome, streamer
@@ -1695,13 +1722,13 @@ def start_and_watch(req, emit, ws, plan, cg_dir, rlimit_memory, fds):
     except subprocess.SubprocessError as exc:
         raise RunnerError("environment", "the sandbox could not be set up for this run: %s" % exc)
     streamer = start_streamer(req, stdout_path, stderr_path, emit)
-    return watch(handle, started, plan.timeout, ws.task_hash), streamer
+    return watch(handle, started, plan.timeout, ws.task_hash, budget), streamer
 
 
 class Outcome(object):
     """How a started run ended, as the runner saw it."""
 
-    def __init__(self, status, cpu_time, maxrss_kb, elapsed, timed_out, cancelled, leftovers, handle):
+    def __init__(self, status, cpu_time, maxrss_kb, elapsed, timed_out, cancelled, leftovers, handle, disk):
         self.status = status
         self.cpu_time = cpu_time
         self.maxrss_kb = maxrss_kb
@@ -1713,8 +1740,10 @@ class Outcome(object):
         # that status itself; a warm start, or a run without bubblewrap, sees the program's own wait status.
         self.exact_status = handle.exact_status
         self.usage_complete = handle.usage_complete
+        # What the disk guard ended the run for ("quota" or "reserve"), from the runner's own measure.
+        self.disk = disk
         # Set when the sandbox never started the program (bubblewrap failed to build it).
-        self.not_started = (not timed_out and not cancelled) and handle.not_started()
+        self.not_started = (not timed_out and not cancelled and not disk) and handle.not_started()
 
 
 class ColdRun(object):
@@ -1886,7 +1915,93 @@ class Watchdog(object):
 WATCHDOG = Watchdog()
 
 
-def watch(handle, started, timeout, task_hash):
+def mb_bytes(mb):
+    return None if mb is None else int(mb) * 1024 * 1024
+
+
+class DiskBudget(object):
+    """A run's disk: refused at the start when the target is below its free-space reserve; ended (by
+    DISK_GUARD) when the reserve or the work dir's quota is crossed while it goes on.
+
+    Polling is cheap: one statvfs per run a tick, and a walk of the work dir only once the filesystem as a
+    whole has grown by more than the run may still write. A run can write past the quota between two ticks
+    (at most what the disk takes in a tick); /tmp under bubblewrap is memory, capped on its own.
+    """
+
+    def __init__(self, workdir, quota, reserve):
+        self.workdir, self.quota, self.reserve = workdir, quota, reserve
+        self.exceeded = None
+        st = os.statvfs(workdir)
+        if reserve is not None and free_bytes(st) < reserve:
+            raise RunnerError(
+                "environment",
+                "the target has %d MB of disk free, below its reserve of %d MB: no run starts until space is "
+                "freed (ec2-sandbox cleanup, or the cleanup tool)" % (free_bytes(st) >> 20, reserve >> 20),
+            )
+        self.fs_used_at_start = used_bytes(st)
+        # A work dir already at its quota still runs (a run that only removes files is how it gets back
+        # under), but any growth ends it.
+        self.remaining = None if quota is None else max(0, quota - tree_size(workdir))
+
+    def check(self):
+        """The reason to end the run now ("reserve", "quota"), or None."""
+        st = os.statvfs(self.workdir)
+        if self.reserve is not None and free_bytes(st) < self.reserve:
+            return "reserve"
+        grown = self.quota is not None and used_bytes(st) - self.fs_used_at_start > self.remaining
+        return "quota" if grown and tree_size(self.workdir) > self.quota else None
+
+
+def free_bytes(st):
+    return st.f_bavail * st.f_frsize
+
+
+def used_bytes(st):
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+class DiskGuard(object):
+    """One thread that checks the disk for every run in progress (a thread per run would cost more)."""
+
+    INTERVAL = 0.25
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.runs = {}
+        self.thread = None
+
+    def add(self, key, budget, kill):
+        if budget.quota is None and budget.reserve is None:
+            return
+        with self.lock:
+            self.runs[key] = (budget, kill)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="ec2-sandbox-disk", daemon=True)
+                self.thread.start()
+
+    def remove(self, key):
+        with self.lock:
+            self.runs.pop(key, None)
+
+    def _loop(self):
+        while True:
+            time.sleep(self.INTERVAL)
+            with self.lock:
+                runs = list(self.runs.values())
+            for budget, kill in runs:
+                try:
+                    reason = budget.check()
+                except OSError:
+                    continue
+                if reason and not budget.exceeded:
+                    budget.exceeded = reason
+                    kill()
+
+
+DISK_GUARD = DiskGuard()
+
+
+def watch(handle, started, timeout, task_hash, budget):
     """Wait for a started run under its wall-clock limit, cancellable through ACTIVE_RUNS.
 
     Returns an Outcome, or None when a warm start reports that it could not set the run up.
@@ -1903,6 +2018,7 @@ def watch(handle, started, timeout, task_hash):
         handle.kill(0)
 
     alarm = WATCHDOG.schedule(timeout, on_timeout)
+    DISK_GUARD.add(task_hash, budget, lambda: handle.kill(0))
     with ACTIVE_LOCK:
         ACTIVE_RUNS[task_hash] = on_cancel
     if STOPPING.is_set():  # told to stop while this run was being prepared
@@ -1913,6 +2029,7 @@ def watch(handle, started, timeout, task_hash):
         return None
     finally:
         WATCHDOG.cancel(alarm)
+        DISK_GUARD.remove(task_hash)
         with ACTIVE_LOCK:
             ACTIVE_RUNS.pop(task_hash, None)
     elapsed = time.monotonic() - started
@@ -1925,6 +2042,7 @@ def watch(handle, started, timeout, task_hash):
         cancelled.is_set(),
         handle.leftovers(),
         handle,
+        budget.exceeded,
     )
 
 
@@ -2296,6 +2414,7 @@ class Evidence(object):
 
     def __init__(self, outcome, limits, cg_dir, stdout_path, stderr_path, workdir):
         self.timed_out = outcome.timed_out
+        self.disk = outcome.disk
         self.cpu_time = outcome.cpu_time
         self.limits = limits
         self.fsize = limits["file_size_mb"] * 1024 * 1024
@@ -2360,6 +2479,8 @@ def describe_exit(ev, runtime, limits, timeout):
     memory_markers = (runtime.get("oom_markers") or []) + MEMORY_MARKERS
     if ev.timed_out:
         reason = "timeout"
+    elif ev.disk:
+        reason = "disk_limit"
     elif ev.oom_kills:
         reason = "memory_limit"
     elif failed and ev.output_at_limit:
@@ -2384,6 +2505,11 @@ def describe_exit(ev, runtime, limits, timeout):
         "output_limit": "printed more than the %d MB output limit; the output up to it is kept"
         % limits["file_size_mb"],
         "process_limit": "hit the limit of %d processes" % limits["processes"],
+        "disk_limit": (
+            "wrote more than the work dir's %s MB disk quota" % limits.get("disk_mb")
+            if ev.disk == "quota"
+            else "brought the target's free disk below its reserve"
+        ),
         "signal": "killed by signal %s (%s)" % (sig, signal_name(sig)),
     }
     if reason != "exited":
@@ -2793,6 +2919,7 @@ def probe(req):
     privileged = os.geteuid() == 0
     cg = cgroup_root()
     controllers = cgroup_controllers(cg) if cg else []
+    sandbox_uid = SANDBOX_UID_RANGE[0] if privileged else None
     return {
         "runner_python": "%d.%d.%d" % sys.version_info[:3],
         "base_dir": base,
@@ -2800,11 +2927,12 @@ def probe(req):
         "disk_total_bytes": usage.total,
         "privileged": privileged,
         "bwrap": bwrap,
-        "bwrap_usable": bool(bwrap) and bwrap_works(bwrap, SANDBOX_UID_RANGE[0] if privileged else None),
+        "bwrap_usable": bool(bwrap) and bwrap_works(bwrap, sandbox_uid, base),
         "cgroup": cg,
         "cgroup_controllers": controllers,
         "cgroup_kill": bool(cg) and os.path.exists(os.path.join(cg, "cgroup.kill")),
         "imds_guard": imds_guard_present(),
+        "seccomp": seccomp_usable(),
         "on_ec2": on_ec2(),
         "netns_usable": netns_works(),
         "runtimes": runtimes,

@@ -193,6 +193,7 @@ class AsyncSandbox:
                 "memory_mb": self.config.max_memory_mb,
                 "file_size_mb": self.config.max_file_size_mb,
                 "open_files": self.config.max_open_files,
+                "disk_mb": self.config.max_disk_mb,
                 "processes": self.config.max_processes,
                 "cpu_seconds": int(timeout) + 5,
             },
@@ -201,6 +202,7 @@ class AsyncSandbox:
             max_envelope_chars=self.transport.max_output_chars,
             isolation=self.config.isolation,
             syscall_filter=self.config.syscall_filter,
+            disk_reserve_mb=self.config.disk_reserve_mb,
             network=self.config.network,
             stream=stream,
             warm=self.config.warm_start and self.transport.supports_warm_start,
@@ -454,11 +456,25 @@ def _isolation_warnings(config: SandboxConfig, probe: dict[str, Any], transport:
             warnings.append(
                 "without bubblewrap, a cgroup or root, a program that calls setsid() can outlive its run"
             )
+    if config.syscall_filter != "none" and probe.get("seccomp") is False:
+        warnings.append(
+            "the target cannot filter syscalls (a kernel without seccomp, or an architecture other than "
+            "x86_64 and aarch64): code reaches the whole kernel interface (io_uring, keyctl, bpf, ...)"
+        )
+    elif config.syscall_filter == "none":
+        warnings.append(
+            "syscall_filter is 'none': code reaches the whole kernel interface (set it to 'default')"
+        )
     missing = [c for c in ("memory", "pids") if c not in (probe.get("cgroup_controllers") or [])]
     if missing:
         warnings.append(
             f"no cgroup {' or '.join(missing)} controller on the target: memory and process limits are "
             "rlimits (per process, and per uid for processes), not totals per run"
+        )
+    if config.network and probe["imds_guard"] and not probe["privileged"]:
+        warnings.append(
+            "network is on and the metadata firewall covers only the sandbox uids, but the runner is not "
+            "root: code runs as the login user, outside them (set ssh_sudo for ssh/eic)"
         )
     if (transport != "local" or probe.get("on_ec2")) and config.network and not probe["imds_guard"]:
         warnings.append(

@@ -22,6 +22,7 @@ TerminationReason = Literal[
     "file_size_limit",
     "output_limit",
     "process_limit",
+    "disk_limit",
     "signal",
     "not_started",
 ]

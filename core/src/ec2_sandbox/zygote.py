@@ -23,7 +23,11 @@ The runner falls back to a cold start for anything the interpreter reads only wh
 LC_*, LANG, LD_* and malloc tuning in the user's environment, a user site directory in the work dir), and
 whenever the zygote reports that it could not set a run up.
 
-This file is stdlib-only and Python 3.8-compatible. The zygote runs it as ``python3 -c SOURCE FD``; the
+Runs of other runtimes (node, bash, sh, plugins') take the same steps, except that at step 3 the program
+process executes the runtime instead of running Python code: the zygote is their launcher, and its program's
+parent sees their real wait status and resource usage, which a cold start through bubblewrap cannot.
+
+This file is stdlib-only and Python 3.8-compatible. The zygote runs it as ``python3 -c LOADER PATH FD``; the
 runner imports it for :class:`Zygote`, whose imports are deferred so that they never load in the zygote
 (whatever the zygote imports is in ``sys.modules`` for every program it starts).
 """
@@ -69,6 +73,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
 MAX_REQUEST_BYTES = 1 << 20
+# How the zygote starts: python3 -c LOADER <this file> <socket fd>.
+LOADER = "import sys;exec(compile(open(sys.argv[1],'rb').read(),sys.argv[1],'exec'))"
 FDS_PER_REQUEST = 3  # stdout, stderr, report pipe
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -563,11 +569,11 @@ class Zygote(object):
         import subprocess
 
         parent, child = sockets.socketpair(sockets.AF_UNIX, sockets.SOCK_SEQPACKET)
-        with open(__file__) as fh:
-            source = fh.read()
         try:
+            # `ps` shows a short loader and this file's path, not the source (-c keeps sys.path[0] the
+            # program's concern: run_program sets it, and nothing beside this file is importable).
             self.proc = subprocess.Popen(
-                list(argv) + ["-c", source, str(child.fileno())],
+                list(argv) + ["-c", LOADER, os.path.abspath(__file__), str(child.fileno())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -711,5 +717,5 @@ def zygote_main(fd):
     run_program(*job)
 
 
-if __name__ == "__main__" and sys.argv[1:2] and sys.argv[1].isdigit():
-    zygote_main(int(sys.argv[1]))
+if __name__ == "__main__" and sys.argv[2:3] and sys.argv[2].isdigit():
+    zygote_main(int(sys.argv[2]))
