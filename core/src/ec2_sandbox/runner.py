@@ -870,9 +870,10 @@ SYSCALLS = {
     "uselib": (134, None),
     "vhangup": (153, 58),
     "nfsservctl": (180, 42),
-    # Memory no rlimit counts: SysV shared memory and memfd pages (mmap's shared anonymous maps are
-    # refused by their flags, below).
+    # Memory no rlimit counts: SysV shared memory and message queues (which outlive a run without
+    # bubblewrap's IPC namespace), memfd pages; mmap's shared anonymous maps are refused by their flags.
     "shmget": (29, 194),
+    "msgget": (68, 186),
     "memfd_create": (319, 279),
     # clone3 passes its flags in memory a filter cannot read: refused, so that libc falls back on clone.
     "clone3": (435, 435),
@@ -1495,8 +1496,7 @@ def choose_bwrap(isolation, run_uid, base):
 def imds_guard_covers(run_uid):
     """The provisioning firewall keeps the sandbox uid range off the metadata service: it protects a run
     only when the run's code runs under one of those uids."""
-    first, count = SANDBOX_UID_RANGE
-    return imds_guard_present() and run_uid is not None and first <= run_uid < first + count
+    return imds_guard_present() and is_sandbox_uid(run_uid)
 
 
 class RunPlan(object):
@@ -2102,7 +2102,23 @@ def own_child_done(pid):
         OWN_CHILDREN.discard(pid)
 
 
-def fh_comm(pid):
+def zombie_uid(pid):
+    try:
+        with open("/proc/%s/status" % pid, "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def is_sandbox_uid(uid):
+    first, count = SANDBOX_UID_RANGE
+    return uid is not None and first <= uid < first + count
+
+
+def process_comm(pid):
     try:
         with open("/proc/%s/comm" % pid, "rb") as fh:
             return fh.read().strip()
@@ -2127,10 +2143,15 @@ def reap_orphans():
                     fields = fh.read().rsplit(b")", 1)[1].split()
             except OSError:
                 continue
-            # bubblewrap's own pid 1 (named so by the kernel from its executable) is reaped by the
-            # ColdRun.wait that waits for it.
-            comm = fh_comm(name)
-            if fields[0] == b"Z" and fields[1] == me and comm != b"bwrap":
+            # Only a sandbox uid's leftovers: bubblewrap's own pid 1 (named so by the kernel from its
+            # executable) is reaped by the ColdRun.wait that waits for it, and the runner's own helpers
+            # (probes, root's) by whoever started them.
+            if (
+                fields[0] == b"Z"
+                and fields[1] == me
+                and is_sandbox_uid(zombie_uid(name))
+                and process_comm(name) != b"bwrap"
+            ):
                 try:
                     os.waitpid(int(name), os.WNOHANG)
                 except ChildProcessError:
