@@ -496,8 +496,8 @@ def test_cleanup_script_has_the_runner_remove_what_the_age_policy_selects(
     none_yet = subprocess.run(command, capture_output=True, text=True)
     assert none_yet.returncode == 0 and "no runner" in json.loads(none_yet.stdout)["note"], none_yet
     stage_runner(base)
-    uids = base / "runs" / "uids.json"
-    before_uids = json.loads(uids.read_text()) if uids.exists() else None
+    pool = runner.UidPool(str(base), *runner.SANDBOX_UID_RANGE)
+    before_uids = pool.table() if (base / "runs" / "uids").is_dir() else None
 
     dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
@@ -515,7 +515,7 @@ def test_cleanup_script_has_the_runner_remove_what_the_age_policy_selects(
         ("run", new_session.task_hash),
     }
     if before_uids is not None:  # privileged runs: the removed task's and session's uids go back to the pool
-        after_uids = json.loads(uids.read_text())
+        after_uids = pool.table()
         assert "session:old-session" in before_uids and "session:old-session" not in after_uids
         assert f"task:{old_task.task_hash}" not in after_uids
         assert after_uids["session:new-session"] == before_uids["session:new-session"]

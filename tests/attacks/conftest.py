@@ -131,11 +131,9 @@ class Box:
             assert "a hint" in (result.error_message or ""), result
 
     def uids(self) -> set[int]:
-        try:
-            with open(os.path.join(self.base, runner.RUNS, "uids.json")) as fh:
-                return set(json.load(fh).values())
-        except FileNotFoundError:
+        if not os.path.isdir(os.path.join(self.base, runner.RUNS)):
             return set()
+        return set(runner.UidPool(self.base, *runner.SANDBOX_UID_RANGE).table().values())
 
     def strays(self) -> list[str]:
         """Live processes (zombies aside) running as this box's uids or carrying its marker."""

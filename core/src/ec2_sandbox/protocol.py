@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import zlib
+from collections.abc import Awaitable, Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -100,3 +103,102 @@ class RunnerRefusal(TransportError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+#: Most bytes a compressed page may claim to unpack to (a page never asks for more than a few MB).
+MAX_PAGE_BYTES = 64 << 20
+
+
+def page_data(page: dict[str, Any]) -> bytes:
+    """The bytes of one ``read`` page: ``b64``, or ``z`` (zlib, then base64) of ``zlen`` bytes where the
+    transport packed compressible data to carry more of it per call."""
+    if "z" not in page:
+        return base64.b64decode(page["b64"])
+    length = int(page["zlen"])
+    if not 0 <= length <= MAX_PAGE_BYTES:
+        raise TransportError(f"a compressed page claims {length} bytes")
+    unpack = zlib.decompressobj()
+    data = unpack.decompress(base64.b64decode(page["z"]), length)
+    if len(data) != length or unpack.unconsumed_tail or not unpack.eof:
+        raise TransportError("a compressed page did not unpack to the length it claims")
+    return data
+
+
+Fetch = Callable[[int, int], Awaitable[tuple[bytes, int]]]
+
+
+async def read_pages(
+    fetch: Fetch,
+    offset: int,
+    want: int,
+    *,
+    first_page: int,
+    min_page: int,
+    max_page: int,
+    window: int,
+    sink: Callable[[bytes], object],
+) -> tuple[int, int]:
+    """Read ``want`` bytes of a file from ``offset`` with ``fetch(position, length) -> (data, size)`` and
+    hand them to ``sink`` in order; return ``(bytes written, size)``.
+
+    The first page tells the file's size. Pages ask for ``min_page`` to ``max_page`` bytes, after what the
+    last one carried. The rest is asked for in ranges, up to ``window`` at once; a page
+    may come back short (the channel carried less than asked), and what it left is asked for again before
+    anything further. Pages may finish in any order: they are held until every byte before them has gone
+    to ``sink``, and no range is asked for more than ``2 * window`` pages ahead of it, so memory stays
+    bounded whatever the file's size.
+    """
+    asked = min(want, first_page)
+    data, size = await fetch(offset, asked)
+    sink(data)
+    position = offset + len(data)
+    end = min(offset + want, size)
+    if not data or position >= end:
+        return position - offset, size
+    ask = _next_ask(len(data), asked, min_page, max_page)
+    gaps: collections.deque[tuple[int, int]] = collections.deque()
+    claimed = position  # everything before this was asked for
+    held: dict[int, bytes] = {}
+    emitted = position
+    running: dict[asyncio.Task[tuple[bytes, int]], tuple[int, int]] = {}
+    try:
+        while emitted < end:
+            while len(running) < max(1, window):
+                if gaps:
+                    start, stop = gaps.popleft()
+                elif claimed < end and claimed - emitted < 2 * max(1, window) * ask:
+                    start, stop = claimed, min(end, claimed + ask)
+                    claimed = stop
+                else:
+                    break
+                running[asyncio.ensure_future(fetch(start, stop - start))] = (start, stop)
+            if not running:
+                break
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=lambda t: running[t][0]):
+                start, stop = running.pop(task)
+                chunk, size = task.result()
+                if not chunk:
+                    end = min(end, start)  # the file ended sooner than it said
+                    continue
+                held[start] = chunk[: stop - start]
+                if start + len(chunk) < stop:
+                    gaps.appendleft((start + len(chunk), stop))
+                ask = _next_ask(len(chunk), stop - start, min_page, max_page)
+            while emitted in held:
+                chunk = held.pop(emitted)
+                sink(chunk)
+                emitted += len(chunk)
+            gaps = collections.deque(sorted(g for g in gaps if g[0] < end))
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+    return emitted - offset, size
+
+
+def _next_ask(got: int, asked: int, min_page: int, max_page: int) -> int:
+    """A short page says how much the channel carries: ask for about that much next; a full one, for more.
+    Never less than ``min_page`` (what the channel always carries): the short rest of a page says nothing."""
+    return max(1, min_page, min(max_page, got * 2 if got >= asked else got))

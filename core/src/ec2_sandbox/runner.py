@@ -487,18 +487,96 @@ UID_CLAIMS_DIR = "/var/lib/ec2-sandbox/.uid-claims"
 
 
 class UidPool(object):
-    """Hands out one unprivileged uid per session (or per session-less task), kept in a locked map file.
+    """Hands out one unprivileged uid per session (or per session-less task).
 
-    Two sessions never share a uid, so neither can read, write or signal the other's processes and files.
-    The map is per base dir; a claim file per uid in UID_CLAIMS_DIR keeps other base dirs off the same uid.
+    Two holders never share a uid, so neither can read, write or signal the other's processes and files. The
+    pool is per base dir, a small file per holder and per uid under ``runs/uids/`` (``k.<digest of key>``
+    names the uid, ``u.<uid>`` the key): claiming or releasing touches a few files whatever the number of
+    past runs. Uids go round in order, so the one after the last handed out is the one held longest. A claim
+    file per uid in UID_CLAIMS_DIR keeps other base dirs off the same uid.
+
+    There is no limit on runs between cleanups: when the next uid is still held by a finished task, the
+    uid is recycled. The task's files are first given to :attr:`retired` (the range's last uid, which no
+    run ever gets) and its record names that owner, so the uid's next holder cannot reach them, by path or
+    by hard link, while the task's output stays readable. Sessions, and tasks with a run in progress or a
+    live process, keep their uid until cleanup.
     """
 
     def __init__(self, base, first, count):
         self.base = base
-        self.path = os.path.join(base, RUNS, "uids.json")
+        self.dir = os.path.join(base, RUNS, "uids")
+        self.legacy = os.path.join(base, RUNS, "uids.json")
         self.first = first
-        self.count = count
+        #: The range's last uid owns the files of tasks whose uid was recycled; no run gets it.
+        self.retired = first + count - 1
+        self.count = count - 1
 
+    # ------------------------------------------------------------------ storage
+    def _key_file(self, key):
+        return "k." + hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+
+    def _read(self, name):
+        try:
+            fd = os.open(os.path.join(self.dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return os.read(fd, 4096).decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+
+    def _write(self, name, text):
+        path = os.path.join(self.dir, name)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, text.encode("utf-8"))
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+
+    def _unlink(self, name):
+        try:
+            os.unlink(os.path.join(self.dir, name))
+        except FileNotFoundError:
+            pass
+
+    def _held(self, key):
+        """The uid ``key`` holds (checked both ways), or None."""
+        raw = self._read(self._key_file(key))
+        if raw is None or not raw.isdigit():
+            return None
+        uid = int(raw)
+        return uid if self._read("u.%d" % uid) == key else None
+
+    def _locked(self, work):
+        if self.dir not in _PREPARED:
+            ensure_dir(self.dir, 0o700)
+            _PREPARED.add(self.dir)
+        fd = os.open(os.path.join(self.dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.exists(self.legacy):
+                self._migrate()
+            return work()
+        finally:
+            os.close(fd)
+
+    def _migrate(self):
+        """Take over the whole-map file of earlier versions (read once, then set aside)."""
+        try:
+            with open(self.legacy, "rb") as fh:
+                raw = fh.read()
+            table = json.loads(raw.decode("utf-8")) if raw else {}
+        except (OSError, ValueError):
+            table = {}
+        for key, uid in sorted(table.items()):
+            if isinstance(uid, int):
+                self._write("u.%d" % uid, key)
+                self._write(self._key_file(key), str(uid))
+        os.rename(self.legacy, self.legacy + ".migrated")
+
+    # ------------------------------------------------------------------ claims
     def _claim(self, uid):
         """Claim ``uid`` for this base dir machine-wide; False if another existing base dir holds it."""
         if UID_CLAIMS_DIR not in _PREPARED:
@@ -515,10 +593,12 @@ class UidPool(object):
                     holder = fh.read().decode("utf-8", "replace")
             except FileNotFoundError:
                 holder = None
-            if holder is not None and holder != self.base and os.path.isdir(holder):
+            if holder == self.base:
+                return True
+            if holder is not None and os.path.isdir(holder):
                 return False
-            # Unclaimed, ours already, or held by a base dir that no longer exists. Written in place, under
-            # the lock: a claim cut short names no existing base dir, so it is free again.
+            # Unclaimed, or held by a base dir that no longer exists. Written in place, under the lock: a
+            # claim cut short names no existing base dir, so it is free again.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(self.base.encode("utf-8"))
@@ -526,57 +606,86 @@ class UidPool(object):
         finally:
             os.close(lock)
 
-    def _locked(self, update):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            raw = b""
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                raw += chunk
-            table = json.loads(raw.decode("utf-8")) if raw else {}
-            result, changed = update(table)
-            if changed:
-                data = json.dumps(table, sort_keys=True).encode("utf-8")
-                os.lseek(fd, 0, os.SEEK_SET)
-                os.ftruncate(fd, 0)
-                os.write(fd, data)
-            return result
-        finally:
-            os.close(fd)
-
     def acquire(self, key):
-        def update(table):
-            if key in table:
-                return table[key], False
-            used = set(table.values())
-            start = int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % self.count
-            for i in range(self.count):
-                uid = self.first + (start + i) % self.count
-                if uid not in used and self._claim(uid):
-                    table[key] = uid
-                    return uid, True
-            raise RunnerError("environment", "all %d sandbox uids are in use; run cleanup" % self.count)
+        def work():
+            uid = self._held(key)
+            if uid is not None:
+                return uid
+            raw = self._read("next")
+            position = int(raw) if raw and raw.isdigit() else 0
+            for step in range(self.count):
+                index = (position + step) % self.count
+                uid = self.first + index
+                holder = self._read("u.%d" % uid)
+                if holder is not None and not self._recycle(uid, holder):
+                    continue
+                if not self._claim(uid):
+                    continue
+                self._write("u.%d" % uid, key)
+                self._write(self._key_file(key), str(uid))
+                self._write("next", str(index + 1))
+                return uid
+            raise RunnerError(
+                "environment",
+                "all %d sandbox uids are held by sessions, runs in progress or their processes; run cleanup"
+                % self.count,
+            )
 
-        return self._locked(update)
+        return self._locked(work)
+
+    def _recycle(self, uid, holder):
+        """Take ``uid`` back from ``holder`` if that is a finished task: True once its files are retired."""
+        kind, _, ident = holder.partition(":")
+        if kind != "task" or not TASK_HASH_RE.match(ident):
+            return False
+        try:
+            lock = UseLock(self.base, "task", ident, exclusive=True)
+        except InUse:
+            return False  # a run of it is in progress
+        try:
+            if uid_has_processes(uid):
+                return False
+            retire_task_files(self.base, ident, uid, self.retired)
+            self._unlink(self._key_file(holder))
+            self._unlink("u.%d" % uid)
+            return True
+        finally:
+            lock.release()
+
+    def table(self):
+        """Every holder and its uid (reads the whole pool: for inspection, never on a run's path)."""
+
+        def work():
+            found = {}
+            for name in os.listdir(self.dir):
+                if name.startswith("u.") and name[2:].isdigit():
+                    key = self._read(name)
+                    if key is not None and self._held(key) == int(name[2:]):
+                        found[key] = int(name[2:])
+            return found
+
+        return self._locked(work)
 
     def lookup(self, key):
         """The uid ``key`` holds, or None."""
-        return self._locked(lambda table: (table.get(key), False))
+        if os.path.exists(self.legacy):
+            return self._locked(lambda: self._held(key))
+        return self._held(key)
 
     def release(self, keys):
-        def update(table):
-            hit = [k for k in keys if k in table]
-            # Under the map's lock: once it is released, acquire() may give the uid to a new key of this
-            # base dir and claim it again, and that claim must not be the one dropped here.
-            for key in hit:
-                self._unclaim(table.pop(key))
-            return None, bool(hit)
+        def work():
+            for key in keys:
+                uid = self._held(key)
+                if uid is None:
+                    continue
+                self._unlink(self._key_file(key))
+                self._unlink("u.%d" % uid)
+                # Under the pool's lock: once it is released, acquire() may give the uid to a new key of
+                # this base dir and claim it again, and that claim must not be the one dropped here.
+                self._unclaim(uid)
 
         if keys:
-            self._locked(update)
+            self._locked(work)
 
     def _unclaim(self, uid):
         path = os.path.join(UID_CLAIMS_DIR, str(uid))
@@ -586,6 +695,67 @@ class UidPool(object):
                     os.unlink(path)
         except OSError:
             pass
+
+
+def retire_task_files(base, task_hash, uid, retired):
+    """Give a finished task's files (owned by ``uid``) to ``retired``, and say so in its record.
+
+    The work dir goes first (0700, ``retired``'s: nothing below it can be reached by path from then on),
+    then everything below it that ``uid`` owns, through dir fds, so that a hard link the task made to one of
+    its files elsewhere leads to a file ``uid`` no longer owns either.
+    """
+    for sub in (TASKS, EPHEMERAL):
+        try:
+            parent = os.open(os.path.join(base, sub), O_DIR_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            try:
+                top = open_dir_at(parent, task_hash)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(top)
+                if st.st_uid == uid:
+                    os.fchown(top, retired, retired)
+                    os.fchmod(top, 0o700)
+                _retire_below(top, uid, retired, 0)
+            finally:
+                os.close(top)
+        finally:
+            os.close(parent)
+    rdir = record_dir(base, task_hash)
+    try:
+        with open(os.path.join(rdir, "meta.json"), "rb") as fh:
+            meta = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return
+    if meta.get("uid") == uid:
+        meta["uid"] = retired
+        tmp = os.path.join(rdir, "meta.json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(json.dumps(meta).encode("utf-8"))
+        os.rename(tmp, os.path.join(rdir, "meta.json"))
+
+
+def _retire_below(dir_fd, uid, retired, depth):
+    for name in os.listdir(dir_fd):
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_uid == uid:
+            os.chown(name, retired, retired, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode) and depth < MAX_WALK_DEPTH:
+            try:
+                fd = open_dir_at(dir_fd, name)
+            except OSError:
+                continue
+            try:
+                _retire_below(fd, uid, retired, depth + 1)
+            finally:
+                os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -290,20 +290,24 @@ class AsyncSandbox:
         if offset < 0:
             raise InvalidInputError("offset: must not be negative")
         want = max_bytes if max_bytes is not None else 1 << 62
-        size = position = offset
-        while want > 0:
-            length = min(want, self._page_bytes())
+
+        async def fetch(position: int, length: int) -> tuple[bytes, int]:
             page = await self._call(
                 "read", task_hash=task_hash, path=filename, offset=position, length=length
             )
-            size = page["size"]
-            data = base64.b64decode(page.pop("b64"))
-            sink(data)
-            position += len(data)
-            want -= len(data)
-            if not data or position >= size:
-                break
-        return position - offset, size
+            return protocol.page_data(page), page["size"]
+
+        page_bytes = self._page_bytes()
+        return await protocol.read_pages(
+            fetch,
+            offset,
+            want,
+            first_page=max(page_bytes, self.transport.read_page_bytes or 0),
+            min_page=page_bytes,
+            max_page=max(page_bytes, self.transport.read_page_bytes or 0),
+            window=self.transport.read_window,
+            sink=sink,
+        )
 
     async def read_task_file(
         self, task_hash: str, filename: str, offset: int = 0, max_bytes: int | None = None

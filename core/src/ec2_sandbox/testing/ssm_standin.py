@@ -12,6 +12,9 @@ Running (the AWS-RunShellScript document; amazon-ssm-agent ``agent/plugins/runsc
   of its own (``Setpgid``, executers_unix.go), with the agent's plain system ``PATH``;
 * the command ends when the script exited and its output pipes closed (a background child that keeps stdout
   open keeps it InProgress);
+* at most five commands run at once on one instance: the agent's worker pool, ``Mds.CommandWorkersLimit``,
+  "Default: 5" (amazon-ssm-agent README, agent/appconfig DefaultConfig); later commands wait for a worker
+  (InProgress, not started) - commands sent in parallel do not all run in parallel;
 * ``executionTimeout`` (AWS-RunShellScript: 1 to 172800, default 3600) enforced by SIGKILL to the group; the
   agent then reports exit code 137 (``CommandStoppedPreemptivelyExitCode``, executers_unix.go) and
   ``GetStatus(137)`` makes that Status ``TimedOut`` (agent/plugins/pluginutil/pluginutil_unix.go): so a
@@ -25,7 +28,8 @@ Results (GetCommandInvocation API reference):
 * ``StandardOutputContent`` is "the first 24,000 characters" of stdout and ``StandardErrorContent`` "the first
   8,000 characters" of stderr, with a truncation marker;
 * ``InvocationDoesNotExist`` for the first polls of a new command (eventual consistency; configurable),
-  injectable throttling and errors, an optional delivery latency;
+  injectable throttling and errors, an optional delivery latency and a random extra latency per command
+  (``delivery_jitter``: commands sent in one order may start, and end, in another);
 
 Delivery (SendCommand API reference; "Understanding command statuses" and "Understanding command timeout
 values", https://docs.aws.amazon.com/systems-manager/latest/userguide/monitor-commands.html):
@@ -71,6 +75,7 @@ import datetime
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -172,6 +177,10 @@ class StandIn:
 
     #: Seconds between send_command and the script starting (the agent picking the command up).
     delivery_latency: float = 0.0
+    #: Up to this many more seconds, drawn at random per command: commands overtake one another.
+    delivery_jitter: float = 0.0
+    #: Commands one instance's agent runs at once (Mds.CommandWorkersLimit, default 5).
+    workers_limit: int = 5
     #: get_command_invocation answers InvocationDoesNotExist this many times for each new command.
     missing_polls: int = 0
     #: When set, replaces every command's delivery deadline (on AWS TimeoutSeconds + executionTimeout, so
@@ -185,9 +194,15 @@ class StandIn:
     unmanaged: set[str] = field(default_factory=set)
     #: SSM API calls seen, by operation name.
     calls: Counter[str] = field(default_factory=Counter)
+    #: Where each call is also written as a line "<unix time> <operation>" (``--call-log``), if anywhere.
+    call_log: Any = None
     invocations: dict[tuple[str, str], Invocation] = field(default_factory=dict)
     _faults: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    _workers: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Most commands seen running at once on one instance (what the worker limit allowed).
+    peak_running: int = 0
+    _running: Counter[str] = field(default_factory=Counter)
 
     def reset(self) -> None:
         """Back to defaults; commands still running are killed."""
@@ -195,6 +210,11 @@ class StandIn:
             _kill(inv, signal.SIGKILL)
         with self._lock:
             self.delivery_latency = 0.0
+            self.delivery_jitter = 0.0
+            self.workers_limit = 5
+            self._workers.clear()
+            self._running.clear()
+            self.peak_running = 0
             self.missing_polls = 0
             self.delivery_timeout = None
             self.ping_status.clear()
@@ -214,9 +234,12 @@ class StandIn:
             self._faults.setdefault(operation, []).extend([(code, message)] * times)
 
     def gate(self, operation: str) -> None:
-        """Count a call, and raise the fault queued for it, if any."""
+        """Count a call (and log it, when a call log is open), and raise the fault queued for it, if any."""
         with self._lock:
             self.calls[operation] += 1
+            if self.call_log is not None:
+                self.call_log.write(f"{time.time():.6f} {operation}\n")
+                self.call_log.flush()
             queue = self._faults.get(operation)
             fault = queue.pop(0) if queue else None
         if fault is not None:
@@ -224,6 +247,23 @@ class StandIn:
 
     def ssm_calls(self) -> int:
         return sum(self.calls.values())
+
+    @contextlib.contextmanager
+    def worker(self, instance_id: str) -> Iterator[None]:
+        """One of the instance agent's command workers, held while a script runs."""
+        with self._lock:
+            pool = self._workers.get(instance_id)
+            if pool is None:
+                pool = self._workers[instance_id] = threading.BoundedSemaphore(max(1, self.workers_limit))
+        with pool:
+            with self._lock:
+                self._running[instance_id] += 1
+                self.peak_running = max(self.peak_running, self._running[instance_id])
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._running[instance_id] -= 1
 
 
 STANDIN = StandIn()
@@ -332,8 +372,9 @@ def _waiting(inv: Invocation) -> None:
 def _agent(inv: Invocation, region: str, account: str) -> None:
     """The agent's side: wait for delivery, run the script, record the outcome."""
     deadline = time.monotonic() + inv.delivery_timeout
-    if STANDIN.delivery_latency:
-        time.sleep(STANDIN.delivery_latency)
+    latency = STANDIN.delivery_latency + random.uniform(0.0, STANDIN.delivery_jitter)  # noqa: S311 (timing, not secrets)
+    if latency:
+        time.sleep(latency)
     while True:
         if inv.cancelled:
             return
@@ -348,11 +389,14 @@ def _agent(inv: Invocation, region: str, account: str) -> None:
             _finish(inv, "TimedOut", "DeliveryTimedOut", -1)
             return
         time.sleep(0.05)
-    workdir = tempfile.mkdtemp(prefix=f"ssm-{inv.command_id[:8]}-")
-    try:
-        _execute(inv, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with STANDIN.worker(inv.instance_id):
+        if inv.cancelled:
+            return
+        workdir = tempfile.mkdtemp(prefix=f"ssm-{inv.command_id[:8]}-")
+        try:
+            _execute(inv, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _execute(inv: Invocation, workdir: str) -> None:
@@ -743,6 +787,13 @@ def main(argv: list[str] | None = None) -> int:
         "--missing-polls", type=int, default=0, help="InvocationDoesNotExist answers per command"
     )
     parser.add_argument(
+        "--delivery-jitter", type=float, default=0.0, help="extra seconds per command, at random"
+    )
+    parser.add_argument(
+        "--workers-limit", type=int, default=5, help="commands the agent runs at once (CommandWorkersLimit)"
+    )
+    parser.add_argument("--call-log", help="append one line per SSM API call to this file")
+    parser.add_argument(
         "--create-instance",
         metavar="REGION",
         help="launch one instance in REGION and print its id on the ready line",
@@ -753,6 +804,10 @@ def main(argv: list[str] | None = None) -> int:
     server = start(args.port)
     server.standin.delivery_latency = args.delivery_latency
     server.standin.missing_polls = args.missing_polls
+    server.standin.delivery_jitter = args.delivery_jitter
+    server.standin.workers_limit = args.workers_limit
+    if args.call_log:
+        server.standin.call_log = open(args.call_log, "a", encoding="utf-8")  # noqa: SIM115
     ready = {"url": server.url, "port": server.port}
     if args.create_instance:
         ready["instance_id"] = create_instance(server.url, args.create_instance)

@@ -34,6 +34,11 @@ class Transport(abc.ABC):
     max_request_bytes: int | None = None
     #: Characters of stdout the channel returns (SSM: 24,000). The runner fits its envelope under it.
     max_output_chars: int | None = None
+    #: Bytes one ``read`` call asks for at most (None: as many as fit ``max_output_chars``). A transport that
+    #: can carry more of compressible data per call (:mod:`.ssm`) asks for more and takes a short read.
+    read_page_bytes: int | None = None
+    #: ``read`` calls a file's pages may have in flight at once.
+    read_window: int = 1
     #: Whether ``on_stdout_line`` is called while the runner is still running.
     supports_streaming: bool = False
     #: Whether the runner outlives a call, so that it can keep a warm interpreter for Python runs.

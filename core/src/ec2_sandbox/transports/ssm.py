@@ -8,13 +8,16 @@ on the instance, or through S3 when ``s3_bucket`` is set - and the run's command
 
 SSM returns at most 24,000 characters of a command's stdout, so :attr:`SsmTransport.max_output_chars` makes
 the runner fit its envelope under that cap (less a margin for the newline); the core reads everything else
-back from the task dir in pages. With ``s3_bucket`` set, the agent uploads each command's complete output
-there instead: no cap, and pages of megabytes.
+back from the task dir in pages, several commands at once. The instance fits each page under the cap
+itself: as base64, or zlib-compressed when that carries more of the file (never when it carries less).
+With ``s3_bucket`` set, the agent uploads each command's complete output there instead: no cap, and pages
+of megabytes.
 
 Status is polled by this module, not by boto3's waiter (which sleeps 5 s and treats a failing program as an
-error): the first poll ~100 ms after sending, backing off to 1 s, with polls every 30 ms from the time
-recent commands took. botocore's standard retry mode absorbs throttling; ``InvocationDoesNotExist`` right
-after sending is retried here. A caller giving up (cancellation, deadline) cancels the command.
+error): a few polls 30 ms apart from the time recent commands took, then gaps that grow with the command's
+age (up to 5 s), so that a run costs few calls whatever its length. botocore's standard retry mode absorbs
+throttling; ``InvocationDoesNotExist`` right after sending is retried here. A caller giving up (cancellation,
+deadline) cancels the command.
 """
 
 from __future__ import annotations
@@ -52,8 +55,14 @@ RETRY_ATTEMPTS = 5
 MAX_COMMAND_CHARS = 60_000
 #: Raw bytes of staged data per chunk command (base64 makes 4/3 of it).
 CHUNK_BYTES = 43_500
-#: Chunk commands in flight at once.
-CHUNK_CONCURRENCY = 4
+#: Chunk commands in flight at once. The agent runs five at a time (Mds.CommandWorkersLimit); the others
+#: spend the delivery latency on the way, which is when more in flight pays.
+CHUNK_CONCURRENCY = 10
+#: Read pages in flight at once, and the most one page asks for: the instance sends as much of it as fits
+#: the 24,000-character cap, compressed when that carries more (the reader then asks for about that much).
+PAGE_WINDOW, PAGE_ASK = 10, 1 << 20
+#: With an output bucket (no cap): pages in flight, and their size.
+S3_PAGE_WINDOW, S3_PAGE_BYTES = 4, 8 << 20
 #: SSM's stdout cap is 24,000 characters; the envelope line and its newline stay under it.
 SSM_STDOUT_CAP, SSM_STDERR_CAP = 24_000, 8_000
 #: Key prefix of everything this transport puts in ``s3_bucket`` (staged requests, command output).
@@ -69,8 +78,10 @@ PENDING_CHECK_AFTER, RECHECK_EVERY = 5.0, 30.0
 PRESIGN_SECONDS = 900
 #: Credentials that expire sooner than this cannot sign a staging URL worth sending.
 MIN_PRESIGN_SECONDS = 60
-#: Seconds between polls around the time commands usually finish, and how long after it to keep at it.
-DENSE_STEP, DENSE_WINDOW = 0.03, 0.3
+#: Polls around the time commands usually finish, and the seconds between them.
+DENSE_POLLS, DENSE_STEP = 3, 0.03
+#: After those, the gap between polls is at least this fraction of the time the command has run.
+GROWTH = 0.5
 TRUNCATION_MARKERS = ("---Output truncated---", "--output truncated--", "----- Result truncated ----")
 THROTTLING = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 RUNNING = {"Pending", "InProgress", "Delayed", "Cancelling"}
@@ -158,6 +169,42 @@ spec = importlib.util.spec_from_file_location("ec2_sandbox_runner", path)
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
+fit = head.get("fit")
+if fit:
+    try:
+        req = json.loads(request.decode("utf-8"))
+    except ValueError:
+        req = None
+    if isinstance(req, dict) and req.get("op") == "read":
+        env = module.handle(req)
+        res = env.get("result") if env.get("ok") else None
+        if not isinstance(res, dict) or not isinstance(res.get("b64"), str):
+            print(module.fit_envelope(env, fit))
+            sys.exit(0)
+        raw = base64.b64decode(res.pop("b64"))
+        res["b64"] = ""
+        room = fit - len(json.dumps({"envelope": env}, separators=(",", ":"))) - 40
+        plain = min(len(raw), max(0, room) // 4 * 3 // 512 * 512)
+        packer, packed, best, step = zlib.compressobj(6), [], 0, 8192
+        sent, taken = 0, b""
+        for i in range(plain, len(raw) + step, step) if len(raw) > plain else ():
+            j = min(i, len(raw))
+            packed.append(packer.compress(raw[sent:j]))
+            sent = j
+            tail = packer.copy().flush()
+            size = sum(len(p) for p in packed) + len(tail)
+            if (size + 2) // 3 * 4 > room:
+                break
+            best, taken = j, b"".join(packed) + tail
+            if j >= len(raw):
+                break
+        if best > plain:
+            del res["b64"]
+            res["z"], res["zlen"] = base64.b64encode(taken).decode("ascii"), best
+        else:
+            res["b64"] = base64.b64encode(raw[:plain]).decode("ascii")
+        print(json.dumps({"envelope": env}, separators=(",", ":")))
+        sys.exit(0)
 sys.stdin = io.TextIOWrapper(io.BytesIO(request), encoding="utf-8")
 code = module.main([])
 sys.exit(3 if code in (137, 194) else code)
@@ -223,13 +270,15 @@ class SsmTransport(Transport):
 
     name = "ssm"
     max_output_chars = SSM_STDOUT_CAP - 100
+    read_page_bytes = PAGE_ASK
+    read_window = PAGE_WINDOW
 
     def __init__(
         self,
         config: SandboxConfig,
         *,
         poll_first: float = 0.1,
-        poll_max: float = 1.0,
+        poll_max: float = 5.0,
         poll_factor: float = 1.5,
         delivery_timeout: int = DELIVERY_TIMEOUT,
         pending_check_after: float = PENDING_CHECK_AFTER,
@@ -256,6 +305,7 @@ class SsmTransport(Transport):
         if config.s3_bucket:
             # The agent uploads each command's complete output: no envelope fitting, large read pages.
             self.max_output_chars = None
+            self.read_page_bytes, self.read_window = S3_PAGE_BYTES, S3_PAGE_WINDOW
             self._output_location = {"OutputS3BucketName": config.s3_bucket, "OutputS3KeyPrefix": S3_PREFIX}
         #: Whether the runner was cached on the instance by an earlier command of this transport.
         self._runner_on_target = False
@@ -356,6 +406,9 @@ class SsmTransport(Transport):
         }
         if self.config.base_sandbox_dir:
             header["base"] = self.config.base_sandbox_dir
+        if self.max_output_chars:
+            # A read page is fitted under the cap on the instance, compressed when that carries more.
+            header["fit"] = self.max_output_chars
         commands = _script(header, blob)
         if _size(commands) <= self.max_command_chars:
             try:
@@ -523,30 +576,32 @@ class SsmTransport(Transport):
         return command_id
 
     async def _poll(self, command_id: str, sent: float, deadline: float) -> dict[str, Any]:
-        """Poll until the command reaches a final status.
+        """Poll until the command reaches a final status, in few calls.
 
-        The base schedule starts ``poll_first`` after sending and backs off to ``poll_max``. On top of it,
-        polls come every :data:`DENSE_STEP` around the time recent commands took to finish, so a command
-        that ends when commands usually do is seen within a few tens of milliseconds, in few calls.
+        Once commands here have a history, the first poll is when they usually finish (no earlier: asking
+        sooner mostly learns that a command still runs), followed by :data:`DENSE_POLLS` polls
+        :data:`DENSE_STEP` apart, so a short command is seen within tens of milliseconds. After that the
+        gap between polls grows with the time the command has run (half of it, at least ``poll_factor``
+        times the last gap, at most ``poll_max``): a 1 s command costs about 7 polls, a 60 s one about 22.
         """
         ssm = self.client("ssm")
         delay = self.poll_first
-        next_base = sent + delay
+        expected = self._expected()
+        dense = [sent + expected + k * DENSE_STEP for k in range(DENSE_POLLS)] if expected is not None else []
+        next_base = max(sent + delay, dense[0]) if dense else sent + delay
         hold_until = 0.0
         last_running = sent
         next_check = sent + self.pending_check_after
         started = False
         while True:
             now = time.monotonic()
-            wake = next_base
-            expected = self._expected()
-            if expected is not None and now < sent + expected + DENSE_WINDOW:
-                wake = min(wake, max(sent + expected, now + DENSE_STEP))
+            wake = min([next_base, *dense[:1]])
             wake = max(wake, hold_until)
             await asyncio.sleep(max(0.0, wake - now))
             asked = time.monotonic()
+            dense = [t for t in dense if t > asked]
             if asked >= next_base:
-                delay = min(self.poll_max, delay * self.poll_factor)
+                delay = min(self.poll_max, max(delay * self.poll_factor, (asked - sent) * GROWTH))
                 next_base = asked + delay
             if asked > deadline:
                 raise await self._deadline_error(command_id, started)
@@ -562,12 +617,12 @@ class SsmTransport(Transport):
                     continue
                 if code in THROTTLING:
                     # botocore already retried with backoff; slow down before asking again.
-                    hold_until = next_base = time.monotonic() + self.poll_max
+                    hold_until = next_base = time.monotonic() + min(self.poll_max, max(1.0, delay))
                     continue
                 raise self._client_error(exc, "read the command's status on") from exc
             except BotoCoreError as exc:
                 log.debug("polling %s failed, retrying: %s", command_id, exc)
-                hold_until = next_base = time.monotonic() + self.poll_max
+                hold_until = next_base = time.monotonic() + min(self.poll_max, max(1.0, delay))
                 continue
             status = inv.get("Status")
             if status not in RUNNING:
