@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from support.cli import cli
+from support.cli import cli, start_cli
 
 from ec2_sandbox.cli import EXIT_BROKEN_PIPE, EXIT_FAILED
 
@@ -86,6 +87,18 @@ def test_status_cleanup_and_plugins(cli_env: dict[str, str]) -> None:
     assert {"kind": "task", "id": task} in cleaned["removed"]
     plugins = cli(cli_env, "plugins").stdout.decode()
     assert "ec2_sandbox.builtins" in plugins and "runtime:python3" in plugins
+
+
+async def test_cleanup_names_what_it_kept_because_a_run_holds_it(cli_env: dict[str, str]) -> None:
+    code = "print('started', flush=True)\nimport time\ntime.sleep(2)\nprint('finished')"
+    run = await start_cli(cli_env, "exec", "--session", "busy", "-c", code)
+    assert run.stdout is not None
+    assert await asyncio.wait_for(run.stdout.readline(), 60) == b"started\n"
+    cleaned = cli(cli_env, "cleanup", "--hours", "0")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "kept     session busy: a run is in progress" in cleaned.stdout.decode(), cleaned.stdout
+    assert await asyncio.wait_for(run.stdout.read(), 60) == b"finished\n"
+    assert await run.wait() == 0
 
 
 # ------------------------------------------------------------------------ the tool's own failures

@@ -195,15 +195,20 @@ async def test_cleanup_skips_what_a_live_process_of_its_uid_holds(box: Box) -> N
     uid = runner.UidPool(box.base, *runner.SANDBOX_UID_RANGE).lookup("session:" + box.session)
     assert uid is not None
     read_end, write_end = os.pipe()
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(write_end)
         try:
             runner.drop_privileges(uid)
+            os.write(ready_w, b"1")
             os.read(read_end, 1)
         finally:
             os._exit(0)
     os.close(read_end)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"1"  # it runs as the session's uid now
+    os.close(ready_r)
     try:
         kept = await box.sb.cleanup_tasks(0)
         assert any(e.id == box.session and "still running" in e.reason for e in kept.skipped), kept

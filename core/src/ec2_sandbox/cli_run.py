@@ -95,6 +95,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         print(f"policy {result.policy}, older than {result.hours} h: removed {len(result.removed)}")
         for entry in result.removed:
             print(f"  {entry.kind:8} {entry.id}")
+        for kept in result.skipped:
+            print(f"  kept     {kept.kind} {kept.id}: {kept.reason}; a later cleanup removes it")
     return 0
 
 

@@ -47,6 +47,9 @@ MAX_FILES_LISTED = 10000
 # Exit statuses SSM gives a meaning of its own; the runner maps them away.
 RESERVED_EXIT = {137: 3, 194: 3}
 SANDBOX_UID_RANGE = (200000, 65536)  # first uid, count: one uid per session or session-less task
+# The range's last uid is no run's: it owns the files of tasks whose uid was recycled (UidPool), and the
+# bubblewrap probe runs as it, so that no probe is ever a process of a session's uid.
+RESERVED_UID = SANDBOX_UID_RANGE[0] + SANDBOX_UID_RANGE[1] - 1
 
 
 class RunnerError(Exception):
@@ -775,10 +778,10 @@ def find_bwrap():
 def bwrap_works(bwrap, as_uid, base=None):
     """bwrap may be installed yet unusable (user namespaces disabled); find out once.
 
-    Every unprivileged uid gets the same answer, so one probe as the first sandbox uid serves them all.
+    Every unprivileged uid gets the same answer, so one probe as RESERVED_UID serves them all.
     """
     if as_uid is not None:
-        as_uid = SANDBOX_UID_RANGE[0]
+        as_uid = RESERVED_UID
     key = (bwrap, as_uid)
     with _BWRAP_LOCK:
         # Runs served side by side wait for the one probe: none may see a half-made answer and go
@@ -869,7 +872,7 @@ def bwrap_hardened(bwrap, as_uid):
     """True when this bwrap takes BWRAP_HARDENING and ``--size`` (probed by bwrap_works)."""
     if not bwrap_works(bwrap, as_uid):
         return False
-    return _BWRAP_CACHE[(bwrap, SANDBOX_UID_RANGE[0] if as_uid is not None else None)][1]
+    return _BWRAP_CACHE[(bwrap, RESERVED_UID if as_uid is not None else None)][1]
 
 
 def cgroup_root():
@@ -3110,7 +3113,7 @@ def probe(req):
     privileged = os.geteuid() == 0
     cg = cgroup_root()
     controllers = cgroup_controllers(cg) if cg else []
-    sandbox_uid = SANDBOX_UID_RANGE[0] if privileged else None
+    sandbox_uid = RESERVED_UID if privileged else None
     return {
         "runner_python": "%d.%d.%d" % sys.version_info[:3],
         "base_dir": base,

@@ -312,7 +312,7 @@ class ConformanceSuite:
         assert result.task_hash not in kept.removed_tasks
         assert await sandbox.get_task_files(result.task_hash, "f.txt") == "x"
         gone = await sandbox.cleanup_tasks(hours=0)
-        assert result.task_hash in gone.removed_tasks
+        assert result.task_hash in gone.removed_tasks, gone
         with pytest.raises(TaskNotFoundError):
             await sandbox.get_task_files(result.task_hash)
 

@@ -163,7 +163,7 @@ try:
     # Probe bubblewrap once before requests run side by side (each would otherwise probe it on its own).
     bwrap = runner.find_bwrap()
     if bwrap:
-        runner.bwrap_works(bwrap, runner.SANDBOX_UID_RANGE[0] if os.geteuid() == 0 else None)
+        runner.bwrap_works(bwrap, runner.RESERVED_UID if os.geteuid() == 0 else None)
 except Exception:
     pass
 out = sys.stdout.buffer
