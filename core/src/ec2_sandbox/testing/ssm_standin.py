@@ -79,7 +79,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,6 +186,9 @@ class StandIn:
     #: SSM API calls seen, by operation name.
     calls: Counter[str] = field(default_factory=Counter)
     invocations: dict[tuple[str, str], Invocation] = field(default_factory=dict)
+    #: Extension point (kept by :meth:`reset`): maps the argv the agent would run for an invocation to the
+    #: argv actually started, so that a stand-in of several instances can give each its own filesystem.
+    launcher: Callable[[Invocation, list[str]], list[str]] | None = None
     _faults: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -361,6 +364,8 @@ def _execute(inv: Invocation, workdir: str) -> None:
         fh.write(inv.script)
     os.chmod(path, 0o700)
     argv = [path] if inv.script.startswith("#!") else ["/bin/sh", path]
+    if STANDIN.launcher is not None:
+        argv = STANDIN.launcher(inv, argv)
     env = {
         "PATH": AGENT_PATH,
         "AWS_SSM_INSTANCE_ID": inv.instance_id,
