@@ -294,3 +294,35 @@ async def test_instance_status_reports_members_and_slots(make_fleet: Any) -> Non
     (part,) = [p for p in status.parts if p.name == "fleet"]
     assert part.ok and "2 of 2 member(s) healthy; 1 of 8 slots held" in part.message
     assert sorted(m["instance_id"] for m in part.details["members"]) == fleet.members()
+
+
+# ---------------------------------------------------------------------- the stand-in's own limits
+
+
+def test_standin_refuses_what_ssm_refuses_and_pages_instance_information(make_fleet: Any) -> None:
+    fleet = make_fleet(12)
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=fleet.server.url)
+    ids = fleet.members()
+    with pytest.raises(ssm.exceptions.ClientError, match="ValidationException"):
+        ssm.send_command(
+            InstanceIds=[*ids, *ids, *ids, *ids, *ids][:51],
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": ["true"]},
+        )
+    with pytest.raises(ssm.exceptions.ClientError, match="ValidationException"):
+        ssm.describe_instance_information(MaxResults=51)
+    first = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": ids}])
+    assert len(first["InstanceInformationList"]) == 10 and first["NextToken"]
+    rest = ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": ids}], NextToken=first["NextToken"]
+    )
+    seen = [i["InstanceId"] for i in first["InstanceInformationList"] + rest["InstanceInformationList"]]
+    assert sorted(seen) == ids and "NextToken" not in rest
+
+
+async def test_discovery_sees_every_member_of_a_group_larger_than_a_page(make_fleet: Any) -> None:
+    fleet = make_fleet(12)
+    async with fleet.sandbox() as sandbox:
+        members = await sandbox.transport.discovery.members()  # type: ignore[attr-defined]
+    assert [m.instance_id for m in members.healthy()] == fleet.members()
+    assert all(m.vcpus == 2 for m in members.members)  # t3.micro, from DescribeInstanceTypes
