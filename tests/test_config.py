@@ -358,6 +358,10 @@ FIELD_SAMPLES: dict[str, tuple[str, Any, str | None]] = {
     "ssh_host": ("10.0.0.5", "10.0.0.5", None),
     "ssh_key_file": ("/k/id_ed25519", "/k/id_ed25519", None),
     "eic_endpoint_id": ("eice-0123", "eice-0123", None),
+    "fleet_auto_scaling_group": ("agents", "agents", None),
+    "fleet_tags": ("team=ml,tier=a", ["team=ml", "tier=a"], "no-equals"),
+    "fleet_instance_ids": ("i-0123456789abcdef0", ["i-0123456789abcdef0"], "i-xyz"),
+    "fleet_table": ("agents-leases", "agents-leases", "no"),
 }
 # Fields added later get a derived sample so each still has its variable checked.
 for _name, _info in SandboxConfig.model_fields.items():
@@ -381,6 +385,8 @@ def test_generic_variable_for_every_field(monkeypatch: pytest.MonkeyPatch, field
         monkeypatch.setenv("EC2_SANDBOX_SECRET_ACCESS_KEY", "s3cr3t-value")
     if field == "access_key_id":
         monkeypatch.setenv("EC2_SANDBOX_SECRET_ACCESS_KEY", "s3cr3t-value")
+    if field in ("fleet_auto_scaling_group", "fleet_tags", "fleet_instance_ids"):
+        monkeypatch.setenv("EC2_SANDBOX_FLEET_TABLE", "agents-leases")  # a fleet needs its table
     resolved = ConfigManager().resolve("default")
     value = getattr(resolved.config, field)
     if hasattr(value, "get_secret_value"):

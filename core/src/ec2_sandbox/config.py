@@ -21,6 +21,32 @@ from pydantic import (
 
 INSTANCE_ID_RE = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 REGION_RE = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d$")
+#: DynamoDB table names: 3 to 255 of these characters (DynamoDB developer guide, "Naming rules").
+TABLE_RE = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+#: Auto Scaling group names: 1 to 255 characters without control characters (CreateAutoScalingGroup API).
+GROUP_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+#: The fields that name where a fleet's members come from; exactly one is set for a fleet.
+FLEET_SOURCES = ("fleet_auto_scaling_group", "fleet_tags", "fleet_instance_ids")
+
+
+def _tag_problem(tag: str) -> str | None:
+    """What is wrong with a 'Key=Value' tag filter. Tag keys have 1-128 characters, values up to 256, and
+    'aws:' keys are AWS's (EC2 user guide, "Tag restrictions"); the first '=' ends the key."""
+    key, sep, value = tag.partition("=")
+    if not sep or not 1 <= len(key) <= 128 or len(value) > 256 or key.startswith("aws:"):
+        return (
+            "is not 'Key=Value' (key 1-128 characters without '=', not starting with 'aws:'; value up to 256 "
+            "characters)"
+        )
+    if any(ord(c) < 32 for c in tag):
+        return "contains control characters"
+    return None
+
+
+def _instance_problem(instance_id: str) -> str | None:
+    if not INSTANCE_ID_RE.match(instance_id):
+        return "is not an instance id: expected 'i-' and 8 or 17 hex digits"
+    return None
 
 
 class SandboxConfig(BaseModel):
@@ -33,8 +59,8 @@ class SandboxConfig(BaseModel):
         default="auto",
         pattern=r"^[a-z][a-z0-9_-]{0,31}$",
         description=(
-            "How to reach the target: 'auto' (ssm when instance_id is set, local otherwise), 'local', 'ssm', "
-            "'eic', 'ssh', or a transport a plugin registers."
+            "How to reach the target: 'auto' (fleet when a fleet is named, ssm when instance_id is set, "
+            "local otherwise), 'local', 'ssm', 'eic', 'ssh', 'fleet', or a transport a plugin registers."
         ),
     )
     instance_id: str | None = Field(default=None, description="EC2 instance id, e.g. i-0123456789abcdef0.")
@@ -132,6 +158,58 @@ class SandboxConfig(BaseModel):
         default=False, description="Start the runner with 'sudo -n' (root runner: per-session uids)."
     )
 
+    # --- fleets (many instances; see README "Fleets") ---------------------------------------------
+    fleet_auto_scaling_group: str | None = Field(
+        default=None, description="Fleet: the members are the InService instances of this Auto Scaling group."
+    )
+    fleet_tags: list[str] | None = Field(
+        default=None,
+        description="Fleet: the members are the running instances carrying all these 'Key=Value' tags.",
+    )
+    fleet_instance_ids: list[str] | None = Field(
+        default=None, description="Fleet: the members are these instances (those of them that are running)."
+    )
+    fleet_table: str | None = Field(
+        default=None,
+        description=(
+            "Fleet: the DynamoDB table (partition key 'pk', sort key 'sk', both strings) that holds session "
+            "placements and slot leases, shared by every client of the fleet."
+        ),
+    )
+    fleet_slots_per_instance: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description=(
+            "Fleet: sessions and session-less runs one member holds at once; 0: its vCPUs times "
+            "fleet_slots_per_vcpu. Every client of a fleet must agree on it."
+        ),
+    )
+    fleet_slots_per_vcpu: int = Field(
+        default=4, ge=1, le=256, description="Fleet: slots per vCPU when fleet_slots_per_instance is null."
+    )
+    fleet_session_idle_seconds: int = Field(
+        default=900,
+        ge=60,
+        le=604800,
+        description=(
+            "Fleet: a session keeps its slot this long after its last use (the lease each use renews); "
+            "then the slot is free for others and the session takes one again on its next use."
+        ),
+    )
+    fleet_wait_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="Fleet: how long a run waits for a free slot in a full fleet before it is refused.",
+    )
+    fleet_discovery_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=300,
+        description="Fleet: how long the list of healthy members is reused before it is asked for again.",
+    )
+
     # --- large transfers ---------------------------------------------------------------------------
     s3_bucket: str | None = Field(default=None, description="Bucket for staging large inputs and outputs.")
 
@@ -181,6 +259,71 @@ class SandboxConfig(BaseModel):
                 )
         return list(dict.fromkeys(value))
 
+    @field_validator("fleet_auto_scaling_group", "fleet_table")
+    @classmethod
+    def _aws_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pattern, rule = {
+            "fleet_auto_scaling_group": (
+                GROUP_RE,
+                "an Auto Scaling group name: 1 to 255 characters, no control characters",
+            ),
+            "fleet_table": (TABLE_RE, "a DynamoDB table name: 3 to 255 of A-Z a-z 0-9 _ . -"),
+        }[str(info.field_name)]
+        if value is not None and not pattern.match(value):
+            raise ValueError(f"is not {rule}")
+        return value
+
+    @field_validator("fleet_tags", "fleet_instance_ids")
+    @classmethod
+    def _fleet_list(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return None
+        tags = info.field_name == "fleet_tags"
+        if not value:
+            raise ValueError(
+                f"is empty: list at least one {'Key=Value tag' if tags else 'instance id'}, or null"
+            )
+        for item in value:
+            problem = _tag_problem(item) if tags else _instance_problem(item)
+            if problem:
+                raise ValueError(f"has {item!r}, which {problem}")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _fleet(self) -> SandboxConfig:
+        sources = [name for name in FLEET_SOURCES if getattr(self, name) is not None]
+        if len(sources) > 1:
+            raise ValueError(
+                f"a fleet has one source of members, but {' and '.join(sources)} are both set: keep one"
+            )
+        if not sources:
+            if self.transport == "fleet":
+                raise ValueError(
+                    "transport 'fleet' needs its members: set fleet_auto_scaling_group, fleet_tags or "
+                    "fleet_instance_ids"
+                )
+            return self
+        if self.instance_id:
+            raise ValueError(
+                f"instance_id and {sources[0]} are both set: an environment runs on one instance or on a "
+                "fleet; remove one"
+            )
+        if self.transport not in ("auto", "fleet"):
+            raise ValueError(
+                f"{sources[0]} is set but transport is {self.transport!r}: a fleet runs through transport "
+                "'fleet' (or 'auto')"
+            )
+        if not self.fleet_table:
+            raise ValueError(
+                f"{sources[0]} is set but fleet_table is not: a fleet keeps its session placements and slot "
+                "leases in a DynamoDB table; name it in fleet_table"
+            )
+        return self
+
+    @property
+    def is_fleet(self) -> bool:
+        return any(getattr(self, name) is not None for name in FLEET_SOURCES)
+
     @model_validator(mode="after")
     def _key_pair(self) -> SandboxConfig:
         if bool(self.access_key_id) != bool(self.secret_access_key):
@@ -196,4 +339,6 @@ class SandboxConfig(BaseModel):
     def resolved_transport(self) -> str:
         if self.transport != "auto":
             return self.transport
+        if self.is_fleet:
+            return "fleet"
         return "ssm" if self.instance_id else "local"

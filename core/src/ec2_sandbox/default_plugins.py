@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .cleanup import AgePolicy
 from .errors import ConfigError
+from .fleet.transport import create_fleet_transport
 from .hookspecs import hookimpl
 from .runtimes import BUILTIN_RUNTIMES
 from .transports.local import create_local_transport
@@ -22,6 +23,7 @@ def register_transports(register):
     register("ssm", create_ssm_transport)
     register("ssh", create_ssh_transport)
     register("eic", create_eic_transport)
+    register("fleet", create_fleet_transport)
 
 
 def _ssh_module(name: str):  # type: ignore[no-untyped-def]

@@ -84,7 +84,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +197,9 @@ class StandIn:
     #: Where each call is also written as a line "<unix time> <operation>" (``--call-log``), if anywhere.
     call_log: Any = None
     invocations: dict[tuple[str, str], Invocation] = field(default_factory=dict)
+    #: Extension point (kept by :meth:`reset`): maps the argv the agent would run for an invocation to the
+    #: argv actually started, so that a stand-in of several instances can give each its own filesystem.
+    launcher: Callable[[Invocation, list[str]], list[str]] | None = None
     _faults: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     _workers: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -405,6 +408,8 @@ def _execute(inv: Invocation, workdir: str) -> None:
         fh.write(inv.script)
     os.chmod(path, 0o700)
     argv = [path] if inv.script.startswith("#!") else ["/bin/sh", path]
+    if STANDIN.launcher is not None:
+        argv = STANDIN.launcher(inv, argv)
     env = {
         "PATH": AGENT_PATH,
         "AWS_SSM_INSTANCE_ID": inv.instance_id,

@@ -1,0 +1,417 @@
+"""The ``fleet`` transport: each runner request goes to the member that holds its session or its task.
+
+It reads three routing keys of the runner request - ``op``, ``session_id``, ``task_hash`` - and passes the
+payload on unchanged to an ``ssm`` transport for the chosen member; everything below that line is the ssm
+transport's. Routing:
+
+* ``run`` with a session: the session's member (:meth:`FleetTransport._session_member`), placed on first use
+  on the healthy member with the most free slots; the session holds one slot, a lease each use renews.
+* ``run`` without a session: a slot on the healthy member with the most free slots, for the run's length.
+* ``read``/``list``: the member the task ran on (recorded in the table).
+* ``probe``: one healthy member (``instance_status`` reports the fleet's own health beside it).
+* ``inventory``/``remove`` (cleanup): refused for now - fleet-wide cleanup is the next increment.
+
+A full fleet makes a run wait up to ``fleet_wait_seconds`` (asking for the membership again, so that a
+scale-out is seen) and then refuses it; an instance is never given more runs than its slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..aws_session import make_session
+from ..config import SandboxConfig
+from ..errors import ConfigError, TaskNotFoundError
+from ..protocol import RunnerRefusal
+from ..schema import StatusPart
+from ..transports.base import LineCallback, RunnerOutput, Transport
+from ..transports.ssm import SsmTransport
+from .discovery import Discovery, Member, Membership, source_name
+from .store import LeaseStore, SessionRecord, SlotLease, session_holder
+
+log = logging.getLogger("ec2_sandbox")
+
+#: Seconds a run's slot is held beyond the call's own timeout (a client that dies mid-run frees it then).
+RUN_LEASE_MARGIN = 60.0
+#: While waiting for a slot, the membership is asked for at least this often (a scale-out shows up).
+WAIT_DISCOVERY_SECONDS = 2.0
+#: First and longest pause between looks at a full fleet (with jitter, so waiting clients spread out).
+WAIT_FIRST, WAIT_MAX = 0.05, 1.0
+
+MemberFactory = Callable[[SandboxConfig], Transport]
+
+
+class FleetFull(RunnerRefusal):
+    """No slot came free within ``fleet_wait_seconds``."""
+
+
+class FleetTransport(Transport):
+    """Runs the runner on the members of a fleet, one ssm transport per member."""
+
+    name = "fleet"
+    max_output_chars = SsmTransport.max_output_chars
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        member_factory: MemberFactory | None = None,
+        clients: Callable[[str], Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not config.is_fleet or not config.fleet_table:
+            raise ConfigError(
+                "the fleet transport needs a fleet: fleet_auto_scaling_group, fleet_tags or "
+                "fleet_instance_ids, and fleet_table"
+            )
+        self.config = config
+        if config.s3_bucket:
+            self.max_output_chars = None
+        self._session: Any = None
+        self._clients: dict[str, Any] = {}
+        self.client = clients or self._client
+        self.discovery = Discovery(config, self.client)
+        self.store = LeaseStore(self.client("dynamodb"), config.fleet_table, clock=clock)
+        self.clock = clock
+        self._member_factory = member_factory or SsmTransport
+        self._members: dict[str, Transport] = {}
+        #: Where tasks this client started ran (the table has them too, for other clients).
+        self._tasks: dict[str, str] = {}
+        self._background: set[asyncio.Future[Any]] = set()
+
+    @property
+    def target(self) -> str:
+        return f"fleet of {source_name(self.config)}"
+
+    def _client(self, service: str) -> Any:
+        if service not in self._clients:
+            if self._session is None:
+                self._session = make_session(self.config)
+            # Adaptive retries: many clients of one account back off together when AWS throttles them.
+            from botocore.config import Config
+
+            self._clients[service] = self._session.client(
+                service, config=Config(retries={"mode": "adaptive", "max_attempts": 8})
+            )
+        return self._clients[service]
+
+    def member(self, instance_id: str) -> Transport:
+        """The transport that reaches one member (made once, kept)."""
+        if instance_id not in self._members:
+            update = {"instance_id": instance_id, "transport": "ssm"}
+            for name in ("fleet_auto_scaling_group", "fleet_tags", "fleet_instance_ids"):
+                update[name] = None
+            self._members[instance_id] = self._member_factory(self.config.model_copy(update=update))
+        return self._members[instance_id]
+
+    def capacity(self, member: Member) -> int:
+        if self.config.fleet_slots_per_instance:
+            return self.config.fleet_slots_per_instance
+        return max(1, (member.vcpus or 1) * self.config.fleet_slots_per_vcpu)
+
+    # ------------------------------------------------------------------ routing
+    async def exec_runner(
+        self, payload: bytes, *, timeout: float, on_stdout_line: LineCallback | None = None
+    ) -> RunnerOutput:
+        request = json.loads(payload)
+        op = request.get("op")
+        if op == "run":
+            return await self._run(request, payload, timeout, on_stdout_line)
+        if op in ("read", "list"):
+            instance_id = await self._task_member(str(request.get("task_hash")))
+            return await self._on(instance_id, payload, timeout, on_stdout_line)
+        if op == "probe":
+            healthy = (await self.discovery.members()).healthy()
+            if not healthy:
+                raise await self._no_member_error()
+            return await self._on(healthy[0].instance_id, payload, timeout, on_stdout_line)
+        raise RunnerRefusal(
+            "unsupported",
+            f"'{op}' across a fleet is not built yet (fleet-wide cleanup comes next); clean one member "
+            "with an environment that names its instance_id, or let the instances' own cleanup timer run",
+        )
+
+    async def _on(
+        self, instance_id: str, payload: bytes, timeout: float, on_stdout_line: LineCallback | None
+    ) -> RunnerOutput:
+        try:
+            return await self.member(instance_id).exec_runner(
+                payload, timeout=timeout, on_stdout_line=on_stdout_line
+            )
+        except RunnerRefusal as exc:
+            if exc.kind == "unreachable":
+                self.discovery.invalidate()  # learn at once whether the member left the fleet
+            raise
+
+    async def _run(
+        self, request: dict[str, Any], payload: bytes, timeout: float, on_stdout_line: LineCallback | None
+    ) -> RunnerOutput:
+        task_hash = str(request.get("task_hash"))
+        session_id = request.get("session_id")
+        idle = float(self.config.fleet_session_idle_seconds)
+        for attempt in (1, 2):
+            record = None
+            if session_id:
+                record = await self._session_member(str(session_id), ttl=idle + timeout)
+                instance_id, holder, index = record.instance_id, session_holder(str(session_id)), record.slot
+            else:
+                holder = f"run#{task_hash}"
+                lease = await self._take_any(holder, ttl=timeout + RUN_LEASE_MARGIN)
+                instance_id, index = lease.instance_id, lease.index
+            log.debug("fleet: task %s (session %s) on %s slot %d", task_hash, session_id, instance_id, index)
+            self._tasks[task_hash] = instance_id
+            self._spawn(self.store.put_task, task_hash, instance_id, self.config.cleanup_after_hours * 3600.0)
+            try:
+                return await self._on(instance_id, payload, timeout, on_stdout_line)
+            except RunnerRefusal as exc:
+                if exc.kind != "unreachable":
+                    raise
+                # The membership may be older than the member's departure: ask again before answering.
+                membership = await self.discovery.members(max_age=0)
+                if not membership.is_gone(instance_id):
+                    raise
+                if record is not None:
+                    await self._lose(record, membership)  # raises: the session's state went with it
+                if attempt == 2:
+                    raise
+                # A member that left runs nothing any more: a session-less run is placed once again.
+                log.debug("fleet: %s left the fleet; placing task %s again", instance_id, task_hash)
+            finally:
+                if session_id:
+                    # The idle clock starts now: the session keeps its slot for fleet_session_idle_seconds.
+                    self._spawn(self.store.renew, instance_id, index, holder, idle)
+                else:
+                    self._spawn(self.store.release, instance_id, index, holder)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _spawn(self, func: Callable[..., Any], *args: Any) -> None:
+        """A table write the result does not wait for; failures are logged (leases expire on their own)."""
+        task = asyncio.ensure_future(asyncio.to_thread(func, *args))
+        self._background.add(task)
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            self._background.discard(fut)
+            if not fut.cancelled() and fut.exception() is not None:
+                log.warning("fleet table write %s failed: %s", func.__name__, fut.exception())
+
+        task.add_done_callback(done)
+
+    # ------------------------------------------------------------------ sessions
+    async def _session_member(self, session_id: str, ttl: float) -> SessionRecord:
+        """The session's placement, its slot lease renewed; placed (again) when it has none.
+
+        A session whose member left the fleet is marked lost and this call is refused saying so; the next
+        call with the same id places it afresh."""
+        holder = session_holder(session_id)
+        while True:
+            record = await asyncio.to_thread(self.store.session, session_id)
+            if record is None or record.state == "lost":
+                lease = await self._take_any(holder, ttl)
+                generation = 1 if record is None else record.generation + 1
+                placed = SessionRecord(
+                    session_id=session_id,
+                    instance_id=lease.instance_id,
+                    slot=lease.index,
+                    generation=generation,
+                )
+                if await asyncio.to_thread(self.store.place_session, placed, record):
+                    return placed
+                # Another client placed it first: give the slot back and follow its placement.
+                await asyncio.to_thread(self.store.release, lease.instance_id, lease.index, holder)
+                continue
+            membership = await self.discovery.members()
+            member = membership.get(record.instance_id)
+            if member is None or not member.healthy:
+                membership = await self.discovery.members(max_age=0)
+                member = membership.get(record.instance_id)
+            if membership.is_gone(record.instance_id):
+                await self._lose(record, membership)
+            if member is None or not member.healthy:
+                raise RunnerRefusal(
+                    "unreachable",
+                    f"session {session_id!r} lives on {member.describe() if member else record.instance_id}, "
+                    "which cannot take commands now; its files are still there: retry when it is back, or "
+                    "start a new session",
+                )
+            if await asyncio.to_thread(self.store.renew, record.instance_id, record.slot, holder, ttl):
+                return record
+            # The lease lapsed while the session was idle: take a slot on its own member again.
+            lease = await self._take_any(holder, ttl, only=record.instance_id)
+            moved = record.model_copy(update={"slot": lease.index})
+            if await asyncio.to_thread(self.store.place_session, moved, record):
+                return moved
+            await asyncio.to_thread(self.store.release, lease.instance_id, lease.index, holder)
+
+    async def _lose(self, record: SessionRecord, membership: Membership) -> None:
+        member = membership.get(record.instance_id)
+        why = f"{member.describe()}" if member else f"{record.instance_id} (no longer a member)"
+        reason = f"its instance left the fleet: {why}"
+        lost = record.model_copy(update={"state": "lost", "reason": reason})
+        await asyncio.to_thread(self.store.place_session, lost, record)
+        await asyncio.to_thread(
+            self.store.release, record.instance_id, record.slot, session_holder(record.session_id)
+        )
+        raise RunnerRefusal(
+            "session_lost",
+            f"session {record.session_id!r} is gone: {reason}; its files and interpreter state went with it. "
+            "Call again with the same session id to start it afresh on another member.",
+        )
+
+    # ------------------------------------------------------------------ slots
+    async def _take_any(self, holder: str, ttl: float, only: str | None = None) -> SlotLease:
+        """A slot for ``holder`` on the healthy member with the most free slots (or on ``only``).
+
+        Waits up to ``fleet_wait_seconds`` for one to come free, looking at the membership again first at
+        once (a member may have been added) and then every couple of seconds; then refuses."""
+        deadline = time.monotonic() + self.config.fleet_wait_seconds
+        pause = WAIT_FIRST
+        max_age: float | None = None
+        looked_again = False
+        while True:
+            membership = await self.discovery.members(max_age=max_age)
+            healthy = [m for m in membership.healthy() if only is None or m.instance_id == only]
+            leases = await asyncio.to_thread(self.store.slots) if healthy else []
+            now = self.clock()
+            for member, free in self._free_slots(healthy, leases, now):
+                for index in free:
+                    if await asyncio.to_thread(self.store.take, member.instance_id, index, holder, ttl):
+                        return SlotLease(
+                            instance_id=member.instance_id, index=index, holder=holder, expires=now + ttl
+                        )
+            if not looked_again:
+                looked_again, max_age = True, 0.0
+                continue
+            max_age = WAIT_DISCOVERY_SECONDS
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise await self._full_error(membership, leases, only)
+            await asyncio.sleep(min(left, pause * random.uniform(0.5, 1.5)))  # noqa: S311 - jitter, not secrets
+            pause = min(WAIT_MAX, pause * 2)
+
+    def _free_slots(
+        self, members: list[Member], leases: list[SlotLease], now: float
+    ) -> list[tuple[Member, list[int]]]:
+        """Members with free slots, the least loaded first (ties in random order), each with its free
+        slot indexes in random order (so that racing clients try different ones)."""
+        held: dict[str, set[int]] = {}
+        for lease in leases:
+            if lease.expires >= now and lease.holder:
+                held.setdefault(lease.instance_id, set()).add(lease.index)
+        ranked = []
+        for member in members:
+            free = [i for i in range(self.capacity(member)) if i not in held.get(member.instance_id, set())]
+            if free:
+                random.shuffle(free)
+                ranked.append((member, free))
+        random.shuffle(ranked)
+        ranked.sort(key=lambda pair: -len(pair[1]))
+        return ranked
+
+    async def _full_error(
+        self, membership: Membership, leases: list[SlotLease], only: str | None
+    ) -> RunnerRefusal:
+        healthy = membership.healthy()
+        now = self.clock()
+        live = sum(1 for lease in leases if lease.expires >= now and lease.holder)
+        if only is not None:
+            member = membership.get(only)
+            return FleetFull(
+                "fleet_full",
+                f"the member {only} that holds this session has no free slot after waiting "
+                f"{self.config.fleet_wait_seconds} s (fleet_wait_seconds): other sessions and runs hold all "
+                f"{self.capacity(member) if member else '?'} of its slots; retry later, or start a new "
+                "session, which can go to another member",
+            )
+        if not healthy:
+            return await self._no_member_error(membership)
+        total = sum(self.capacity(m) for m in healthy)
+        return FleetFull(
+            "fleet_full",
+            f"the fleet ({source_name(self.config)}) is full: its {len(healthy)} healthy member(s) have "
+            f"{total} slots and all are held by sessions and runs "
+            f"({live} leases live) after waiting "
+            f"{self.config.fleet_wait_seconds} s (fleet_wait_seconds); raise the group's capacity, "
+            "fleet_slots_per_instance or fleet_wait_seconds, or end idle sessions sooner "
+            "(fleet_session_idle_seconds)",
+        )
+
+    async def _no_member_error(self, membership: Membership | None = None) -> RunnerRefusal:
+        membership = membership or await self.discovery.members(max_age=0)
+        return RunnerRefusal(
+            "unreachable",
+            f"the fleet ({source_name(self.config)}) has no member that can take commands: "
+            f"{membership.summary()}; check the group's desired capacity, the instances' state and their SSM "
+            "agents",
+        )
+
+    # ------------------------------------------------------------------ tasks
+    async def _task_member(self, task_hash: str) -> str:
+        instance_id = self._tasks.get(task_hash) or await asyncio.to_thread(self.store.task, task_hash)
+        if instance_id is None:
+            raise TaskNotFoundError(
+                f"task {task_hash} did not run on this fleet (or its record expired after "
+                f"cleanup_after_hours): check the task hash"
+            )
+        membership = await self.discovery.members()
+        if membership.is_gone(instance_id):
+            membership = await self.discovery.members(max_age=0)
+            if membership.is_gone(instance_id):
+                raise TaskNotFoundError(
+                    f"task {task_hash} ran on {instance_id}, which has left the fleet: its files are gone"
+                )
+        return instance_id
+
+    # ------------------------------------------------------------------ status
+    async def status_parts(self) -> list[StatusPart]:
+        try:
+            membership = await self.discovery.members(max_age=0)
+            leases = await asyncio.to_thread(self.store.slots)
+        except Exception as exc:
+            return [StatusPart(name="fleet", ok=False, message=f"cannot read the fleet's state: {exc}")]
+        now = self.clock()
+        healthy = membership.healthy()
+        members = []
+        for member in membership.members:
+            held = sum(
+                1
+                for lease in leases
+                if lease.instance_id == member.instance_id and lease.expires >= now and lease.holder
+            )
+            members.append(
+                {
+                    "instance_id": member.instance_id,
+                    "healthy": member.healthy,
+                    "state": member.state,
+                    "ping": member.ping,
+                    "lifecycle": member.lifecycle,
+                    "slots": self.capacity(member),
+                    "slots_held": held,
+                }
+            )
+        total = sum(self.capacity(m) for m in healthy)
+        used = sum(m["slots_held"] for m in members if m["healthy"])
+        return [
+            StatusPart(
+                name="fleet",
+                ok=bool(healthy),
+                message=f"{len(healthy)} of {len(membership.members)} member(s) healthy; {used} of {total} "
+                "slots held" + ("" if healthy else f"; no member can take commands: {membership.summary()}"),
+                details={"source": source_name(self.config), "members": members},
+            )
+        ]
+
+    async def aclose(self) -> None:
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        for transport in list(self._members.values()):
+            await transport.aclose()
+
+
+def create_fleet_transport(config: SandboxConfig) -> FleetTransport:
+    return FleetTransport(config)

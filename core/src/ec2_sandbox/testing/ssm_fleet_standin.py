@@ -1,0 +1,215 @@
+"""The SSM stand-in (:mod:`.ssm_standin`) for several instances at once: a fleet on one machine.
+
+On AWS every instance has its own disk; here every command runs on this machine. So each instance gets its
+own directory ("disk") and each command runs in a private mount namespace (``unshare --mount``) where that
+directory is bind-mounted over every path listed in :attr:`FleetStandIn.instance_paths` (the sandbox base
+dir a test uses): a session's files are on the instance that ran it and nowhere else, as on AWS. This needs
+root (CAP_SYS_ADMIN); :func:`usable` says whether it is available.
+
+Beyond the single-instance stand-in, and as strict as the SSM API reference (its published limits are also
+in the service model botocore ships, ``ssm/2014-11-06/service-2.json``):
+
+* ``SendCommand`` reaches up to 50 ``InstanceIds`` ("you can specify up to 50 IDs", SendCommand API
+  reference); more is refused with ``ValidationException``, as the service does for a list longer than its
+  constraint. Each instance gets its own invocation, run by its own agent, on its own disk.
+* ``DescribeInstanceInformation`` pages its answer: ``MaxResults`` must be 5 to 50 (else
+  ``ValidationException``) and a filter holds 1 to 100 values; without ``MaxResults`` a page holds 10 items
+  (AWS does not document its default page size: a small one makes callers that ignore ``NextToken`` fail
+  here rather than at 51 instances in production). Unknown instance ids are left out of the answer, as the
+  single-instance stand-in does (its tests pin that; the API reference's "you receive an error" for them is
+  not applied here, so the fleet code must not rely on either reading).
+
+EC2, Auto Scaling and DynamoDB are moto's own (moto 5.2: instances, groups that launch and replace
+instances, conditional writes), with one correction: moto checks a write's condition and then writes with
+no lock, so under its threaded server two concurrent conditional puts can both succeed. DynamoDB applies a
+conditional write atomically - "conditional writes are helpful in cases where multiple users attempt to
+modify the same item ... if the condition is not met, the write fails" (DynamoDB developer guide,
+"Condition expressions" / "Conditional writes") - so the stand-in makes each write one atomic step.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from moto.core.responses import ActionResult
+from moto.dynamodb.models import DynamoDBBackend
+from moto.ssm.models import SimpleSystemManagerBackend
+from moto.ssm.responses import SimpleSystemManagerResponse
+
+from . import ssm_standin
+from .ssm_standin import STANDIN, Invocation, SSMError
+
+#: SendCommand: "you can specify up to 50 IDs".
+MAX_INSTANCE_IDS = 50
+#: DescribeInstanceInformation: MaxResults 5-50; filter values 1-100; the page size assumed when not given.
+MAX_RESULTS_MIN, MAX_RESULTS_MAX, FILTER_VALUES_MAX, DEFAULT_PAGE = 5, 50, 100, 10
+#: Mounts the (disk, path) pairs that precede "--", then runs the rest; everything is argv, never text.
+MOUNTER = 'while [ "$1" != "--" ]; do mount --bind "$1" "$2" || exit 125; shift 2; done; shift; exec "$@"'
+
+
+@dataclass
+class FleetStandIn:
+    """Per-instance disks. ``root`` holds one directory per instance that has run a command."""
+
+    root: str = ""
+    #: Paths that are each instance's own (bind-mounted from its disk for every command it runs).
+    instance_paths: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def disk(self, instance_id: str, path: str) -> str:
+        """The directory that ``path`` is on ``instance_id``, made on first use with mode 0711: runs drop to
+        per-session uids that must traverse to their work dirs, as under a base dir on an instance."""
+        with self._lock:
+            if not self.root:
+                self.root = tempfile.mkdtemp(prefix="ssm-fleet-disks-")
+                os.chmod(self.root, 0o711)  # noqa: S103 - traversal only, see above
+            where = os.path.join(self.root, instance_id, path.strip("/").replace("/", "_") or "_root")
+            os.makedirs(where, exist_ok=True)
+            os.chmod(os.path.join(self.root, instance_id), 0o711)  # noqa: S103 - traversal only, see above
+            os.chmod(where, 0o711)  # noqa: S103 - traversal only, see above
+            return where
+
+    def reset(self) -> None:
+        with self._lock:
+            if self.root:
+                shutil.rmtree(self.root, ignore_errors=True)
+            self.root = ""
+            self.instance_paths = []
+
+
+FLEET = FleetStandIn()
+_installed = False
+_install_lock = threading.Lock()
+
+
+def usable() -> str | None:
+    """None when per-instance disks work here, else why not."""
+    if os.geteuid() != 0:
+        return "per-instance disks need root (a private mount namespace with bind mounts)"
+    if shutil.which("unshare") is None:
+        return "per-instance disks need unshare (util-linux)"
+    return None
+
+
+def _launch(inv: Invocation, argv: list[str]) -> list[str]:
+    paths = list(FLEET.instance_paths)
+    if not paths:
+        return argv
+    pairs: list[str] = []
+    for path in paths:
+        pairs += [FLEET.disk(inv.instance_id, path), path]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        MOUNTER,
+        "mount",
+        *pairs,
+        "--",
+        *argv,
+    ]
+
+
+_base_send_command = None
+#: Every DynamoDB write of the stand-in, one at a time (the correction above).
+_dynamodb_writes = threading.Lock()
+DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item")
+
+
+def _atomic(method: Any) -> Any:
+    def write(*args: Any, **kwargs: Any) -> Any:
+        with _dynamodb_writes:
+            return method(*args, **kwargs)
+
+    write.__wrapped__ = method  # type: ignore[attr-defined]
+    return write
+
+
+def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -> Any:
+    instance_ids = kwargs.get("instance_ids")
+    if instance_ids is None and len(args) > 3:
+        instance_ids = args[3]
+    if instance_ids and len(instance_ids) > MAX_INSTANCE_IDS:
+        STANDIN.gate("SendCommand")
+        raise SSMError(
+            "ValidationException",
+            f"1 validation error detected: Value at 'instanceIds' failed to satisfy constraint: Member must "
+            f"have length less than or equal to {MAX_INSTANCE_IDS}",
+        )
+    return _base_send_command(self, *args, **kwargs)  # type: ignore[misc]
+
+
+def _resp_describe_instance_information(self: SimpleSystemManagerResponse) -> ActionResult:
+    raw_max = self._get_param("MaxResults")
+    page = DEFAULT_PAGE if raw_max is None else int(raw_max)
+    if not MAX_RESULTS_MIN <= page <= MAX_RESULTS_MAX:
+        STANDIN.gate("DescribeInstanceInformation")
+        raise SSMError(
+            "ValidationException",
+            f"1 validation error detected: Value '{page}' at 'maxResults' failed to satisfy constraint: "
+            f"Member must have value between {MAX_RESULTS_MIN} and {MAX_RESULTS_MAX}",
+        )
+    filters = self._get_param("Filters", []) or []
+    for flt in self._get_param("InstanceInformationFilterList", []) or []:
+        filters.append({"Key": flt.get("key"), "Values": flt.get("valueSet", [])})
+    for flt in filters:
+        values = flt.get("Values") or []
+        if not 1 <= len(values) <= FILTER_VALUES_MAX:
+            STANDIN.gate("DescribeInstanceInformation")
+            raise SSMError(
+                "ValidationException",
+                f"a filter holds 1 to {FILTER_VALUES_MAX} values; {flt.get('Key')} has {len(values)}",
+            )
+    found = self.ssm_backend.describe_instance_information(filters)
+    start = 0
+    token = self._get_param("NextToken")
+    if token:
+        try:
+            start = int(base64.b64decode(token).decode())
+        except ValueError:
+            raise SSMError("InvalidNextToken", "The specified token is not valid.") from None
+    result: dict[str, Any] = {"InstanceInformationList": found[start : start + page]}
+    if start + page < len(found):
+        result["NextToken"] = base64.b64encode(str(start + page).encode()).decode()
+    return ActionResult(result)
+
+
+def install() -> FleetStandIn:
+    """Install the single-instance stand-in, then the fleet's additions (idempotent)."""
+    global _installed, _base_send_command
+    ssm_standin.install()
+    with _install_lock:
+        if not _installed:
+            _base_send_command = SimpleSystemManagerBackend.send_command
+            SimpleSystemManagerBackend.send_command = _send_command  # type: ignore[method-assign]
+            SimpleSystemManagerResponse.describe_instance_information = _resp_describe_instance_information  # type: ignore[attr-defined]
+            ssm_standin._clear_method_cache()
+            STANDIN.launcher = _launch
+            for name in DYNAMODB_WRITES:
+                if hasattr(DynamoDBBackend, name):
+                    setattr(DynamoDBBackend, name, _atomic(getattr(DynamoDBBackend, name)))
+            _installed = True
+    return FLEET
+
+
+@contextlib.contextmanager
+def serve(port: int = 0) -> Iterator[ssm_standin.Server]:
+    """A stand-in server with the fleet additions; per-instance disks are removed when it stops."""
+    install()
+    with ssm_standin.serve(port) as server:
+        try:
+            yield server
+        finally:
+            FLEET.reset()
