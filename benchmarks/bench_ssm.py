@@ -1,13 +1,17 @@
-"""Latency of one short run over the ssm transport, against a baseline that polls like the original tool.
+"""One short run over the ssm transport against the original tool's scheme, and SSM calls per run.
 
-The SSM stand-in (moto, commands really executed here) runs as its own process, like a remote service, and
-adds a fixed delivery latency L to every command, as the real service does between SendCommand and the agent
-starting the script. Target: the median wall time of ``execute_code("print(1)")`` is at most L + 150 ms.
-The baseline, measured in the same run, works like the original tool: two commands per run (write the code,
-then run it), each waited for with a fixed 2 s waiter. SSM API calls are counted as the HTTP requests the
-client sends (retries included).
+The SSM stand-in (moto, commands really executed here, five at a time like the agent's workers) runs as its
+own process, like a remote service, and adds a delivery latency L to every command, as the real service does
+between SendCommand and the agent starting the script. Measured in the same run:
 
-    uv run python benchmarks/bench_ssm.py [--runs 20] [--latency 0.2] [--baseline-runs 3]
+* ``execute_code("print(1)")`` (target: median <= L + 150 ms);
+* the baseline, which works like the original tool: two commands per run (write the code, then run it),
+  each waited for with a fixed 2 s waiter. Subject and baseline alternate run by run, as often each;
+* the API calls of a 1 s run and of a 60 s run (targets <= 8 and <= 25), and of every run above.
+
+Every count comes from the stand-in's own call log (each request it served, retries included).
+
+    uv run python benchmarks/bench_ssm.py [--runs 15] [--latency 0.2] [--long-runs 1]
 
 Nothing leaves 127.0.0.1: fake credentials, every client pointed at the local server.
 """
@@ -16,159 +20,145 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shlex
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
-FAKE_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-REGION = "us-east-1"
+from _common import REGION, CallLog, StandIn, ratio, ssm_standin, summary
+
 CODE = "print(1)"
 
 
-class CallCounter:
-    """Counts the requests a botocore client sends (each retry too)."""
-
-    def __init__(self, client) -> None:
-        self.count = 0
-        client.meta.events.register("before-send.ssm", self._seen)
-
-    def _seen(self, **kwargs) -> None:
-        self.count += 1
+def calls_text(counts: list[Counter[str]]) -> str:
+    totals = [sum(c.values()) for c in counts]
+    ops: Counter[str] = Counter()
+    for c in counts:
+        ops.update(c)
+    by_op = ", ".join(f"{op} {n / len(counts):.1f}" for op, n in sorted(ops.items()))
+    return f"median {statistics.median(totals):.0f} (min {min(totals)}, max {max(totals)}; per run: {by_op})"
 
 
-async def measure_transport(
-    instance_id: str, base: str, runs: int, isolation: str
-) -> tuple[list[float], list[int]]:
-    from ec2_sandbox import AsyncSandbox, SandboxConfig
-
-    config = SandboxConfig(
-        transport="ssm", instance_id=instance_id, region=REGION, base_sandbox_dir=base, isolation=isolation
-    )
-    times: list[float] = []
-    calls: list[int] = []
-    async with AsyncSandbox(config) as sandbox:
-        counter = CallCounter(sandbox.transport.client("ssm"))
-        for _ in range(2):  # warm up: session, clients, connection pool, disk cache
-            await sandbox.execute_code(CODE)
-        for _ in range(runs):
-            before = counter.count
-            started = time.perf_counter()
-            result = await sandbox.execute_code(CODE)
-            times.append(time.perf_counter() - started)
-            calls.append(counter.count - before)
-            if not (result.success and result.stdout == "1\n"):
-                raise SystemExit(f"run failed: {result}")
-    return times, calls
-
-
-def measure_baseline(instance_id: str, base: str, runs: int) -> tuple[list[float], list[int]]:
+class Baseline:
     """Like the original: write the code with one command, run it with a second, a fixed 2 s waiter each."""
-    import boto3
 
-    ssm = boto3.client("ssm", region_name=REGION)
-    counter = CallCounter(ssm)
-    workdir = tempfile.mkdtemp(dir=base)
+    def __init__(self, instance_id: str, base: str) -> None:
+        import boto3
 
-    def command(script: str) -> dict:
-        cid = ssm.send_command(
-            InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", Parameters={"commands": [script]}
+        self.ssm = boto3.client("ssm", region_name=REGION)
+        self.instance_id = instance_id
+        self.workdir = tempfile.mkdtemp(dir=base)
+
+    def command(self, script: str) -> dict:
+        cid = self.ssm.send_command(
+            InstanceIds=[self.instance_id],
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": [script]},
         )["Command"]["CommandId"]
         while True:
             time.sleep(2.0)  # the fixed waiter
             try:
-                inv = ssm.get_command_invocation(CommandId=cid, InstanceId=instance_id)
-            except ssm.exceptions.InvocationDoesNotExist:
+                inv = self.ssm.get_command_invocation(CommandId=cid, InstanceId=self.instance_id)
+            except self.ssm.exceptions.InvocationDoesNotExist:
                 continue
             if inv["Status"] not in ("Pending", "InProgress", "Delayed"):
                 return inv
 
-    times: list[float] = []
-    calls: list[int] = []
-    path = os.path.join(workdir, "main.py")
-    for _ in range(runs):
-        before = counter.count
-        started = time.perf_counter()
-        command(
-            f"mkdir -p {shlex.quote(workdir)} && printf '%s\\n' {shlex.quote(CODE)} > {shlex.quote(path)}"
-        )
-        inv = command(f"cd {shlex.quote(workdir)} && python3 main.py")
-        times.append(time.perf_counter() - started)
-        calls.append(counter.count - before)
+    def once(self) -> None:
+        path = os.path.join(self.workdir, "main.py")
+        q = shlex.quote
+        self.command(f"mkdir -p {q(self.workdir)} && printf '%s\\n' {q(CODE)} > {q(path)}")
+        inv = self.command(f"cd {q(self.workdir)} && python3 main.py")
         if inv["StandardOutputContent"] != "1\n":
             raise SystemExit(f"baseline run failed: {inv}")
-    return times, calls
+
+
+async def timed(log: CallLog, run) -> tuple[float, Counter[str]]:  # type: ignore[no-untyped-def]
+    mark = log.mark()
+    started = time.perf_counter()
+    await run()
+    elapsed = time.perf_counter() - started
+    return elapsed, log.since(mark)
+
+
+async def measure(standin: StandIn, args: argparse.Namespace) -> int:
+    from ec2_sandbox import AsyncSandbox, SandboxConfig
+
+    config = SandboxConfig(
+        transport="ssm",
+        instance_id=standin.instance_id,
+        region=REGION,
+        base_sandbox_dir=standin.base,
+        isolation=args.isolation,
+    )
+    baseline = Baseline(standin.instance_id, standin.base)
+    samples: dict[str, list[float]] = {"ssm": [], "baseline": []}
+    counts: dict[str, list[Counter[str]]] = {"ssm": [], "baseline": []}
+    async with AsyncSandbox(config) as sandbox:
+
+        async def subject(code: str = CODE, expect: str = "1\n") -> None:
+            result = await sandbox.execute_code(code, timeout=120)
+            if not (result.success and result.stdout == expect):
+                raise SystemExit(f"run failed: {result}")
+
+        for _ in range(2):  # warm up both: session, clients, connection pools, the runner cached there
+            await subject()
+        await asyncio.to_thread(baseline.once)
+        for i in range(args.runs):
+            order = ("ssm", "baseline") if i % 2 == 0 else ("baseline", "ssm")
+            for side in order:
+                run = subject if side == "ssm" else (lambda: asyncio.to_thread(baseline.once))
+                elapsed, seen = await timed(standin.log, run)
+                samples[side].append(elapsed)
+                counts[side].append(seen)
+        long_counts: dict[str, list[Counter[str]]] = {"1 s": [], "60 s": []}
+        long_times: dict[str, list[float]] = {"1 s": [], "60 s": []}
+        for label, seconds, n in (("1 s", 1, args.short_runs), ("60 s", 60, args.long_runs)):
+            code = f"import time\ntime.sleep({seconds})\nprint(1)"
+            for _ in range(n):
+                elapsed, seen = await timed(standin.log, lambda code=code: subject(code))
+                long_times[label].append(elapsed)
+                long_counts[label].append(seen)
+
+    L = args.latency
+    target = L + 0.150
+    print(f"SSM stand-in, delivery latency L = {L * 1000:.0f} ms, isolation {args.isolation}")
+    print(f"ssm transport, print(1)      {summary(samples['ssm'])}")
+    print(f"  API calls per run          {calls_text(counts['ssm'])}")
+    print(f"baseline (2 commands, 2 s)   {summary(samples['baseline'])}")
+    print(f"  API calls per run          {calls_text(counts['baseline'])}")
+    print(f"  (alternating, {args.runs} runs each)")
+    print(f"ratio baseline / ssm         {ratio(samples['baseline'], samples['ssm']):.1f}x faster")
+    ok = statistics.median(samples["ssm"]) <= target
+    print(f"target print(1) median <= L + 150 ms = {target * 1000:.0f} ms: {'PASS' if ok else 'FAIL'}")
+    for label, limit in (("1 s", 8), ("60 s", 25)):
+        if not long_counts[label]:
+            continue
+        totals = [sum(c.values()) for c in long_counts[label]]
+        passed = statistics.median(totals) <= limit
+        ok = ok and passed
+        print(f"{label:>4} run: {summary(long_times[label], 1.0, 's')}")
+        print(f"  API calls per run          {calls_text(long_counts[label])}")
+        print(f"  target <= {limit}: {'PASS' if passed else 'FAIL'}")
+    return 0 if ok else 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--baseline-runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=15, help="print(1) runs, each side")
+    parser.add_argument("--short-runs", type=int, default=5, help="1 s runs counted")
+    parser.add_argument("--long-runs", type=int, default=1, help="60 s runs counted (0: none)")
     parser.add_argument("--latency", type=float, default=0.2, help="delivery latency L in seconds")
+    parser.add_argument("--jitter", type=float, default=0.0, help="extra delivery latency, at random")
     parser.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "none"])
     args = parser.parse_args()
-
-    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION"):
-        os.environ.pop(key, None)
-    os.environ.update(FAKE_ENV)
-    base = tempfile.mkdtemp(prefix="ec2sb-bench-", dir="/tmp")
-    os.chmod(base, 0o711)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ec2_sandbox.testing.ssm_standin",
-            "--delivery-latency",
-            str(args.latency),
-            "--create-instance",
-            REGION,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        ready = json.loads(server.stdout.readline())
-        os.environ["AWS_ENDPOINT_URL"] = ready["url"]
-        instance_id = ready["instance_id"]
-        times, calls = asyncio.run(measure_transport(instance_id, base, args.runs, args.isolation))
-        base_times, base_calls = measure_baseline(instance_id, base, args.baseline_runs)
-    finally:
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(base, ignore_errors=True)
-
-    median = statistics.median(times)
-    base_median = statistics.median(base_times)
-    target = args.latency + 0.150
-    print(f"delivery latency L             {args.latency * 1000:.0f} ms")
-    print(
-        f"ssm transport, print(1)        median {median * 1000:.0f} ms, "
-        f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms over {len(times)} runs "
-        f"(isolation {args.isolation})"
-    )
-    print(
-        f"  SSM API calls per run        {statistics.median(calls):.0f} (min {min(calls)}, max {max(calls)})"
-    )
-    print(f"baseline (2 commands, 2 s waiter) median {base_median * 1000:.0f} ms over {len(base_times)} runs")
-    print(f"  SSM API calls per run        {statistics.median(base_calls):.0f}")
-    print(f"speed-up                       {base_median / median:.1f}x")
-    verdict = "PASS" if median <= target else "FAIL"
-    print(f"target median <= L + 150 ms = {target * 1000:.0f} ms: {verdict}")
-    return 0 if verdict == "PASS" else 1
+    with ssm_standin(args.latency, args.jitter) as standin:
+        return asyncio.run(measure(standin, args))
 
 
 if __name__ == "__main__":

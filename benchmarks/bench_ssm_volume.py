@@ -14,23 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-FAKE_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+from _common import CallLog, ssm_standin
+
 MAKE = {
     "random": "import os\nopen('data.bin', 'wb').write(os.urandom({n}))",
     "text": (
@@ -42,12 +32,7 @@ MAKE = {
 }
 
 
-def calls(log: str) -> int:
-    with open(log, encoding="utf-8") as fh:
-        return sum(1 for _ in fh)
-
-
-async def measure(instance_id: str, base: str, sizes: list[int], repeat: int, log: str) -> list[str]:
+async def measure(instance_id: str, base: str, sizes: list[int], repeat: int, log: CallLog) -> list[str]:
     from ec2_sandbox import AsyncSandbox, SandboxConfig
 
     config = SandboxConfig(
@@ -67,11 +52,11 @@ async def measure(instance_id: str, base: str, sizes: list[int], repeat: int, lo
                 assert made.success, made
                 times, counts = [], []
                 for _ in range(repeat):
-                    before = calls(log)
+                    before = log.mark()
                     started = time.perf_counter()
                     data = await sandbox.get_task_files(made.task_hash, "data.bin")
                     times.append(time.perf_counter() - started)
-                    counts.append(calls(log) - before)
+                    counts.append(sum(log.since(before).values()))
                     assert len(data) >= n
                 lines.append(
                     f"read {mb:>3} MB {kind:<6}  median {statistics.median(times):6.2f} s "
@@ -83,13 +68,13 @@ async def measure(instance_id: str, base: str, sizes: list[int], repeat: int, lo
         blob = os.urandom(1_000_000)
         times, counts = [], []
         for _ in range(repeat):
-            before = calls(log)
+            before = log.mark()
             started = time.perf_counter()
             sent = await sandbox.execute_code(
                 "print(len(open('in.bin','rb').read()))", files={"in.bin": blob}
             )
             times.append(time.perf_counter() - started)
-            counts.append(calls(log) - before)
+            counts.append(sum(log.since(before).values()))
             assert sent.stdout.strip() == "1000000", sent
         lines.append(
             f"send   1 MB random  median {statistics.median(times):6.2f} s (min {min(times):.2f}, "
@@ -107,39 +92,10 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,10", help="MB to read back, comma-separated")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION"):
-        os.environ.pop(key, None)
-    os.environ.update(FAKE_ENV)
-    base = tempfile.mkdtemp(prefix="ec2sb-bench-", dir="/tmp")
-    os.chmod(base, 0o711)
-    log = os.path.join(base, "calls.log")
-    open(log, "w").close()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ec2_sandbox.testing.ssm_standin",
-            "--delivery-latency",
-            str(args.latency),
-            "--call-log",
-            log,
-            "--create-instance",
-            "us-east-1",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        ready = json.loads(server.stdout.readline())
-        os.environ["AWS_ENDPOINT_URL"] = ready["url"]
+    with ssm_standin(args.latency) as standin:
         print(f"delivery latency L = {args.latency * 1000:.0f} ms")
-        asyncio.run(
-            measure(ready["instance_id"], base, [int(s) for s in args.sizes.split(",")], args.repeat, log)
-        )
-    finally:
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(base, ignore_errors=True)
+        sizes = [int(size) for size in args.sizes.split(",")]
+        asyncio.run(measure(standin.instance_id, standin.base, sizes, args.repeat, standin.log))
     return 0
 
 

@@ -98,6 +98,12 @@ def quick(config: SandboxConfig, **options: float) -> SsmTransport:
     return SsmTransport(config, poll_first=0.02, poll_factor=1.3, poll_max=0.2, **options)  # type: ignore[arg-type]
 
 
+def large_files_sandbox(instance: str, base: str) -> AsyncSandbox:
+    """A sandbox that reads back files of up to 20 MB, polling quickly."""
+    config = config_for(instance, base, max_file_size_mb=20)
+    return AsyncSandbox(config, transport=quick(config))
+
+
 def assert_the_command_was_cancelled(standin: ssm_standin.StandIn) -> None:
     """One CancelCommand, and the only command ended Cancelled: a running one ends only once its process is
     gone, hence the wait."""
@@ -132,6 +138,25 @@ async def test_print_is_one_command_and_few_calls(
     assert result.success and result.stdout == "1\n" and result.transport == "ssm"
     assert standin.calls["SendCommand"] == 1
     assert standin.calls["GetCommandInvocation"] <= 3
+
+
+async def test_commands_faster_than_the_first_poll_do_not_reset_the_poll_schedule(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    """A command already finished at its first poll says only that it took less than that: the estimate of
+    when commands finish steps down, not to zero, so slower commands later are still caught in few polls."""
+    transport = SsmTransport(config_for(instance_id, tmp_base_dir))
+    deadline = time.monotonic() + 60
+    standin.delivery_latency = 0.4
+    for _ in range(4):
+        await transport._run(["true"], deadline)
+    standin.delivery_latency = 0.0
+    for _ in range(4):  # each finished before its first poll
+        await transport._run(["true"], deadline)
+    standin.delivery_latency = 0.4
+    before = standin.calls["GetCommandInvocation"]
+    await transport._run(["true"], deadline)
+    assert standin.calls["GetCommandInvocation"] - before <= 4
 
 
 async def test_runner_is_cached_on_the_instance_and_resent_when_gone(
@@ -187,8 +212,7 @@ async def test_5mb_of_stdout_comes_back_byte_exact(
     )
     expected = b"".join(hashlib.sha256(str(i).encode()).hexdigest().encode() + b"\n" for i in range(80000))
     assert len(expected) == 5_200_000
-    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20)
-    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+    async with large_files_sandbox(instance_id, tmp_base_dir) as sandbox:
         result = await sandbox.execute_code(code)
         assert result.success and result.stdout_truncated and result.stdout_bytes == len(expected)
         assert result.stdout.startswith(expected[:1000].decode())
@@ -217,8 +241,7 @@ async def test_pages_read_in_parallel_reassemble_under_reordering_and_throttling
         "open('log.txt', 'w').write(''.join(f'{i:08d} line of a log that compresses well\\n' "
         "for i in range(30000)))\n"
     )
-    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20)
-    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+    async with large_files_sandbox(instance_id, tmp_base_dir) as sandbox:
         result = await sandbox.execute_code(code)
         assert result.success, result
         standin.delivery_jitter = 0.3
@@ -235,12 +258,10 @@ async def test_pages_read_in_parallel_reassemble_under_reordering_and_throttling
 async def test_compression_carries_more_and_never_grows_incompressible_pages(
     standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
 ) -> None:
-    code = (
-        "import os\nopen('random.bin', 'wb').write(os.urandom(400000))\n"
-        "open('text.txt', 'w').write(''.join(f'{i:09d}\\n' for i in range(200000)))\n"
-    )
-    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20)
-    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+    make_random = "open('random.bin', 'wb').write(os.urandom(400000))"
+    make_text = "open('text.txt', 'w').write(''.join(f'{i:09d}\\n' for i in range(200000)))"
+    code = "\n".join(["import os", make_random, make_text])
+    async with large_files_sandbox(instance_id, tmp_base_dir) as sandbox:
         result = await sandbox.execute_code(code)
         before = set(standin.invocations)
         random_data = await sandbox.get_task_files(result.task_hash, "random.bin")

@@ -34,8 +34,31 @@ def runner_sha256() -> str:
     return hashlib.sha256(runner_source()).hexdigest()
 
 
+class Base64Text(str):
+    """Base64 text that remembers the bytes it encodes: an in-process transport takes those as they are."""
+
+    raw: bytes
+
+
 def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    text = Base64Text(base64.b64encode(data).decode("ascii"))
+    text.raw = bytes(data)
+    return text
+
+
+def _in_process(req: dict[str, Any]) -> dict[str, Any]:
+    """The request for a runner in this process: file contents as bytes, read pages asked for as bytes."""
+    direct = dict(req)
+    if req.get("files"):
+        direct["files"] = [
+            {"path": entry["path"], "raw": entry["b64"].raw}
+            if isinstance(entry.get("b64"), Base64Text)
+            else entry
+            for entry in req["files"]
+        ]
+    if req.get("op") == "read":
+        direct["raw"] = True
+    return direct
 
 
 def request(op: str, base_dir: str | None, **fields: Any) -> dict[str, Any]:
@@ -61,6 +84,10 @@ async def call(
 ) -> dict[str, Any]:
     """Send one request and return the runner's ``result``; runner refusals become exceptions."""
     log.debug("runner %s via %s: %s", req["op"], transport.name, _redacted(req))
+    direct = getattr(transport, "call_in_process", None)
+    if direct is not None and getattr(transport, "in_process", False):
+        envelope = await direct(_in_process(req), timeout=timeout, on_event=on_event)
+        return _result(envelope, req)
     payload = json.dumps(req, separators=(",", ":")).encode("utf-8")
     envelope: dict[str, Any] | None = None
 
@@ -85,6 +112,11 @@ async def call(
         raise TransportError(
             f"the runner on {transport.target} returned no result (exit status {out.exit_status}): {detail}"
         )
+    return _result(envelope, req)
+
+
+def _result(envelope: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+    """The envelope's ``result``; a runner refusal becomes an exception."""
     if not envelope.get("ok"):
         error = envelope.get("error") or {}
         kind, message = error.get("kind"), error.get("message", "unknown error")
@@ -112,6 +144,8 @@ MAX_PAGE_BYTES = 64 << 20
 def page_data(page: dict[str, Any]) -> bytes:
     """The bytes of one ``read`` page: ``b64``, or ``z`` (zlib, then base64) of ``zlen`` bytes where the
     transport packed compressible data to carry more of it per call."""
+    if isinstance(page.get("raw"), bytes):  # from a runner in this process
+        return page["raw"]
     if "z" not in page:
         return base64.b64decode(page["b64"])
     length = int(page["zlen"])

@@ -1626,7 +1626,8 @@ def run_task(req, emit):
     try:
         before = snapshot_files(ws.workdir)
         for entry in req.get("files") or []:
-            write_file_in(ws.workdir, entry["path"], base64.b64decode(entry["b64"]), ws.owner)
+            data = entry["raw"] if isinstance(entry.get("raw"), bytes) else base64.b64decode(entry["b64"])
+            write_file_in(ws.workdir, entry["path"], data, ws.owner)  # raw: from an in-process caller only
         source_path = write_record(ws, req["runtime"], base64.b64decode(req["code_b64"]))
         plan = plan_run(req, ws, source_path)
         result = execute(req, emit, ws, plan)
@@ -2967,12 +2968,12 @@ def read_file(req):
     finally:
         os.close(fd)
     data = b"".join(chunks)
-    return {
-        "path": name,
-        "size": size,
-        "offset": offset,
-        "b64": base64.b64encode(data).decode("ascii"),
-    }
+    page = {"path": name, "size": size, "offset": offset}
+    if req.get("raw") is True:  # an in-process caller takes the bytes as they are
+        page["raw"] = data
+    else:
+        page["b64"] = base64.b64encode(data).decode("ascii")
+    return page
 
 
 WORKDIR_KINDS = (

@@ -13,8 +13,9 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import Any, Literal
 
 from .. import runner
 from ..schema import StatusPart
@@ -31,10 +32,59 @@ class LocalTransport(Transport):
     def __init__(self, mode: Literal["inprocess", "subprocess"] = "inprocess") -> None:
         self.mode = mode
         self.supports_warm_start = mode == "inprocess"
+        if mode == "inprocess":  # pages pass as bytes, not in a line of JSON: fewer, larger ones
+            self.read_page_bytes = 32 << 20
 
     @property
     def target(self) -> str:
         return "local"
+
+    @property
+    def in_process(self) -> bool:
+        """Whether requests may go to :meth:`call_in_process` (no JSON, bytes as they are)."""
+        return self.mode == "inprocess"
+
+    async def call_in_process(
+        self, req: dict[str, Any], *, timeout: float, on_event: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Serve one request with the runner in this process and return its envelope.
+
+        File contents (``raw`` in ``files``, a read page's ``raw``) pass as bytes; the rest of the envelope
+        takes the same JSON round trip as over a channel, so callers see the same types either way.
+        """
+        loop = asyncio.get_running_loop()
+        abandoned = threading.Event()
+
+        def emit(event: dict) -> None:
+            if on_event is None or abandoned.is_set():
+                return
+            try:
+                loop.call_soon_threadsafe(on_event, event)
+            except RuntimeError:  # the loop closed between the check and the call
+                abandoned.set()
+
+        def work() -> dict[str, Any]:
+            envelope = runner.handle(req, emit)
+            result = envelope.get("result")
+            raw = result.pop("raw", None) if isinstance(result, dict) else None
+            line = runner.fit_envelope(envelope, req.get("max_envelope_chars"))
+            plain = json.loads(line)["envelope"]
+            if raw is not None:
+                plain["result"]["raw"] = raw
+            return plain
+
+        return await self._in_pool(loop, work, req, timeout, abandoned)
+
+    async def _in_pool(self, loop, work, req, timeout, abandoned):  # type: ignore[no-untyped-def]
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(_POOL, work), timeout)
+        except BaseException:
+            # Cancelled or out of time: the worker thread cannot be interrupted, but its program can.
+            abandoned.set()
+            task_hash = req.get("task_hash") if isinstance(req, dict) else None
+            if task_hash:
+                runner.cancel_run(task_hash)
+            raise
 
     async def exec_runner(
         self, payload: bytes, *, timeout: float, on_stdout_line: LineCallback | None = None
@@ -60,15 +110,7 @@ class LocalTransport(Transport):
         def work() -> bytes:
             return runner.respond(req, emit).encode() + b"\n"
 
-        try:
-            stdout = await asyncio.wait_for(loop.run_in_executor(_POOL, work), timeout)
-        except BaseException:
-            # Cancelled or out of time: the worker thread cannot be interrupted, but its program can.
-            abandoned.set()
-            task_hash = req.get("task_hash") if isinstance(req, dict) else None
-            if task_hash:
-                runner.cancel_run(task_hash)
-            raise
+        stdout = await self._in_pool(loop, work, req, timeout, abandoned)
         return RunnerOutput(0, stdout, b"")
 
     async def _subprocess(

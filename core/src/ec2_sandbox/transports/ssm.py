@@ -628,8 +628,13 @@ class SsmTransport(Transport):
             if status not in RUNNING:
                 if status in ("Success", "Failed"):
                     # The command ended between the last poll that saw it running and this one: keep the
-                    # earlier bound, so the estimate can move down as well as up.
-                    self._durations.append(last_running - sent)
+                    # earlier bound, so the estimate can move down as well as up. When no poll saw it
+                    # running, that bound is the send itself (0 s), which would make every later command
+                    # start polling at once: the estimate then steps down by one dense step instead.
+                    if last_running > sent:
+                        self._durations.append(last_running - sent)
+                    else:
+                        self._durations.append(max(0.0, asked - sent - DENSE_STEP))
                 return inv
             last_running = asked
             started = started or _started(inv)

@@ -1,0 +1,101 @@
+"""Uid set-up after many past runs vs the first run, with the runner's own ``UidPool`` on a temp base dir.
+
+    uv run python benchmarks/bench_uid_pool.py [--past 100000] [--runs 200]
+
+One base dir is aged by ``--past`` real claims, one per session-less task, never released (no cleanup in
+between: past the range's 65,535 uids every claim recycles the uid a finished task held longest). Then,
+alternating run by run and as often each, it times a claim on the aged pool (run ``past + 1``, ``past + 2``,
+...) against the first claim on a new base dir (a fresh one per sample, so every sample is a first run;
+its directories are made beforehand by a claim released at once, so that both sides time the claim alone).
+Prints medians, spread and the ratio (target: aged <= 1.2x first).
+
+Needs root (uids are handed out by a root runner only). The claims that keep other base dirs off a uid
+live in a temp dir of their own for this process (``runner.UID_CLAIMS_DIR``), so the benchmark takes no
+uid from anything else on the machine. The past tasks have no work dirs: recycling one retires nothing
+but its pool files, which is the part whose cost could grow with history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+
+from _common import ratio, summary
+
+from ec2_sandbox import runner
+
+FIRST, COUNT = runner.SANDBOX_UID_RANGE
+
+
+def new_base(top: str) -> str:
+    base = tempfile.mkdtemp(dir=top)
+    for sub in (runner.RUNS, runner.TASKS, runner.LOCKS):
+        os.makedirs(os.path.join(base, sub))
+    os.chmod(base, 0o711)
+    return base
+
+
+def fresh_pool(top: str) -> runner.UidPool:
+    """A pool with no past runs, its directories made (by a claim released at once)."""
+    # A range of its own: the aged pool's base dir holds every claim of the runner's range.
+    pool = runner.UidPool(new_base(top), FIRST + COUNT, COUNT)
+    key = "task:" + secrets.token_hex(16)
+    pool.acquire(key)
+    pool.release([key])
+    assert pool.table() == {}
+    return pool
+
+
+def claim(pool: runner.UidPool) -> tuple[float, str]:
+    key = "task:" + secrets.token_hex(16)
+    started = time.perf_counter()
+    pool.acquire(key)
+    return time.perf_counter() - started, key
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--past", type=int, default=100_000, help="claims made before measuring")
+    parser.add_argument("--runs", type=int, default=200, help="samples, each side")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_uid_pool: needs root (uids are handed out by a root runner only)")
+        return 1
+    top = tempfile.mkdtemp(prefix="ec2sb-bench-uids-", dir="/tmp")
+    os.chmod(top, 0o711)
+    runner.UID_CLAIMS_DIR = os.path.join(top, "uid-claims")
+    try:
+        aged = runner.UidPool(new_base(top), FIRST, COUNT)
+        started = time.perf_counter()
+        for _ in range(args.past):
+            aged.acquire("task:" + secrets.token_hex(16))
+        print(f"aged the pool with {args.past} claims in {time.perf_counter() - started:.1f} s")
+        samples: dict[str, list[float]] = {"aged": [], "first": []}
+        for i in range(args.runs):
+            for side in ("aged", "first") if i % 2 == 0 else ("first", "aged"):
+                pool = aged if side == "aged" else fresh_pool(top)
+                elapsed, key = claim(pool)
+                samples[side].append(elapsed)
+                if pool is not aged:  # gone, with its claim, so that the next first run starts alike
+                    pool.release([key])
+                    shutil.rmtree(pool.base)
+        print(f"uid claim after {args.past} past runs : {summary(samples['aged'])}")
+        print(f"uid claim, the first run            : {summary(samples['first'])}")
+        print(f"  (alternating, {args.runs} runs each)")
+        r = ratio(samples["aged"], samples["first"])
+        print(f"ratio aged / first: {r:.2f}x (target <= 1.2x) {'OK' if r <= 1.2 else 'ABOVE TARGET'}")
+        print(f"files in the aged pool: {len(os.listdir(aged.dir))}")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
