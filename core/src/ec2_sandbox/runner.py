@@ -23,6 +23,7 @@ import json
 import os
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -1925,6 +1926,7 @@ class ColdRun(object):
 
     def __init__(self, plan, preexec, out_fd, err_fd, cg_dir):
         self.cg_dir = cg_dir
+        self.uid = plan.uid if plan.uid is not None else os.geteuid()
         self.exact_status = not plan.bwrap
         # Whether the usage counts measure the program: not when bubblewrap's pid 1 goes unreaped, nor when
         # the fork's copy of a large runner (the in-process transport's host) set the peak before exec.
@@ -1983,6 +1985,10 @@ class ColdRun(object):
         cpu, maxrss = usage.ru_utime + usage.ru_stime, usage.ru_maxrss
         self.said = self._read_info()
         pid1 = sandbox_pid1(self.said)
+        if pid1 is not None and not SUBREAPER:
+            # Not ours to reap: wait until it is gone (the kernel kills it with the monitor), so that nothing
+            # of the run is left when its result is.
+            await_exit(pid1, self.uid)
         if pid1 is not None and SUBREAPER:
             # bubblewrap's monitor exits without reaping the sandbox's pid 1, whose usage (its own and the
             # program's, which it reaped) would be lost; as a subreaper, the runner reaps it instead.
@@ -2218,6 +2224,21 @@ def watch(handle, started, timeout, task_hash, budget):
         handle,
         budget.exceeded,
     )
+
+
+def await_exit(pid, uid, limit=10.0):
+    """Wait (a bounded while) until ``pid`` has exited, if it is still a bubblewrap of ``uid``."""
+    if not hasattr(os, "pidfd_open"):
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone already
+    try:
+        if process_comm(pid) == b"bwrap" and zombie_uid(str(pid)) == uid:
+            select.select([pidfd], [], [], limit)
+    finally:
+        os.close(pidfd)
 
 
 def own_rss_kb():
