@@ -107,8 +107,10 @@ async def test_download_streams_a_large_file_page_by_page(tmp_base_dir: str, tmp
 
     from ec2_sandbox.transports.local import LocalTransport
 
-    channel = LocalTransport()
-    channel.max_output_chars = 200_000  # a capped channel, like SSM's: pages must fit it
+    # A runner in a process of its own, behind a capped channel like SSM's: pages must fit it (a runner in
+    # this process hands pages over as bytes, with no channel to fit).
+    channel = LocalTransport(mode="subprocess")
+    channel.max_output_chars = 200_000
     async with AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir), transport=channel) as sandbox:
         code = "import os\nopen('big.bin','wb').write(os.urandom(3 * 1024 * 1024 + 7))"
         result = await sandbox.execute_code(code)

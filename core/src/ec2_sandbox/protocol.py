@@ -34,31 +34,29 @@ def runner_sha256() -> str:
     return hashlib.sha256(runner_source()).hexdigest()
 
 
-class Base64Text(str):
-    """Base64 text that remembers the bytes it encodes: an in-process transport takes those as they are."""
-
-    raw: bytes
-
-
 def b64(data: bytes) -> str:
-    text = Base64Text(base64.b64encode(data).decode("ascii"))
-    text.raw = bytes(data)
-    return text
+    return base64.b64encode(data).decode("ascii")
 
 
-def _in_process(req: dict[str, Any]) -> dict[str, Any]:
-    """The request for a runner in this process: file contents as bytes, read pages asked for as bytes."""
-    direct = dict(req)
+def _on_the_wire(req: dict[str, Any], in_process: bool) -> dict[str, Any]:
+    """The request as the runner takes it. Input files travel as bytes (``data``) up to here: a runner in
+    this process takes them as they are (``raw``), any other gets base64 in JSON; a runner in this process
+    is also asked for read pages as bytes."""
+    if not req.get("files") and not (in_process and req.get("op") == "read"):
+        return req
+    wire = dict(req)
     if req.get("files"):
-        direct["files"] = [
-            {"path": entry["path"], "raw": entry["b64"].raw}
-            if isinstance(entry.get("b64"), Base64Text)
-            else entry
+        wire["files"] = [
+            entry
+            if "data" not in entry
+            else {"path": entry["path"], "raw": entry["data"]}
+            if in_process
+            else {"path": entry["path"], "b64": b64(entry["data"])}
             for entry in req["files"]
         ]
-    if req.get("op") == "read":
-        direct["raw"] = True
-    return direct
+    if in_process and req.get("op") == "read":
+        wire["raw"] = True
+    return wire
 
 
 def request(op: str, base_dir: str | None, **fields: Any) -> dict[str, Any]:
@@ -86,9 +84,9 @@ async def call(
     log.debug("runner %s via %s: %s", req["op"], transport.name, _redacted(req))
     direct = getattr(transport, "call_in_process", None)
     if direct is not None and getattr(transport, "in_process", False):
-        envelope = await direct(_in_process(req), timeout=timeout, on_event=on_event)
+        envelope = await direct(_on_the_wire(req, True), timeout=timeout, on_event=on_event)
         return _result(envelope, req)
-    payload = json.dumps(req, separators=(",", ":")).encode("utf-8")
+    payload = json.dumps(_on_the_wire(req, False), separators=(",", ":")).encode("utf-8")
     envelope: dict[str, Any] | None = None
 
     def on_line(line: bytes) -> None:

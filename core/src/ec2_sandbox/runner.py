@@ -1299,7 +1299,8 @@ def kill_uid(uid):
 
 
 def uid_has_processes(uid):
-    """Whether any process on the machine runs with ``uid`` as its real, effective or saved uid."""
+    """Whether any live process on the machine runs with ``uid`` as its real, effective or saved uid (a
+    zombie, waiting for its parent to reap it, runs nothing and holds nothing)."""
     wanted = str(uid)
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -1307,6 +1308,8 @@ def uid_has_processes(uid):
         try:
             with open("/proc/%s/status" % name, "rb") as fh:
                 for line in fh:
+                    if line.startswith(b"State:") and line.split()[1] == b"Z":
+                        break
                     if line.startswith(b"Uid:"):
                         if wanted in line.decode("ascii").split()[1:4]:
                             return True

@@ -162,7 +162,7 @@ class AsyncSandbox:
         for name, content in (files or {}).items():
             _field_error(f"files[{name!r}]", check_filename, name)
             data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
-            file_entries.append({"path": name, "b64": protocol.b64(data)})
+            file_entries.append({"path": name, "data": data})  # bytes until the wire (protocol.call)
         env = {}
         for name, value in (env_vars or {}).items():
             _field_error("env_vars", check_env_name, name)
