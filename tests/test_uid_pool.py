@@ -116,7 +116,7 @@ def test_a_recycled_uid_cannot_reach_the_previous_owners_files(
 def test_sessions_and_running_tasks_keep_their_uids(pool: runner.UidPool) -> None:
     session_uid = pool.acquire("session:long-lived")
     running_hash, running_uid = finished_task(pool, b"busy")
-    lock = runner.UseLock(pool.base, "task", running_hash)  # a run of it is in progress
+    lock = runner.UseLock(runner.task_lock_path(pool.base, running_hash))  # a run of it is in progress
     try:
         handed = {finished_task(pool, b"x")[1] for _ in range(COUNT * 2)}
         assert session_uid not in handed and running_uid not in handed

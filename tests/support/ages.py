@@ -10,14 +10,16 @@ from ec2_sandbox import runner
 
 def age(base: str, kind: str, ident: str, hours: float) -> None:
     """Age a task, session or run record as the runner's inventory reads it: a task or session by its use
-    lock (the runner's record of when it was last used), a run record by its dir."""
+    lock (the runner's record of when it was last used: the run record's meta.json, the session's lock
+    file), a run record by its dir."""
     when = time.time() - hours * 3600
     if kind == "run":
-        paths = [os.path.join(base, runner.RUNS, ident)]
+        path = runner.record_dir(base, ident)
+    elif kind == "task":
+        path = runner.task_lock_path(base, ident)
     else:
-        paths = [os.path.join(base, runner.LOCKS, f"{kind}.{ident}")]
-    for path in paths:
-        os.utime(path, (when, when))
+        path = runner.session_lock_path(base, ident)
+    os.utime(path, (when, when))
 
 
 def age_task(base: str, task_hash: str, hours: float) -> None:

@@ -435,16 +435,24 @@ def load_record(base, task_hash):
 class UseLock(object):
     """Held, shared, by every run of a task or session while it goes on; taken exclusively by cleanup.
 
-    One file per work dir in ``<base>/locks`` (the runner's alone). Its mtime is when the work dir was last
-    used: evidence that code in the sandbox cannot touch, unlike the work dir's own mtime. Cleanup unlinks
-    it under the exclusive lock, so a run that opened it just before checks that it still has a link.
+    A task's lock is its record's meta.json, a session's a file of its own in ``<base>/locks``: both the
+    runner's alone. Their mtime is when the task or session was last used, evidence that code in the
+    sandbox cannot touch, unlike a work dir's own mtime. Cleanup unlinks a session's lock under the exclusive
+    hold, so a run that opened it just before checks that it still has a link. With ``create`` false, a
+    missing file means nothing holds it (``fd`` is None).
     """
 
-    def __init__(self, base, kind, ident, exclusive=False):
-        self.path = os.path.join(base, LOCKS, "%s.%s" % (kind, ident))
+    def __init__(self, path, exclusive=False, create=True):
+        self.path = path
         self.fd = None
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         for _ in range(100):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileNotFoundError:
+                if create:
+                    raise
+                return
             try:
                 fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
             except OSError:
@@ -454,7 +462,7 @@ class UseLock(object):
                 self.fd = fd
                 return
             os.close(fd)  # cleanup removed it after we opened it: take the new one
-        raise RunnerError("environment", "could not lock %s" % self.path)
+        raise RunnerError("environment", "could not lock %s" % path)
 
     def touch(self):
         os.utime(self.fd)
@@ -471,13 +479,22 @@ class UseLock(object):
         self.fd = None
 
 
+def session_lock_path(base, session_id):
+    return os.path.join(base, LOCKS, "session." + session_id)
+
+
+def task_lock_path(base, task_hash):
+    return os.path.join(record_dir(base, task_hash), "meta.json")
+
+
 class InUse(Exception):
     """Cleanup found a run in progress (or a live process) where it meant to remove something."""
 
 
-def last_used(base, kind, ident, fallback_path):
-    """When a task or session was last used, by the runner's own record; else by its dir's mtime."""
-    for path in (os.path.join(base, LOCKS, "%s.%s" % (kind, ident)), fallback_path):
+def last_used(*paths):
+    """When a task or session was last used: the mtime of the first of ``paths`` that exists (the runner's
+    own record first, its dir after)."""
+    for path in paths:
         try:
             return os.lstat(path).st_mtime
         except OSError:
@@ -643,7 +660,7 @@ class UidPool(object):
         if kind != "task" or not TASK_HASH_RE.match(ident):
             return False
         try:
-            lock = UseLock(self.base, "task", ident, exclusive=True)
+            lock = UseLock(task_lock_path(self.base, ident), exclusive=True, create=False)
         except InUse:
             return False  # a run of it is in progress
         try:
@@ -1543,9 +1560,9 @@ class Workspace(object):
                 "invalid_input", "task %s already exists; task hashes are unique per run" % self.task_hash
             )
         # Held until the run is over: cleanup skips what a run holds, and waits for nothing.
-        self.locks.append(UseLock(self.base, "task", self.task_hash))
+        self.locks.append(UseLock(task_lock_path(self.base, self.task_hash)))
         if self.session_id is not None:
-            self.locks.append(UseLock(self.base, "session", self.session_id))
+            self.locks.append(UseLock(session_lock_path(self.base, self.session_id)))
         if privileged:
             self.uid = UidPool(self.base, *SANDBOX_UID_RANGE).acquire(self.uid_key)
         self._make_workdir()
@@ -1604,9 +1621,8 @@ def write_record(ws, runtime, code):
         "uid": ws.uid,
         "started": time.time(),
     }
-    meta_fd = os.open(
-        os.path.join(ws.rdir, "meta.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-    )
+    # Into the file the run's use lock already holds (Workspace.open made it).
+    meta_fd = os.open(task_lock_path(ws.base, ws.task_hash), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(meta_fd, "w") as fh:
         json.dump(meta, fh)
     program_dir = os.path.join(ws.rdir, "program")
@@ -3021,9 +3037,10 @@ def inventory(req):
                 continue
             if kind == "run":
                 mtime = os.lstat(path).st_mtime
+            elif kind == "task":
+                mtime = last_used(task_lock_path(base, name), path)
             else:
-                fallback = record_dir(base, name) if kind == "task" else path
-                mtime = last_used(base, kind, name, fallback)
+                mtime = last_used(session_lock_path(base, name), path)
             entry = {"kind": kind, "id": name, "mtime": mtime}
             if kind == "run":
                 try:
@@ -3080,7 +3097,10 @@ def remove(req):
 def remove_entry(base, kind, name, subs):
     """Remove one entry under its exclusive use lock: True if removed, None if absent, False if it could
     not be emptied. Raises InUse when a run holds it or a process of its uid still lives."""
-    lock = UseLock(base, "session" if kind == "session" else "task", name, exclusive=True)
+    if kind == "session":
+        lock = UseLock(session_lock_path(base, name), exclusive=True)
+    else:
+        lock = UseLock(task_lock_path(base, name), exclusive=True, create=False)
     unlink_lock = False
     try:
         uid_key = None if kind == "run" else kind + ":" + name
@@ -3100,8 +3120,9 @@ def remove_entry(base, kind, name, subs):
                 found = remove_at(parent, name)
             finally:
                 os.close(parent)
-        # Gone (or never there): its lock goes too, under the exclusive hold (UseLock says why that is safe).
-        unlink_lock = found is not False
+        # Gone (or never there): a session's lock goes too, under the exclusive hold (UseLock says why that
+        # is safe); a task's is its record's meta.json, which goes with the record.
+        unlink_lock = kind == "session" and found is not False
         if found and uid is not None:
             UidPool(base, *SANDBOX_UID_RANGE).release([uid_key])
         return found
