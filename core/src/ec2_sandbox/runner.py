@@ -1315,6 +1315,17 @@ def kill_uid(uid):
     reap_orphans()
 
 
+def uid_quiet(uid, grace=2.0):
+    """No live process of ``uid``, or none left after ``grace`` seconds: a sandbox that has just ended may
+    still be on its way out (bubblewrap's processes exit after the run's result)."""
+    deadline = time.monotonic() + grace
+    while uid_has_processes(uid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def uid_has_processes(uid):
     """Whether any live process on the machine runs with ``uid`` as its real, effective or saved uid (a
     zombie, waiting for its parent to reap it, runs nothing and holds nothing)."""
@@ -3105,7 +3116,7 @@ def remove_entry(base, kind, name, subs):
     try:
         uid_key = None if kind == "run" else kind + ":" + name
         uid = UidPool(base, *SANDBOX_UID_RANGE).lookup(uid_key) if uid_key and os.geteuid() == 0 else None
-        if uid is not None and uid_has_processes(uid):
+        if uid is not None and not uid_quiet(uid):
             raise InUse("processes of its uid %d are still running" % uid)
         found = None
         for sub in subs:
