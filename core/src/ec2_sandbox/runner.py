@@ -1158,17 +1158,33 @@ def _build_seccomp_program(machine, allowed):
     ]
     if column == 0:  # x32 calls are x86_64 numbers with this bit set
         prog += [_ins(_BPF_JGE, X32_SYSCALL_BIT, 0, 1), _errno(errno.ENOSYS)]
+    decided = []
     for name, numbers in SYSCALLS.items():
         nr = numbers[column]
         if nr is None or name in allowed:
             continue
         if name in FILTERED_CALLS:
-            body = _filtered(name)
-            prog += [_ins(_BPF_JEQ, nr, 0, len(body))] + body
+            decided.append((nr, _filtered(name)))
         else:
-            prog += [_ins(_BPF_JEQ, nr, 0, 1), _errno(errno.ENOSYS if name in ENOSYS_CALLS else errno.EPERM)]
-    prog.append(_ret(SECCOMP_RET_ALLOW))
-    return b"".join(prog)
+            decided.append((nr, [_errno(errno.ENOSYS if name in ENOSYS_CALLS else errno.EPERM)]))
+    return b"".join(prog + _search(sorted(decided)))
+
+
+def _search(decided):
+    """A binary search over the call numbers, each leaf a short run of comparisons ending in ALLOW.
+
+    A linear list would cost every call (and the kernel's per-number cache, worked out for every number
+    each time a filter is installed: twice a warm run) one comparison per refused call; the tree costs
+    about log2 of them. The accumulator holds the call number throughout; every body ends in a return.
+    """
+    if len(decided) <= 3:
+        leaf = []
+        for nr, body in decided:
+            leaf += [_ins(_BPF_JEQ, nr, 0, len(body))] + body
+        return leaf + [_ret(SECCOMP_RET_ALLOW)]
+    middle = len(decided) // 2
+    below, above = _search(decided[:middle]), _search(decided[middle:])
+    return [_ins(_BPF_JGE, decided[middle][0], len(below), 0)] + below + above
 
 
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_GET_SECCOMP = 22, 2, 21
