@@ -159,3 +159,18 @@ def test_a_root_runner_remembers_the_bwrap_probe_across_processes(tmp_base_dir: 
         assert lines[-1]["envelope"]["result"]["bwrap_usable"] is usable
     finally:
         probe_file.unlink(missing_ok=True)
+
+
+def test_a_task_still_starting_is_not_found_yet(tmp_base_dir: str) -> None:
+    # A run holds its record's meta.json (its use lock) before it has written it: a reader in that moment
+    # is told to ask again, not handed a JSON error.
+    base = runner.prepare_base(tmp_base_dir)
+    task_hash = "ab" * 16
+    os.mkdir(runner.record_dir(base, task_hash), 0o700)
+    lock = runner.UseLock(runner.task_lock_path(base, task_hash))
+    try:
+        envelope = runner.handle({"v": 1, "op": "list", "base_dir": base, "task_hash": task_hash})
+        assert envelope["ok"] is False and envelope["error"]["kind"] == "not_found", envelope
+        assert "still starting" in envelope["error"]["message"]
+    finally:
+        lock.release()

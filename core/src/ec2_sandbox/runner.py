@@ -427,9 +427,13 @@ def load_record(base, task_hash):
     path = os.path.join(record_dir(base, task_hash), "meta.json")
     try:
         with open(path, "rb") as fh:
-            return json.loads(fh.read().decode("utf-8"))
+            raw = fh.read()
     except FileNotFoundError:
         raise RunnerError("not_found", "no task %s on this target (it may have been cleaned up)" % task_hash)
+    if not raw:
+        # Made, and held, by a run that is still writing its inputs (Workspace.open, then write_record).
+        raise RunnerError("not_found", "task %s is still starting; ask again in a moment" % task_hash)
+    return json.loads(raw.decode("utf-8"))
 
 
 class UseLock(object):
