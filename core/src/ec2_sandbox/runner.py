@@ -1680,7 +1680,7 @@ def run_task(req, emit):
             data = entry["raw"] if isinstance(entry.get("raw"), bytes) else base64.b64decode(entry["b64"])
             write_file_in(ws.workdir, entry["path"], data, ws.owner)  # raw: from an in-process caller only
         source_path = write_record(ws, req["runtime"], base64.b64decode(req["code_b64"]))
-        plan = plan_run(req, ws, source_path)
+        plan = RunPlan(req, ws, source_path)
         result = execute(req, emit, ws, plan)
         after = snapshot_files(ws.workdir)
         created = sorted(name for name, sig in after.items() if before.get(name) != sig)
@@ -1823,9 +1823,6 @@ class RunPlan(object):
             self.limits["memory_mb"] * 1024 * 1024,
             [self.source_path],
         )
-
-
-plan_run = RunPlan
 
 
 def execute(req, emit, ws, plan):
@@ -2285,7 +2282,7 @@ def await_exit(pid, uid, limit=10.0):
     except OSError:
         return  # gone already
     try:
-        if process_comm(pid) == b"bwrap" and zombie_uid(str(pid)) == uid:
+        if process_comm(pid) == b"bwrap" and process_uid(str(pid)) == uid:
             select.select([pidfd], [], [], limit)
     finally:
         os.close(pidfd)
@@ -2347,7 +2344,8 @@ def own_child_done(pid):
         OWN_CHILDREN.discard(pid)
 
 
-def zombie_uid(pid):
+def process_uid(pid):
+    """The real uid of process ``pid`` (a zombie's too), or None."""
     try:
         with open("/proc/%s/status" % pid, "rb") as fh:
             for line in fh:
@@ -2394,7 +2392,7 @@ def reap_orphans():
             if (
                 fields[0] == b"Z"
                 and fields[1] == me
-                and is_sandbox_uid(zombie_uid(name))
+                and is_sandbox_uid(process_uid(name))
                 and process_comm(name) != b"bwrap"
             ):
                 try:
