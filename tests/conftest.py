@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,7 +19,23 @@ def tmp_base_dir() -> Iterator[str]:
     path = tempfile.mkdtemp(prefix="ec2sb-test-", dir="/tmp")
     os.chmod(path, 0o711)
     yield path
+    close_interpreters(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def close_interpreters(base: str) -> None:
+    """Close the sessions' interpreters a test left running on ``base`` (they would idle on for minutes)."""
+    from ec2_sandbox import runner
+
+    kernels = os.path.join(base, runner.KERNELS)
+    if not os.path.isdir(kernels):
+        return
+    for name in os.listdir(kernels):
+        if name.endswith(".json"):
+            with open(os.path.join(kernels, name), "rb") as fh:
+                session_id = json.loads(fh.read()).get("session_id")
+            if session_id:
+                runner.ask_host(base, session_id, {"op": "close"}, 30)
 
 
 @pytest.fixture

@@ -109,6 +109,15 @@ class SandboxConfig(BaseModel):
         description="Characters of stdout/stderr returned inline.",
     )
     cleanup_after_hours: int = Field(default=24, ge=1, le=8760, description="Age at which cleanup removes.")
+    session_idle_timeout: int = Field(
+        default=1800,
+        ge=10,
+        le=7 * 86400,
+        description=(
+            "Seconds a session's persistent interpreter may sit idle before it exits (its files stay); the "
+            "next stateful call starts a fresh one and says the state was lost to idleness."
+        ),
+    )
     allowed_runtimes: list[str] | None = Field(
         default=None, description="Runtimes callers may use; None allows every registered runtime."
     )

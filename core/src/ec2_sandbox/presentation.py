@@ -107,23 +107,22 @@ _CORE_NOTE = re.compile(
 )
 
 
-def _read_more(task_hash: str | None, filename: str) -> str:
+def _read_more(task_hash: str | None, filename: str, key: str = "task_hash") -> str:
     if not task_hash:
         return "the full text was not kept"
-    return f'read it all with ec2_get_files(task_hash="{task_hash}", filename="{filename}")'
+    return f'read it all with ec2_get_files({key}="{task_hash}", filename="{filename}")'
 
 
-def cap_text(text: str, limit: int, task_hash: str | None, filename: str) -> str:
+def cap_text(text: str, limit: int, task_hash: str | None, filename: str, key: str = "task_hash") -> str:
     """``text`` with at most ``limit`` characters shown: head and tail around a note on what was cut."""
     if len(text) <= limit:
         return text
     head = limit * 2 // 3
     tail = limit - head
     cut = len(text) - head - tail
-    return (
-        f"{text[:head]}\n[... {cut} of {len(text)} characters cut here; {_read_more(task_hash, filename)} "
-        f"...]\n{text[len(text) - tail :]}"
-    )
+    more = _read_more(task_hash, filename, key)
+    note = f"\n[... {cut} of {len(text)} characters cut here; {more} ...]\n"
+    return f"{text[:head]}{note}{text[len(text) - tail :]}"
 
 
 def _stream_text(text: str, limit: int, task_hash: str | None, filename: str) -> str:
@@ -141,6 +140,33 @@ def _stream_text(text: str, limit: int, task_hash: str | None, filename: str) ->
 
 
 # ------------------------------------------------------------------------------------------ outputs
+#: What of a rich result the model reads as text, in order of preference (images go as image content).
+TEXT_MIMES = ("text/markdown", "application/json", "text/html", "text/plain", "image/svg+xml")
+
+
+def _cell_lines(result: ExecutionResult, limit: int) -> list[str]:
+    """A stateful cell's own part: its number, what became of the state, its error and its results."""
+    kept = {"new": "a fresh interpreter", "kept": "variables kept", "lost": "state LOST"}.get(
+        result.state or ""
+    )
+    lines = [f"Cell: [{result.execution_count}] in the session's interpreter ({kept})"]
+    if result.state_lost is not None:
+        lines.append(f"State: {result.state_lost.message}")
+    if result.error is not None:
+        lines.append(f"Exception: {result.error.name}: {result.error.value}")
+        lines.append(cap_text("".join(result.error.traceback).rstrip("\n"), limit // 4, None, ""))
+    for index, item in enumerate(result.results):
+        label = "Out" if item.main else "Display"
+        mime = next((m for m in TEXT_MIMES if m in item.data), None)
+        if mime is not None:
+            text = cap_text(item.data[mime], limit // 2, result.task_hash, f"@display-{index}", "task_hash")
+            lines.append(f"{label}[{index}] ({mime}):\n{text}")
+        others = sorted(set(item.files) - {mime})
+        for other in others:
+            lines.append(f"{label}[{index}] also as {other}: ec2_get_files file {item.files[other]}")
+    return lines
+
+
 def render_execution(result: ExecutionResult, limit: int, images: list[Image] | None = None) -> Rendered:
     images = images or []
     if result.success:
@@ -166,6 +192,8 @@ def render_execution(result: ExecutionResult, limit: int, images: list[Image] | 
         )
     else:
         lines.append("Files created: none")
+    if result.stateful:
+        lines += _cell_lines(result, limit)
     for img in images:
         lines.append(f"Image {img.path} ({img.mime_type}, {len(img.data)} bytes) is attached.")
     stdout = _stream_text(result.stdout, limit, result.task_hash, "@stdout")
@@ -180,12 +208,14 @@ def render_execution(result: ExecutionResult, limit: int, images: list[Image] | 
     return Rendered("ec2_code_execution", "\n".join(lines), data, images, is_error=False)
 
 
-def _render_file(task_hash: str, f: FileContent, limit: int) -> tuple[str, dict[str, Any], Image | None]:
+def _render_file(
+    task_hash: str, f: FileContent, limit: int, key: str = "task_hash"
+) -> tuple[str, dict[str, Any], Image | None]:
     entry = f.model_dump(mode="json")
     data = f.data()  # base64 is decoded once: a page can be megabytes
     span = f"bytes {f.offset}-{f.offset + len(data)} of {f.size}"
     more = (
-        f'\n[more follows: call ec2_get_files(task_hash="{task_hash}", filename="{f.path}", '
+        f'\n[more follows: call ec2_get_files({key}="{task_hash}", filename="{f.path}", '
         f"offset={f.next_offset}) for the rest]"
         if f.truncated
         else ""
@@ -201,7 +231,7 @@ def _render_file(task_hash: str, f: FileContent, limit: int) -> tuple[str, dict[
         header = (
             f"== {f.path} ({f.size} bytes, text" + (f", {span}" if f.offset or f.truncated else "") + ") =="
         )
-        body = cap_text(f.content, limit, task_hash, f.path)
+        body = cap_text(f.content, limit, task_hash, f.path, key)
         entry["content"] = body
         return f"{header}\n{body}{more}", entry, None
     b64 = f.content
@@ -210,7 +240,7 @@ def _render_file(task_hash: str, f: FileContent, limit: int) -> tuple[str, dict[
         shown = keep * 3 // 4
         b64 = b64[:keep]
         more = (
-            f'\n[base64 cut after {shown} bytes; call ec2_get_files(task_hash="{task_hash}", '
+            f'\n[base64 cut after {shown} bytes; call ec2_get_files({key}="{task_hash}", '
             f'filename="{f.path}", offset={f.offset + shown}) for the rest]'
         )
         entry["content"], entry["truncated"], entry["next_offset"] = b64, True, f.offset + shown
@@ -219,11 +249,13 @@ def _render_file(task_hash: str, f: FileContent, limit: int) -> tuple[str, dict[
 
 
 def render_files(result: GetFilesResult, limit: int) -> Rendered:
-    parts: list[str] = [f"Task hash: {result.task_hash}; {len(result.files)} file(s)"]
+    key, whose = ("task_hash", result.task_hash) if result.task_hash else ("session_id", result.session_id)
+    label = "Task hash" if result.task_hash else "Session"
+    parts: list[str] = [f"{label}: {whose}; {len(result.files)} file(s)"]
     entries: list[dict[str, Any]] = []
     images: list[Image] = []
     for f in result.files:
-        text, entry, image = _render_file(result.task_hash, f, limit)
+        text, entry, image = _render_file(whose or "", f, limit, key)
         parts.append(text)
         entries.append(entry)
         if image is not None:
@@ -234,12 +266,13 @@ def render_files(result: GetFilesResult, limit: int) -> Rendered:
         parts.append(
             f"({len(result.not_shown)} more file(s) not shown to keep this short: "
             f"{', '.join(result.not_shown[:50])}{' ...' if len(result.not_shown) > 50 else ''}; "
-            f'read each with ec2_get_files(task_hash="{result.task_hash}", filename=...))'
+            f'read each with ec2_get_files({key}="{whose}", filename=...))'
         )
     if not result.files and not result.skipped and not result.not_shown:
-        parts.append("The task has no files.")
+        parts.append("The task has no files." if result.task_hash else "The session has no files.")
     data = {
         "task_hash": result.task_hash,
+        "session_id": result.session_id,
         "files": entries,
         "skipped": [s.model_dump(mode="json") for s in result.skipped],
         "not_shown": result.not_shown,
@@ -366,8 +399,32 @@ def render_error(exc: BaseException, spec: ToolSpec | None = None) -> Rendered:
 
 
 # ---------------------------------------------------------------------------------------- the call
-async def _attach_images(sandbox: AsyncSandbox, result: ExecutionResult) -> list[Image]:
+async def _result_images(sandbox: AsyncSandbox, result: ExecutionResult) -> list[Image]:
+    """A cell's charts and pictures (PNG/JPEG results): inline where they came inline, else read back."""
     images: list[Image] = []
+    for item in result.results:
+        for mime in ("image/png", "image/jpeg"):
+            if mime not in item.data and mime not in item.files:
+                continue
+            if len(images) >= MAX_ATTACHED_IMAGES:
+                return images
+            path = item.files.get(mime, mime)
+            if mime in item.data:
+                data = base64.b64decode(item.data[mime])
+            else:
+                try:
+                    page = await sandbox.read_task_file(result.task_hash or "", path, 0, MAX_IMAGE_BYTES + 1)
+                except SandboxError:
+                    continue
+                data = page.data()
+            if detect_image(data) == mime and len(data) <= MAX_IMAGE_BYTES:
+                images.append(Image(path, mime, data))
+            break
+    return images
+
+
+async def _attach_images(sandbox: AsyncSandbox, result: ExecutionResult) -> list[Image]:
+    images: list[Image] = await _result_images(sandbox, result) if result.results else []
     if not result.task_hash:
         return images
     for path in result.files_created:
@@ -417,7 +474,7 @@ async def call_tool(
     try:
         output = await spec.invoke(sandbox, arguments if arguments is not None else {})
         images: list[Image] = []
-        if attach_images and isinstance(output, ExecutionResult) and output.files_created:
+        if attach_images and isinstance(output, ExecutionResult) and (output.files_created or output.results):
             images = await _attach_images(sandbox, output)
         if isinstance(output, GetFilesResult):
             output = await _whole_images(sandbox, output)

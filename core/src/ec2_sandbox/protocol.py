@@ -22,10 +22,21 @@ log = logging.getLogger("ec2_sandbox")
 EventCallback = Callable[[dict[str, Any]], None]
 
 
+#: The runner's line that a shipped copy fills with its companions' sources.
+COMPANIONS_LINE = b"COMPANIONS = {}\n"
+#: Files shipped inside the runner: the session interpreter runs from its own file on the target.
+COMPANIONS = ("kernel.py",)
+
+
 @cache
 def runner_source() -> bytes:
-    """The runner program's bytes, as shipped to remote targets."""
-    return Path(runner.__file__).read_bytes()
+    """The runner program's bytes, as shipped to remote targets: one file, its companions inside."""
+    source = Path(runner.__file__).read_bytes()
+    if source.count(COMPANIONS_LINE) != 1:
+        raise RuntimeError("runner.py must have exactly one COMPANIONS line to fill")
+    here = Path(runner.__file__).parent
+    filled = {name: (here / name).read_text("utf-8") for name in COMPANIONS}
+    return source.replace(COMPANIONS_LINE, b"COMPANIONS = " + repr(filled).encode("utf-8") + b"\n")
 
 
 @cache

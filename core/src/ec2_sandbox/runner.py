@@ -43,6 +43,8 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STREAMS = {"@stdout": "stdout", "@stderr": "stderr"}
 # Directories under the base dir, one per kind of thing the runner keeps.
 TASKS, SESSIONS, EPHEMERAL, RUNS, LOCKS = "tasks", "sessions", "ephemeral", "runs", "locks"
+# A session's /tmp (the same for all its runs and its interpreter), and its interpreter's host files.
+SESSION_TMP, KERNELS = "session-tmp", "kernels"
 KILL_GRACE_SECONDS = 0.5
 MAX_FILES_LISTED = 10000
 # Exit statuses SSM gives a meaning of its own; the runner maps them away.
@@ -390,12 +392,13 @@ def prepare_base(base_dir):
     os.makedirs(base, exist_ok=True)
     # Privileged: others may traverse (each work dir is then closed to all but its own uid) but not list.
     mode = 0o711 if privileged else 0o700
-    for sub in ("", TASKS, SESSIONS, EPHEMERAL):
+    for sub in ("", TASKS, SESSIONS, EPHEMERAL, SESSION_TMP):
         path = os.path.join(base, sub)
         ensure_dir(path, mode)
     # Runs stay root's; privileged, a run's uid must traverse to its own program (never list the others).
     ensure_dir(os.path.join(base, RUNS), mode)
     ensure_dir(os.path.join(base, LOCKS), 0o700)
+    ensure_dir(os.path.join(base, KERNELS), 0o700)
     _PREPARED.add(base)
     return base
 
@@ -1484,7 +1487,7 @@ def build_env(user_env, workdir, tmpdir):
     return env
 
 
-def bwrap_argv(workdir, network, hardened=False, memory_bytes=None, ro_files=()):
+def bwrap_argv(workdir, network, hardened=False, memory_bytes=None, ro_files=(), tmp_dir=None):
     """bubblewrap's options for a run's sandbox (the executable, the env and the program come apart).
 
     They reach bubblewrap through ``--args FD`` (see spawn_args): /proc/PID/cmdline is readable by every
@@ -1509,6 +1512,11 @@ def bwrap_argv(workdir, network, hardened=False, memory_bytes=None, ro_files=())
     # The private /tmp, /dev/shm and /run are memory that no rlimit counts: together they get at most the
     # memory limit (3/4 for /tmp, 1/4 for /dev/shm), /run 1 MB.
     for path, size in tmpfs_sizes(memory_bytes):
+        if path == "/tmp" and tmp_dir is not None:
+            # A session's /tmp is a dir of its own on disk, as its work dir is: counted by the disk
+            # limits, not by memory.
+            argv += ["--bind", tmp_dir, "/tmp"]
+            continue
         if hardened and size:
             argv += ["--size", str(size)]
         argv += ["--tmpfs", path]
@@ -1579,11 +1587,13 @@ class Workspace(object):
             self.sub = EPHEMERAL if self.ephemeral else TASKS
             self.name, self.uid_key = self.task_hash, "task:" + self.task_hash
         self.workdir = os.path.join(base, self.sub, self.name)
+        # A session's /tmp lives on between its runs (under bubblewrap; without it, .tmp in the work dir).
+        self.tmpdir = os.path.join(base, SESSION_TMP, self.name) if self.session_id is not None else None
         self.rdir = record_dir(base, self.task_hash)
         self.locks = []
         self.uid = None
 
-    def open(self, privileged):
+    def open(self, privileged, hold_session=True):
         try:
             os.mkdir(self.rdir, 0o700)
         except FileExistsError:
@@ -1592,31 +1602,17 @@ class Workspace(object):
             )
         # Held until the run is over: cleanup skips what a run holds, and waits for nothing.
         self.locks.append(UseLock(task_lock_path(self.base, self.task_hash)))
-        if self.session_id is not None:
+        # A session's interpreter does not hold its session: cleanup closes an idle one (a cell holds it).
+        if self.session_id is not None and hold_session:
             self.locks.append(UseLock(session_lock_path(self.base, self.session_id)))
         if privileged:
             self.uid = UidPool(self.base, *SANDBOX_UID_RANGE).acquire(self.uid_key)
-        self._make_workdir()
+        self._make_dir(self.sub)
+        if self.tmpdir is not None:
+            self._make_dir(SESSION_TMP)
 
-    def _make_workdir(self):
-        parent = os.open(os.path.join(self.base, self.sub), O_DIR_NOFOLLOW)
-        try:
-            try:
-                os.mkdir(self.name, 0o700, dir_fd=parent)
-            except FileExistsError:
-                pass
-            try:
-                fd = open_dir_at(parent, self.name)
-            except OSError:
-                raise RunnerError("environment", "work dir %s is not a directory" % self.workdir)
-            try:
-                if self.uid is not None:
-                    os.fchown(fd, self.uid, self.uid)
-                    os.fchmod(fd, 0o700)
-            finally:
-                os.close(fd)
-        finally:
-            os.close(parent)
+    def _make_dir(self, sub):
+        make_owned_dir(self.base, sub, self.name, self.uid)
 
     @property
     def owner(self):
@@ -1638,6 +1634,28 @@ class Workspace(object):
         finally:
             for lock in self.locks:
                 lock.release()
+
+
+def make_owned_dir(base, sub, name, uid):
+    """``<base>/<sub>/<name>``, made if missing, and (privileged) its uid's alone."""
+    parent = os.open(os.path.join(base, sub), O_DIR_NOFOLLOW)
+    try:
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            pass
+        try:
+            fd = open_dir_at(parent, name)
+        except OSError:
+            raise RunnerError("environment", "%s/%s is not a directory" % (sub, name))
+        try:
+            if uid is not None:
+                os.fchown(fd, uid, uid)
+                os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent)
 
 
 def write_record(ws, runtime, code):
@@ -1738,7 +1756,10 @@ class RunPlan(object):
         self.hardened = bool(self.bwrap) and bwrap_hardened(self.bwrap, ws.uid)
         self.source_path = source_path
         self.workdir = ws.workdir
+        self.session_tmp = ws.tmpdir
         self.tmpdir = "/tmp" if self.bwrap else os.path.join(ws.workdir, ".tmp")
+        # Fds the program inherits (a session's interpreter: its channel to the host).
+        self.pass_fds = ()
         self.env = build_env(req.get("env"), ws.workdir, self.tmpdir)
         heap_mb = max(16, limits["memory_mb"] * 3 // 4)
         values = {"file": source_path, "memory_mb": str(limits["memory_mb"]), "heap_mb": str(heap_mb)}
@@ -1822,6 +1843,7 @@ class RunPlan(object):
             self.hardened,
             self.limits["memory_mb"] * 1024 * 1024,
             [self.source_path],
+            self.session_tmp,
         )
 
 
@@ -1995,7 +2017,8 @@ class ColdRun(object):
             argv, env = plan.argv, plan.env
         try:
             with spawning():
-                self.proc = self._spawn(argv, env, preexec, out_fd, err_fd, plan.workdir, passed)
+                inherited = passed + list(plan.pass_fds)
+                self.proc = self._spawn(argv, env, preexec, out_fd, err_fd, plan.workdir, inherited)
                 with _SPAWNS:
                     OWN_CHILDREN.add(self.proc.pid)
         except BaseException:
@@ -2956,9 +2979,101 @@ def task_root(base, meta):
     return meta["workdir"]
 
 
+def files_of(base, req):
+    """Whose files a list or read request names: a task's (its record) or a session's (its work dir)."""
+    session_id = req.get("session_id")
+    if req.get("task_hash") is not None or session_id is None:
+        return load_record(base, req.get("task_hash"))
+    check_session(session_id)
+    uid = UidPool(base, *SANDBOX_UID_RANGE).lookup("session:" + session_id) if os.geteuid() == 0 else None
+    return {
+        "task_hash": None,
+        "session_id": session_id,
+        "workdir": os.path.join(base, SESSIONS, session_id),
+        "uid": uid,
+    }
+
+
+def check_session(session_id):
+    if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):
+        raise RunnerError(
+            "invalid_input",
+            "session_id %r must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit" % (session_id,),
+        )
+
+
+class SessionDir(object):
+    """A session's work dir, made with its uid and held (as a run holds it) while files are written."""
+
+    def __init__(self, base, session_id):
+        check_session(session_id)
+        self.lock = UseLock(session_lock_path(base, session_id))
+        try:
+            self.uid = None
+            if os.geteuid() == 0:
+                self.uid = UidPool(base, *SANDBOX_UID_RANGE).acquire("session:" + session_id)
+            make_owned_dir(base, SESSIONS, session_id, self.uid)
+            make_owned_dir(base, SESSION_TMP, session_id, self.uid)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.workdir = os.path.join(base, SESSIONS, session_id)
+        self.owner = (self.uid, self.uid) if self.uid is not None else None
+
+    def close(self):
+        self.lock.touch()
+        self.lock.release()
+
+
+def write_files(req):
+    """Write files into a session's work dir without running anything (nested paths made as needed)."""
+    base = prepare_base(req.get("base_dir"))
+    session = SessionDir(base, req.get("session_id"))
+    try:
+        written = []
+        for entry in req.get("files") or []:
+            data = entry["raw"] if isinstance(entry.get("raw"), bytes) else base64.b64decode(entry["b64"])
+            write_file_in(session.workdir, entry["path"], data, session.owner)
+            written.append({"path": entry["path"], "size": len(data)})
+        return {"session_id": req["session_id"], "written": written}
+    finally:
+        session.close()
+
+
+def remove_files(req):
+    """Remove files or dirs (whole trees) from a session's work dir, through dir fds only."""
+    base = prepare_base(req.get("base_dir"))
+    session = SessionDir(base, req.get("session_id"))
+    removed, missing = [], []
+    try:
+        root_fd = os.open(session.workdir, O_DIR_NOFOLLOW)
+        try:
+            for path in req.get("paths") or []:
+                parts = check_relative_path(path, "path")
+                try:
+                    parent = open_dir_nofollow(root_fd, parts[:-1])
+                except FileNotFoundError:
+                    missing.append(path)
+                    continue
+                try:
+                    os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+                    gone = remove_at(parent, parts[-1])
+                except FileNotFoundError:
+                    gone = False
+                finally:
+                    os.close(parent)
+                (removed if gone else missing).append(path)
+        finally:
+            os.close(root_fd)
+        return {"session_id": req["session_id"], "removed": removed, "missing": missing}
+    finally:
+        session.close()
+
+
 def list_files(req):
     base = prepare_base(req.get("base_dir"))
-    meta = load_record(base, req["task_hash"])
+    meta = files_of(base, req)
     root = task_root(base, meta)
     safe_owner = meta.get("uid") if os.geteuid() == 0 else None
     files = []
@@ -2987,7 +3102,7 @@ def list_files(req):
         finally:
             os.close(fd)
     streams = []
-    for name, fname in sorted(STREAMS.items()):
+    for name, fname in sorted(STREAMS.items()) if meta["task_hash"] else ():
         streams.append(
             {
                 "path": name,
@@ -3008,15 +3123,24 @@ def list_files(req):
 
 def read_file(req):
     base = prepare_base(req.get("base_dir"))
-    meta = load_record(base, req["task_hash"])
+    meta = files_of(base, req)
     name = req["path"]
     offset = int(req.get("offset") or 0)
     length = int(req.get("length") or 1 << 20)
     if offset < 0 or length < 0:
         raise RunnerError("invalid_input", "offset and length must not be negative")
-    if name in STREAMS:
-        path = os.path.join(record_dir(base, meta["task_hash"]), STREAMS[name])
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    record_file = STREAMS.get(name) or (
+        name[1:] if isinstance(name, str) and DISPLAY_RE.match(name) else None
+    )
+    if record_file is not None:
+        if meta["task_hash"] is None:
+            raise RunnerError("invalid_input", "%s is a task's, not a session's: give its task_hash" % name)
+        try:
+            fd = os.open(
+                os.path.join(record_dir(base, meta["task_hash"]), record_file), os.O_RDONLY | os.O_CLOEXEC
+            )
+        except FileNotFoundError:
+            raise RunnerError("not_found", "task %s has no %s" % (meta["task_hash"], name))
         size = os.fstat(fd).st_size
     else:
         # './@stdout' is the work dir's file of that name (listings show it so), never the stream.
@@ -3102,7 +3226,7 @@ def remove(req):
     for item in req.get("entries") or []:
         kind, name = item.get("kind"), item.get("id")
         if kind == "session":
-            subs, pattern = (SESSIONS,), SESSION_ID_RE
+            subs, pattern = (SESSIONS, SESSION_TMP), SESSION_ID_RE
         elif kind == "task":
             subs, pattern = (TASKS, EPHEMERAL), TASK_HASH_RE
         elif kind == "run":
@@ -3134,6 +3258,9 @@ def remove_entry(base, kind, name, subs):
     try:
         uid_key = None if kind == "run" else kind + ":" + name
         uid = UidPool(base, *SANDBOX_UID_RANGE).lookup(uid_key) if uid_key and os.geteuid() == 0 else None
+        if kind == "session":
+            # An idle interpreter goes with its session (a busy one holds the session: InUse above).
+            ask_host(base, name, {"op": "cleanup"}, 90)
         if uid is not None and not uid_quiet(uid):
             raise InUse("processes of its uid %d are still running" % uid)
         found = None
@@ -3205,7 +3332,65 @@ def probe(req):
         "on_ec2": on_ec2(),
         "netns_usable": netns_works(),
         "runtimes": runtimes,
+        "interpreters": live_interpreters(base),
     }
+
+
+def live_interpreters(base):
+    """Sessions' interpreters that are up: session, busy or idle, cells run, resident memory."""
+    found = []
+    root = os.path.join(base, KERNELS)
+    for name in sorted(os.listdir(root)):
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(root, name), "rb") as fh:
+                state = json.loads(fh.read().decode("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if state.get("state") not in ("running", "busy") or not pid_alive(state.get("host_pid")):
+            continue
+        found.append(
+            {
+                "session_id": state.get("session_id"),
+                "busy": state.get("state") == "busy",
+                "executions": state.get("executions"),
+                "idle_seconds": round(max(0.0, time.time() - (state.get("last_used") or time.time())), 1),
+                "memory_kb": uid_rss_kb(state.get("uid")),
+            }
+        )
+    return found
+
+
+def pid_alive(pid):
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def uid_rss_kb(uid):
+    """Resident memory of every process of a sandbox uid (None when the runs share the runner's uid)."""
+    if not isinstance(uid, int):
+        return None
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/status" % entry, "rb") as fh:
+                text = fh.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if fields.get("Uid", "").split()[:1] == [str(uid)]:
+            total += int((fields.get("VmRSS") or "0 kB").split()[0])
+    return total
 
 
 def probe_runtime(rt):
@@ -3236,8 +3421,869 @@ def probe_runtime(rt):
     return info
 
 
+# --------------------------------------------------------------------------------------------------
+# Sessions' interpreters (kernel.py): one per session, started on the first stateful cell, reached by every
+# later one - from this process or any other runner on the target (SSM starts one per call) - through a
+# unix socket in the root-only kernels dir, served by the session's host: a process of this runner's code,
+# outside the sandbox, that started the interpreter as a run and decides what each cell's result means.
+# --------------------------------------------------------------------------------------------------
+
+# Filled in when the runner is shipped alone (protocol.runner_source): its companions' sources by file name.
+COMPANIONS = {}
+#: After an interrupt, how long a cell may take to stop before its interpreter is killed.
+KERNEL_GRACE_SECONDS = 2.0
+#: How long an interpreter may take to start and say hello.
+KERNEL_START_SECONDS = 60.0
+#: An interpreter's run ends after this long whatever happens (its wall-clock limit as a run).
+KERNEL_LIFETIME_SECONDS = 7 * 86400
+DEFAULT_IDLE_SECONDS = 1800.0
+#: Why an interpreter ended, as results and status say it. Ends the caller asked for lose nothing unasked.
+KERNEL_ENDS = {
+    "idle": "the interpreter was idle for longer than session_idle_timeout and exited",
+    "interrupt": "a cell did not stop within %g s of its interrupt (its time ran out, or its caller gave "
+    "up), so the interpreter was killed" % KERNEL_GRACE_SECONDS,
+    "memory_limit": "the interpreter was killed at the memory limit",
+    "disk_limit": "the session's files reached the disk limit and the interpreter was killed",
+    "exited": "the interpreter exited (a cell ended its process)",
+    "killed": "the interpreter was killed by a signal",
+    "channel": "a cell wrote into the interpreter's channel to its host, so the interpreter was killed",
+    "host_gone": "the interpreter's host process is gone (killed, or the target restarted)",
+    "lifetime": "the interpreter reached its maximum lifetime of %d days"
+    % (KERNEL_LIFETIME_SECONDS // 86400),
+    "cleanup": "the session was cleaned up",
+    "restart": "the interpreter was restarted on request",
+    "close": "the interpreter was closed on request",
+    "start": "the interpreter could not start",
+}
+ASKED_ENDS = ("restart", "close")
+FRAME = struct.Struct("!I")
+MAX_KERNEL_FRAME = 256 << 20
+#: Extensions of the files a cell's rich results are kept in (in its record, read as @display-N.EXT).
+MIME_FILES = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/svg+xml": "svg",
+    "text/html": "html",
+    "text/markdown": "md",
+    "text/latex": "tex",
+    "application/json": "json",
+}
+DISPLAY_RE = re.compile(r"^@display-([0-9]{1,4})\.([a-z]{2,4})$")
+
+
+def companion_source(name):
+    """The source of a file shipped with the runner (kernel.py): beside it, or carried inside it."""
+    if name in COMPANIONS:
+        return COMPANIONS[name].encode("utf-8")
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), "rb") as fh:
+        return fh.read()
+
+
+def own_source():
+    """This runner's own source, for the session host it starts (from a file, or as it was received)."""
+    source = globals().get("RUNNER_SOURCE")
+    if source is not None:
+        return source
+    with open(os.path.abspath(__file__), "rb") as fh:
+        return fh.read()
+
+
+def kernel_key(session_id):
+    # Socket paths are short (108 bytes): a digest names a session's files, and the dir is root's alone.
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:24]
+
+
+class KernelFiles(object):
+    """A session's host files in ``<base>/kernels``, reached through the dir's fd (no path code can touch)."""
+
+    def __init__(self, base, session_id):
+        self.base = base
+        self.session_id = session_id
+        self.key = kernel_key(session_id)
+        self.dir_fd = os.open(os.path.join(base, KERNELS), O_DIR_NOFOLLOW)
+
+    def path(self, suffix):
+        return "/proc/self/fd/%d/%s%s" % (self.dir_fd, self.key, suffix)
+
+    def close(self):
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+
+    def read_state(self):
+        try:
+            fd = os.open(self.key + ".json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as fh:
+            try:
+                return json.loads(fh.read().decode("utf-8"))
+            except ValueError:
+                return None
+
+    def write_state(self, state):
+        tmp = "%s.json.%d" % (self.key, os.getpid())
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=self.dir_fd,
+        )
+        with os.fdopen(fd, "w") as fh:
+            json.dump(dict(state, session_id=self.session_id), fh)
+        os.rename(tmp, self.key + ".json", src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+
+    def connect(self):
+        """A connection to the live host, or None."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path(".sock"))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    def lock(self):
+        fd = os.open(
+            self.key + ".lock",
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=self.dir_fd,
+        )
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+
+def send_frame(sock, message, fds=()):
+    data = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    data = FRAME.pack(len(data)) + data
+    if fds:
+        sent = sock.sendmsg(
+            [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))]
+        )
+        data = data[sent:]
+    if data:
+        sock.sendall(data)
+
+
+class FrameReader(object):
+    """Frames from a stream socket, read as far as they have arrived (never blocking past ``select``)."""
+
+    def __init__(self, sock, limit):
+        self.sock = sock
+        self.limit = limit
+        self.buffer = b""
+        self.closed = False
+
+    def pop(self):
+        """The next whole frame already received, or None. Raises ValueError on a malformed one."""
+        if len(self.buffer) < FRAME.size:
+            return None
+        (size,) = FRAME.unpack(self.buffer[: FRAME.size])
+        if size > self.limit:
+            raise ValueError("a frame of %d bytes" % size)
+        if len(self.buffer) < FRAME.size + size:
+            return None
+        body, self.buffer = self.buffer[FRAME.size : FRAME.size + size], self.buffer[FRAME.size + size :]
+        message = json.loads(body.decode("utf-8"))
+        if not isinstance(message, dict):
+            raise ValueError("a frame that is not an object")
+        return message
+
+    def fill(self):
+        """Read what is there (the socket is readable); False at end of stream."""
+        try:
+            data = self.sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        self.buffer += data
+        return True
+
+    def wait(self, deadline):
+        """The next frame, waiting until ``deadline`` (monotonic; None: no limit). None at the deadline or at
+        end of stream (``closed`` says which)."""
+        while True:
+            message = self.pop()
+            if message is not None:
+                return message
+            if self.closed:
+                return None
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if select.select([self.sock], [], [], left)[0]:
+                self.fill()
+
+
+class SessionHost(object):
+    """The session's interpreter, started as a run and served cell by cell, in order, over its socket."""
+
+    def __init__(self, req):
+        self.req = req
+        self.base = prepare_base(req.get("base_dir"))
+        self.session_id = req["session_id"]
+        self.idle = float(req.get("idle_timeout") or DEFAULT_IDLE_SECONDS)
+        self.files = KernelFiles(self.base, self.session_id)
+        self.count = 0
+        self.end = None  # why the host ended the interpreter, when it did
+        self.ended = threading.Event()
+        self.outcome = None  # the interpreter's run result, once it is over
+        self.kernel_hash = os.urandom(16).hex()
+        self.listener = None
+        self.started = time.time()
+        self.last_used = self.started
+
+    def start(self):
+        """Bind the socket, start the interpreter as a run of the session, and wait for its hello."""
+        sock_name = self.files.key + ".sock"
+        try:
+            os.unlink(sock_name, dir_fd=self.files.dir_fd)
+        except FileNotFoundError:
+            pass
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.files.path(".sock"))
+        self.listener.listen(64)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.channel = ours
+        self.reader = FrameReader(ours, MAX_KERNEL_FRAME)
+        req = self.req
+        ws = Workspace(self.base, {"task_hash": self.kernel_hash, "session_id": self.session_id})
+        ws.open(os.geteuid() == 0, hold_session=False)
+        self.uid = ws.uid
+        try:
+            source_path = write_record(ws, req["runtime"], base64.b64decode(req["kernel_b64"]))
+            run_req = {
+                "runtime": req["runtime"],
+                "limits": dict(req["limits"], cpu_seconds=KERNEL_LIFETIME_SECONDS),
+                "timeout": KERNEL_LIFETIME_SECONDS,
+                "isolation": req.get("isolation", "auto"),
+                "syscall_filter": req.get("syscall_filter", "default"),
+                "network": req.get("network"),
+                "disk_reserve_mb": req.get("disk_reserve_mb"),
+                "env": req.get("env") or {},
+                "inline_chars": 4000,
+            }
+            plan = RunPlan(run_req, ws, source_path)
+            plan.env["EC2_SANDBOX_KERNEL_FD"] = str(theirs.fileno())
+            plan.env["MPLBACKEND"] = "module://ec2_sandbox_inline"
+            plan.pass_fds = (theirs.fileno(),)
+            self.plan = plan
+        except BaseException:
+            ws.close()
+            raise
+        thread = threading.Thread(target=self._run, args=(run_req, ws, plan, theirs), name="kernel")
+        thread.daemon = True
+        thread.start()
+        hello = self.reader.wait(time.monotonic() + KERNEL_START_SECONDS)
+        if hello is None or hello.get("op") != "hello":
+            self.stop("start")
+            thread.join(30)
+            detail = (self.outcome or {}).get("error_message") or "it did not answer"
+            stderr = ((self.outcome or {}).get("stderr") or {}).get("text", "").strip()
+            raise RunnerError(
+                "environment",
+                "the session's interpreter could not start: %s%s"
+                % (detail, ("; " + stderr[-2000:]) if stderr else ""),
+            )
+        self.python = hello.get("python")
+        self.thread = thread
+        self.save_state("running")
+
+    def _run(self, run_req, ws, plan, theirs):
+        try:
+            self.outcome = execute(run_req, lambda event: None, ws, plan)
+        except Exception as exc:
+            self.outcome = {"termination_reason": "not_started", "error_message": str(exc)}
+        finally:
+            theirs.close()
+            ws.close()
+            self.ended.set()
+            try:
+                self.channel.shutdown(socket.SHUT_RDWR)  # wakes whoever waits on the interpreter
+            except OSError:
+                pass
+
+    def save_state(self, state, reason=None):
+        self.files.write_state(
+            {
+                "state": state,
+                "reason": reason,
+                "host_pid": os.getpid(),
+                "uid": self.uid,
+                "kernel_task": self.kernel_hash,
+                "python": getattr(self, "python", None),
+                "started": self.started,
+                "last_used": self.last_used,
+                "executions": self.count,
+                "busy": state == "busy",
+                "at": time.time(),
+            }
+        )
+
+    def stop(self, reason):
+        """End the interpreter (its whole sandbox) for ``reason``; the first reason given is the one kept."""
+        if self.end is None:
+            self.end = reason
+        cancel_run(self.kernel_hash)
+
+    def why_ended(self):
+        """The end's reason: the host's own when it ended the interpreter, else its run's evidence."""
+        if self.end is not None:
+            return self.end
+        outcome = self.outcome or {}
+        reason = outcome.get("termination_reason")
+        if reason in ("memory_limit", "disk_limit"):
+            return reason
+        if reason == "timeout":
+            return "lifetime"
+        if reason == "signal" or outcome.get("signal"):
+            return "killed"
+        return "exited"
+
+    def serve(self):
+        while not self.ended.is_set():
+            idle_left = self.idle - (time.time() - self.last_used)
+            if idle_left <= 0:
+                self.stop("idle")
+                break
+            readable = select.select([self.listener, self.channel], [], [], min(idle_left, 5.0))[0]
+            if self.channel in readable:
+                # Nothing is asked of the interpreter between cells: a frame now is a cell's doing (its
+                # threads write where they like), and the end of the stream is the interpreter's end.
+                if not self.reader.fill():
+                    break
+                try:
+                    while self.reader.pop() is not None:
+                        pass
+                except ValueError:
+                    self.stop("channel")
+                    break
+            if self.listener in readable:
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    continue
+                try:
+                    self.handle(conn)
+                finally:
+                    conn.close()
+                if self.end is not None:
+                    break
+        self.finish()
+
+    def close_socket(self):
+        # New callers must not reach a host that is going: the socket goes first.
+        if self.listener is None:
+            return
+        try:
+            os.unlink(self.files.key + ".sock", dir_fd=self.files.dir_fd)
+        except OSError:
+            pass
+        self.listener.close()
+        self.listener = None
+
+    def finish(self):
+        self.close_socket()
+        if self.end is None and not self.ended.is_set():
+            self.stop("exited")
+        self.ended.wait(60)
+        self.save_state("ended", self.why_ended())
+
+    def handle(self, conn):
+        conn.settimeout(10)
+        try:
+            send_frame(conn, {"op": "turn"})  # this caller's turn has come (it may have waited in line)
+        except OSError:
+            return
+        reader = FrameReader(conn, 1 << 30)
+        request = reader.wait(time.monotonic() + 10)
+        if request is None:
+            return
+        op = request.get("op")
+        if op == "cell":
+            reply = self.cell(request, conn, reader)
+        elif op in ASKED_ENDS or op == "cleanup":
+            self.stop(op)
+            self.ended.wait(60)
+            self.close_socket()  # before the reply: the caller's next call must find no host, not this one
+            self.save_state("ended", op)
+            reply = {"ok": True, "executions": self.count}
+        elif op == "status":
+            reply = {"ok": True, "executions": self.count, "python": self.python, "started": self.started}
+        else:
+            reply = {"ok": False, "error": "unknown op %r" % (op,)}
+        try:
+            conn.settimeout(30)
+            send_frame(conn, reply)
+        except OSError:
+            pass
+
+    def cell(self, request, conn, caller):
+        """Run one cell: its output goes to the files of its record, made by the runner that asked."""
+        if self.ended.is_set() or self.end is not None:
+            return self.lost()
+        rdir = record_dir(self.base, request["task_hash"])
+        fds = []
+        try:
+            for name in ("stdout", "stderr"):
+                fds.append(
+                    os.open(
+                        os.path.join(rdir, name), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+                    )
+                )
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            return {"ok": False, "error": "the cell's output files cannot be opened: %s" % exc}
+        self.count += 1
+        cell_id = self.count
+        self.save_state("busy")
+        started = time.monotonic()
+        try:
+            send_frame(
+                self.channel, {"op": "execute", "id": cell_id, "code": request["code"], "count": cell_id}, fds
+            )
+        except OSError:
+            return self.lost()
+        finally:
+            for fd in fds:
+                os.close(fd)
+        timeout = float(request["timeout"])
+        deadline = started + timeout
+        interrupted = grace_end = done = None
+        while done is None:
+            now = time.monotonic()
+            if interrupted is None and now >= deadline:
+                interrupted = "timeout"
+            if interrupted is not None and grace_end is None:
+                grace_end = now + KERNEL_GRACE_SECONDS
+                try:
+                    send_frame(self.channel, {"op": "interrupt", "id": cell_id})
+                except OSError:
+                    pass
+            if grace_end is not None and now >= grace_end:
+                self.stop("interrupt")
+                break
+            limit = grace_end if grace_end is not None else deadline
+            wait = [self.channel] if interrupted else [self.channel, conn]
+            readable = select.select(wait, [], [], max(0.0, limit - time.monotonic()))[0]
+            # The caller hung up (cancelled, or its transport gave up): interrupt the cell, as a notebook
+            # does when its client goes.
+            if conn in readable and interrupted is None and not caller.fill():
+                interrupted = "cancelled"
+                continue
+            if self.channel in readable:
+                if not self.reader.fill():
+                    break
+                try:
+                    message = self.reader.pop()
+                    while message is not None:
+                        if message.get("op") == "done" and message.get("id") == cell_id:
+                            done = message
+                            break
+                        message = self.reader.pop()
+                except ValueError:
+                    self.stop("channel")
+                    break
+        elapsed = time.monotonic() - started
+        self.last_used = time.time()
+        if done is None:
+            self.ended.wait(60)
+            return dict(
+                self.lost(), execution_count=cell_id, elapsed=elapsed, timed_out=interrupted == "timeout"
+            )
+        self.save_state("running")
+        return {
+            "ok": True,
+            "state": "kept",
+            "execution_count": cell_id,
+            "elapsed": elapsed,
+            "timed_out": interrupted == "timeout",
+            "cancelled": interrupted == "cancelled",
+            "results": done.get("results") if isinstance(done.get("results"), list) else [],
+            "cell_error": done.get("error") if isinstance(done.get("error"), dict) else None,
+        }
+
+    def lost(self):
+        self.ended.wait(60)
+        reason = self.why_ended()
+        outcome = self.outcome or {}
+        return {
+            "ok": True,
+            "state": "lost",
+            "lost_reason": reason,
+            "lost_message": KERNEL_ENDS.get(reason, reason),
+            "signal": outcome.get("signal"),
+            "return_code": outcome.get("return_code"),
+            "peak_memory_kb": outcome.get("peak_memory_kb"),
+        }
+
+
+def host_main(req_fd, ready_fd):
+    """The session host's process (started detached by start_host): serve until the interpreter ends."""
+    signal.signal(signal.SIGTERM, lambda *_: cancel_all_runs())
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    become_subreaper()
+    if _LIBC is not None:
+        _LIBC.prctl(15, b"ec2sbx-session", 0, 0, 0)  # PR_SET_NAME: what ps shows
+    with os.fdopen(req_fd, "rb") as fh:
+        req = json.loads(fh.read().decode("utf-8"))
+    try:
+        host = SessionHost(req)
+        host.start()
+    except Exception as exc:
+        message = exc.message if isinstance(exc, RunnerError) else "%s: %s" % (type(exc).__name__, exc)
+        os.write(ready_fd, ("error " + json.dumps(message) + "\n").encode("utf-8"))
+        os.close(ready_fd)
+        return
+    os.write(ready_fd, b"ready\n")
+    os.close(ready_fd)
+    host.serve()
+
+
+# Runs the host from the runner's source on an fd, in a process of its own: a grandchild, so that nothing
+# (an SSM command's runner, a client's in-process transport) has to reap it.
+HOST_LOADER = r"""
+import os, sys, types
+src_fd, req_fd, ready_fd = (int(a) for a in sys.argv[1:4])
+if os.fork():
+    os._exit(0)
+os.setsid()
+with os.fdopen(src_fd, "rb") as fh:
+    source = fh.read()
+runner = types.ModuleType("ec2_sandbox_runner")
+runner.__dict__["RUNNER_SOURCE"] = source
+sys.modules["ec2_sandbox_runner"] = runner
+exec(compile(source, "ec2_sandbox_runner.py", "exec"), runner.__dict__)
+runner.host_main(req_fd, ready_fd)
+"""
+
+
+def start_host(files, req):
+    """Start the session's host and wait until its interpreter is up; raises RunnerError when it cannot."""
+    host_req = {
+        k: req.get(k)
+        for k in (
+            "base_dir",
+            "session_id",
+            "runtime",
+            "limits",
+            "isolation",
+            "syscall_filter",
+            "network",
+            "disk_reserve_mb",
+            "env",
+            "idle_timeout",
+        )
+    }
+    host_req["base_dir"] = files.base
+    host_req["kernel_b64"] = base64.b64encode(companion_source("kernel.py")).decode("ascii")
+    src_fd = data_fd(own_source())
+    req_fd = data_fd(json.dumps(host_req).encode("utf-8"))
+    ready_r, ready_w = os.pipe()
+    try:
+        python = sys.executable or resolve_executable("python3")
+        with spawning():
+            proc = subprocess.Popen(
+                [python, "-I", "-S", "-c", HOST_LOADER, str(src_fd), str(req_fd), str(ready_w)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+                pass_fds=(src_fd, req_fd, ready_w),
+                env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
+            )
+        proc.wait()
+    finally:
+        for fd in (src_fd, req_fd, ready_w):
+            os.close(fd)
+    with os.fdopen(ready_r, "rb") as fh:
+        said = fh.readline().decode("utf-8", "replace").strip()
+    if said == "ready":
+        return
+    if said.startswith("error "):
+        raise RunnerError("environment", json.loads(said[6:]))
+    raise RunnerError("environment", "the session's interpreter host did not start")
+
+
+def reach_host(base, req):
+    """A connection to the session's host, starting one when none is live: ``(conn, previous_end)``, where
+    previous_end is why an earlier interpreter of the session ended (None when it lives on, or never was)."""
+    files = KernelFiles(base, req["session_id"])
+    try:
+        conn = files.connect()
+        if conn is not None:
+            return conn, None
+        lock_fd = files.lock()
+        try:
+            conn = files.connect()  # another caller may have started it while this one waited
+            if conn is not None:
+                return conn, None
+            state = files.read_state()
+            previous = None
+            if state is not None:
+                reason = state.get("reason") if state.get("state") == "ended" else "host_gone"
+                previous = {"reason": reason, "executions": state.get("executions")}
+            start_host(files, req)
+            conn = files.connect()
+            if conn is None:
+                raise RunnerError("environment", "the session's interpreter started but cannot be reached")
+            return conn, previous
+        finally:
+            os.close(lock_fd)
+    finally:
+        files.close()
+
+
+def ask_host(base, session_id, message, timeout):
+    """Send one request to the session's live host, if any; its reply, or None when no host is live."""
+    files = KernelFiles(base, session_id)
+    try:
+        conn = files.connect()
+    finally:
+        files.close()
+    if conn is None:
+        return None
+    try:
+        conn.settimeout(timeout)
+        reader = FrameReader(conn, 1 << 20)
+        if reader.wait(time.monotonic() + timeout) is None:  # its turn
+            return None
+        send_frame(conn, message)
+        return reader.wait(time.monotonic() + timeout)
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def run_cell(req, emit):
+    """A stateful cell: the code runs in the session's interpreter, which keeps its variables."""
+    base = prepare_base(req.get("base_dir"))
+    if req.get("session_id") is None:
+        raise RunnerError("invalid_input", "a stateful cell needs a session_id: its state is the session's")
+    try:
+        code = base64.b64decode(req["code_b64"]).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise RunnerError("invalid_input", "a cell's code must be UTF-8 text")
+    timeout = float(req["timeout"])
+    ws = Workspace(base, req)
+    ws.open(os.geteuid() == 0)
+    conn = None
+    try:
+        for entry in req.get("files") or []:
+            data = entry["raw"] if isinstance(entry.get("raw"), bytes) else base64.b64decode(entry["b64"])
+            write_file_in(ws.workdir, entry["path"], data, ws.owner)
+        write_record(ws, req["runtime"], code.encode("utf-8"))
+        paths = {}
+        for name in ("stdout", "stderr"):
+            paths[name] = os.path.join(ws.rdir, name)
+            os.close(os.open(paths[name], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        before = snapshot_files(ws.workdir)
+        conn, reader, previous = take_turn(base, req, timeout)
+        streamer = start_streamer(req, paths["stdout"], paths["stderr"], emit)
+
+        def hang_up():
+            _shutdown(conn)
+
+        with ACTIVE_LOCK:
+            ACTIVE_RUNS[ws.task_hash] = hang_up
+        if STOPPING.is_set():
+            hang_up()
+        try:
+            if conn is None:
+                reply = {
+                    "ok": False,
+                    "error": "the session's interpreter is still busy with earlier cells after %gs; try "
+                    "again when they are done" % timeout,
+                }
+            else:
+                send_frame(conn, {"op": "cell", "task_hash": ws.task_hash, "code": code, "timeout": timeout})
+                reply = reader.wait(time.monotonic() + timeout + KERNEL_GRACE_SECONDS + 30)
+        finally:
+            with ACTIVE_LOCK:
+                ACTIVE_RUNS.pop(ws.task_hash, None)
+            if streamer is not None:
+                streamer.stop()
+        if reply is None:
+            reply = {"ok": False, "error": "the session's interpreter did not answer in time"}
+        result = cell_result(req, ws, reply, previous, paths)
+        after = snapshot_files(ws.workdir)
+        created = sorted(name for name, sig in after.items() if before.get(name) != sig)
+        result.update(
+            {
+                "task_hash": ws.task_hash,
+                "session_id": ws.session_id,
+                "working_directory": ws.workdir,
+                "files_created": created[:MAX_FILES_LISTED],
+                "files_created_truncated": len(created) > MAX_FILES_LISTED,
+                "run_as_uid": ws.uid if ws.uid is not None else os.geteuid(),
+            }
+        )
+        return result
+    finally:
+        if conn is not None:
+            conn.close()
+        ws.close()
+
+
+def take_turn(base, req, wait):
+    """Reach the session's host and wait (at most ``wait`` s) until it takes this call, behind the session's
+    earlier cells: ``(conn, reader, previous_end)``, conn None when the turn did not come in time."""
+    for _ in range(3):
+        conn, previous = reach_host(base, req)
+        reader = FrameReader(conn, 1 << 30)
+        if reader.wait(time.monotonic() + wait) is not None:
+            return conn, reader, previous
+        conn.close()
+        if not reader.closed:
+            return None, None, previous
+        # The host was ending (idle, or closed by another caller) when this call reached it: start anew.
+    raise RunnerError("environment", "the session's interpreter keeps ending before it takes a cell")
+
+
+def _shutdown(sock):
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def cell_result(req, ws, reply, previous, paths):
+    """A cell's result in the shape of a run's, from the host's word (what happened) and the interpreter's
+    (what the cell showed)."""
+    inline_chars = int(req.get("inline_chars", 20000))
+    state = reply.get("state")
+    error = reply.get("cell_error") if state == "kept" else None
+    result = {
+        "success": bool(reply.get("ok")) and state == "kept" and error is None and not reply.get("timed_out"),
+        "return_code": None,
+        "timed_out": bool(reply.get("timed_out")),
+        "termination_reason": "timeout" if reply.get("timed_out") else "exited",
+        "signal": reply.get("signal"),
+        "error_message": None,
+        "execution_time": round(float(reply.get("elapsed") or 0.0), 4),
+        "cpu_time": 0.0,
+        "peak_memory_kb": reply.get("peak_memory_kb") or 0,
+        "stdout": inline_text(paths["stdout"], inline_chars),
+        "stderr": inline_text(paths["stderr"], inline_chars),
+        "execution_count": reply.get("execution_count"),
+        "cell_error": error,
+        "rich_results": store_results(ws, reply.get("results") or [], req.get("max_envelope_chars")),
+        "state": None
+        if not reply.get("ok")
+        else "new"
+        if previous is not None or reply.get("execution_count") == 1
+        else "kept",
+        "state_lost": None,
+        "stateful": True,
+        "isolation": None,
+        "limits_enforced": [],
+        "warnings": [],
+        "imds_guard": False,
+    }
+    if previous is not None and previous["reason"] not in ASKED_ENDS:
+        result["state_lost"] = {
+            "reason": previous["reason"],
+            "message": "earlier state is gone: " + KERNEL_ENDS.get(previous["reason"], previous["reason"]),
+        }
+    if not reply.get("ok"):
+        result["error_message"] = reply.get("error") or "the session's interpreter failed"
+        result["termination_reason"] = "not_started"
+    elif state == "lost":
+        reason = reply.get("lost_reason")
+        result["state"] = "lost"
+        result["state_lost"] = {"reason": reason, "message": KERNEL_ENDS.get(reason, reason)}
+        result["termination_reason"] = (
+            "timeout"
+            if reply.get("timed_out")
+            else reason
+            if reason in ("memory_limit", "disk_limit")
+            else "signal"
+        )
+        result["error_message"] = "the cell's interpreter ended and its state is lost: " + KERNEL_ENDS.get(
+            reason, reason
+        )
+    elif reply.get("timed_out"):
+        result["error_message"] = (
+            "timed out after %gs: the cell was interrupted (KeyboardInterrupt); the session's state is "
+            "kept" % float(req["timeout"])
+        )
+    elif reply.get("cancelled"):
+        result["error_message"] = "cancelled: the caller gave up and the cell was interrupted"
+    elif error is not None:
+        result["return_code"] = 1
+        result["error_message"] = "%s: %s" % (error.get("name"), error.get("value"))
+    else:
+        result["return_code"] = 0
+    return result
+
+
+def store_results(ws, results, max_envelope_chars):
+    """Keep each rich result's data in the cell's record (read later as @display-N.EXT), and leave inline
+    only what fits the transport's envelope: the rest is named by its file."""
+    budget = (int(max_envelope_chars) // 2) if max_envelope_chars else 64 << 20
+    stored = []
+    for index, item in enumerate(results[:100]):
+        if not isinstance(item, dict) or not isinstance(item.get("data"), dict):
+            continue
+        data, files = {}, {}
+        for mime, value in item["data"].items():
+            if not isinstance(mime, str) or not isinstance(value, str):
+                continue
+            ext = MIME_FILES.get(mime)
+            if ext is not None:
+                raw = (
+                    base64.b64decode(value) if mime in ("image/png", "image/jpeg") else value.encode("utf-8")
+                )
+                name = "display-%d.%s" % (index, ext)
+                fd = os.open(
+                    os.path.join(ws.rdir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                )
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(raw)
+                files[mime] = "@" + name
+            if len(value) <= budget:
+                data[mime] = value
+                budget -= len(value)
+        stored.append({"main": bool(item.get("main")), "data": data, "files": files})
+    return stored
+
+
+def session_op(req):
+    """restart, close or status of a session's interpreter (without starting one)."""
+    base = prepare_base(req.get("base_dir"))
+    session_id = req.get("session_id")
+    if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):
+        raise RunnerError("invalid_input", "session_id %r is not a valid session id" % (session_id,))
+    action = req.get("action")
+    if action not in ("restart", "close", "status"):
+        raise RunnerError("invalid_input", "action must be restart, close or status, got %r" % (action,))
+    reply = ask_host(base, session_id, {"op": action}, 30 if action == "status" else 90)
+    files = KernelFiles(base, session_id)
+    try:
+        state = files.read_state()
+    finally:
+        files.close()
+    return {
+        "session_id": session_id,
+        "live": reply is not None and action == "status",
+        "executions": (reply or {}).get("executions", (state or {}).get("executions")),
+        "ended": None if reply is not None and action == "status" else (state or {}).get("reason"),
+    }
+
+
 OPS = {
     "run": run_task,
+    "cell": run_cell,
+    "session": session_op,
+    "write": write_files,
+    "remove_files": remove_files,
     "list": list_files,
     "read": read_file,
     "inventory": inventory,
@@ -3256,7 +4302,7 @@ def handle(req, emit=None):
         op = OPS.get(req.get("op"))
         if op is None:
             raise RunnerError("protocol", "unknown op %r" % (req.get("op"),))
-        if req.get("op") == "run":
+        if req.get("op") in ("run", "cell"):
             return {"ok": True, "result": op(req, emit)}
         return {"ok": True, "result": op(req)}
     except RunnerError as exc:

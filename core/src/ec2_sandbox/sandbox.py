@@ -25,15 +25,18 @@ from .plugins import Registry, get_registry
 from .protocol import RunnerRefusal
 from .runtimes import Runtime
 from .schema import (
+    CellError,
     CleanupResult,
     ExecutionResult,
     FileContent,
     GetFilesResult,
     InstanceStatus,
     RemovedEntry,
+    RichResult,
     RuntimeStatus,
     SkippedEntry,
     SkippedFile,
+    StateLoss,
     StatusPart,
     check_env_name,
     check_file_to_read,
@@ -41,6 +44,7 @@ from .schema import (
     check_session_id,
     check_task_hash,
 )
+from .session import AsyncSession, Session
 from .transports.base import Transport
 
 log = logging.getLogger("ec2_sandbox")
@@ -144,10 +148,14 @@ class AsyncSandbox:
         create_filesystem: bool = True,
         timeout: float | None = None,
         *,
+        stateful: bool = False,
         on_output: OutputCallback | None = None,
         on_start: Callable[[str], object] | None = None,
     ) -> ExecutionResult:
         """Run ``code`` and return its result; a failing or killed program is a result, not an exception.
+
+        ``stateful``: run it as a cell of ``session_id``'s persistent interpreter (Python), whose variables
+        stay for the session's next stateful call (see :meth:`session`).
 
         Raises :class:`InvalidInputError` before anything runs when an argument breaks a rule.
         ``on_output(stream, chunk)`` receives output while the run goes on, where the transport streams.
@@ -158,6 +166,14 @@ class AsyncSandbox:
             raise InvalidInputError("code: must be a non-empty program")
         rt = self.runtime(runtime)
         _field_error("session_id", check_session_id, session_id)
+        if stateful and session_id is None:
+            raise InvalidInputError(
+                "stateful: a stateful call needs a session_id (the state is the session's)"
+            )
+        if stateful and rt.warm_start != "python":
+            raise InvalidInputError(
+                f"runtime: the persistent interpreter runs Python; {runtime!r} runs only statelessly"
+            )
         file_entries = []
         for name, content in (files or {}).items():
             _field_error(f"files[{name!r}]", check_filename, name)
@@ -180,7 +196,7 @@ class AsyncSandbox:
         task_hash = uuid.uuid4().hex
         stream = on_output is not None and self.transport.supports_streaming
         req = protocol.request(
-            "run",
+            "cell" if stateful else "run",
             self.config.base_sandbox_dir,
             task_hash=task_hash,
             session_id=session_id,
@@ -206,6 +222,7 @@ class AsyncSandbox:
             network=self.config.network,
             stream=stream,
             warm=self.config.warm_start and self.transport.supports_warm_start,
+            idle_timeout=self.config.session_idle_timeout,
         )
 
         def on_event(event: dict[str, Any]) -> None:
@@ -219,7 +236,8 @@ class AsyncSandbox:
             raw = await protocol.call(
                 self.transport,
                 req,
-                timeout=timeout + TRANSPORT_MARGIN,
+                # A cell may wait its turn behind the session's earlier ones for as long as its own time.
+                timeout=(2 * timeout if stateful else timeout) + TRANSPORT_MARGIN,
                 on_event=on_event if stream else None,
             )
         except RunnerRefusal as exc:
@@ -269,32 +287,39 @@ class AsyncSandbox:
             limits_enforced=raw["limits_enforced"],
             warnings=raw.get("warnings", []),
             transport=self.transport.name,
+            stateful=raw.get("stateful", False),
+            execution_count=raw.get("execution_count"),
+            results=[RichResult(**r) for r in raw.get("rich_results") or []],
+            error=CellError(**raw["cell_error"]) if raw.get("cell_error") else None,
+            state=raw.get("state"),
+            state_lost=StateLoss(**raw["state_lost"]) if raw.get("state_lost") else None,
         )
 
     # ------------------------------------------------------------------ files
-    async def download_task_file(
+    async def download_file(
         self,
-        task_hash: str,
         filename: str,
         sink: Callable[[bytes], object],
+        *,
+        task_hash: str | None = None,
+        session_id: str | None = None,
         offset: int = 0,
         max_bytes: int | None = None,
     ) -> tuple[int, int]:
-        """Stream one file of a task (or ``@stdout``/``@stderr``) into ``sink`` page by page.
+        """Stream one file of a task (or its ``@stdout``/``@stderr``/``@display-N.EXT``) or of a session's
+        work dir into ``sink``, page by page.
 
         Only one page is held at a time, so a file of any size fits in memory (``sink`` may be a file's
         ``write``). Returns ``(bytes written, full size of the file)``.
         """
-        _field_error("task_hash", check_task_hash, task_hash)
+        owner = _file_owner(task_hash, session_id)
         _field_error("filename", check_file_to_read, filename)
         if offset < 0:
             raise InvalidInputError("offset: must not be negative")
         want = max_bytes if max_bytes is not None else 1 << 62
 
         async def fetch(position: int, length: int) -> tuple[bytes, int]:
-            page = await self._call(
-                "read", task_hash=task_hash, path=filename, offset=position, length=length
-            )
+            page = await self._call("read", **owner, path=filename, offset=position, length=length)
             return protocol.page_data(page), page["size"]
 
         page_bytes = self._page_bytes()
@@ -309,13 +334,45 @@ class AsyncSandbox:
             sink=sink,
         )
 
+    async def download_task_file(
+        self,
+        task_hash: str,
+        filename: str,
+        sink: Callable[[bytes], object],
+        offset: int = 0,
+        max_bytes: int | None = None,
+    ) -> tuple[int, int]:
+        """One file of a task (or ``@stdout``/``@stderr``) into ``sink`` (see :meth:`download_file`)."""
+        return await self.download_file(
+            filename, sink, task_hash=task_hash, offset=offset, max_bytes=max_bytes
+        )
+
+    async def read_file(
+        self,
+        filename: str,
+        *,
+        task_hash: str | None = None,
+        session_id: str | None = None,
+        offset: int = 0,
+        max_bytes: int | None = None,
+    ) -> FileContent:
+        """One file of a task or a session, from ``offset``, at most ``max_bytes``."""
+        buffer = bytearray()
+        _, size = await self.download_file(
+            filename,
+            buffer.extend,
+            task_hash=task_hash,
+            session_id=session_id,
+            offset=offset,
+            max_bytes=max_bytes,
+        )
+        return _file_content(filename, bytes(buffer), size, offset)
+
     async def read_task_file(
         self, task_hash: str, filename: str, offset: int = 0, max_bytes: int | None = None
     ) -> FileContent:
         """One file of a task (or ``@stdout``/``@stderr``), from ``offset``, at most ``max_bytes``."""
-        buffer = bytearray()
-        _, size = await self.download_task_file(task_hash, filename, buffer.extend, offset, max_bytes)
-        return _file_content(filename, bytes(buffer), size, offset)
+        return await self.read_file(filename, task_hash=task_hash, offset=offset, max_bytes=max_bytes)
 
     async def _file_value(self, task_hash: str, filename: str) -> FileData:
         buffer = bytearray()
@@ -325,9 +382,14 @@ class AsyncSandbox:
         except UnicodeDecodeError:
             return bytes(buffer)
 
+    async def list_files(
+        self, *, task_hash: str | None = None, session_id: str | None = None
+    ) -> dict[str, Any]:
+        """The files of a task's or a session's work dir (``files``: path and size), and what was skipped."""
+        return await self._call("list", **_file_owner(task_hash, session_id))
+
     async def list_task_files(self, task_hash: str) -> dict[str, Any]:
-        _field_error("task_hash", check_task_hash, task_hash)
-        return await self._call("list", task_hash=task_hash)
+        return await self.list_files(task_hash=task_hash)
 
     async def get_task_files(
         self, task_hash: str, filename: str | None = None
@@ -343,14 +405,20 @@ class AsyncSandbox:
         return {entry["path"]: await self._file_value(task_hash, entry["path"]) for entry in listing["files"]}
 
     async def get_files_for_model(
-        self, task_hash: str, filename: str | None = None, offset: int = 0
+        self,
+        task_hash: str | None,
+        filename: str | None = None,
+        offset: int = 0,
+        *,
+        session_id: str | None = None,
     ) -> GetFilesResult:
         """What ec2_get_files returns: contents capped at ``max_output_chars`` in all, with paging hints."""
+        owner = {"task_hash": task_hash, "session_id": session_id}
         budget = self.config.max_output_chars
         if filename is not None:
-            page = await self.read_task_file(task_hash, filename, offset, budget)
-            return GetFilesResult(task_hash=task_hash, files=[page])
-        listing = await self.list_task_files(task_hash)
+            page = await self.read_file(filename, **owner, offset=offset, max_bytes=budget)
+            return GetFilesResult(task_hash=task_hash, session_id=session_id, files=[page])
+        listing = await self.list_files(**owner)
         files: list[FileContent] = []
         not_shown: list[str] = []
         left = budget
@@ -360,11 +428,25 @@ class AsyncSandbox:
             if left <= 0 and index >= FILES_ALWAYS_SHOWN:
                 not_shown.append(entry["path"])
                 continue
-            page = await self.read_task_file(task_hash, entry["path"], 0, max(256, left))
+            page = await self.read_file(entry["path"], **owner, offset=0, max_bytes=max(256, left))
             files.append(page)
             left -= len(page.content)
         skipped = [SkippedFile(**s) for s in listing["skipped"]]
-        return GetFilesResult(task_hash=task_hash, files=files, skipped=skipped, not_shown=not_shown)
+        return GetFilesResult(
+            task_hash=task_hash, session_id=session_id, files=files, skipped=skipped, not_shown=not_shown
+        )
+
+    # ------------------------------------------------------------------ sessions
+    def session(self, session_id: str) -> AsyncSession:
+        """The session ``session_id``: opened on first use, reattached while it lives."""
+        return AsyncSession(self, session_id)
+
+    def python_runtime(self) -> str:
+        """The allowed Python runtime a session's interpreter runs under."""
+        for name in ("python3", "python"):
+            if name in self.allowed_runtimes():
+                return name
+        raise InvalidInputError("this environment allows no Python runtime: sessions need python3")
 
     # ------------------------------------------------------------------ cleanup and status
     async def cleanup_tasks(self, hours: float | None = None) -> CleanupResult:
@@ -489,6 +571,17 @@ def _isolation_warnings(config: SandboxConfig, probe: dict[str, Any], transport:
     return warnings
 
 
+def _file_owner(task_hash: str | None, session_id: str | None) -> dict[str, str]:
+    """The request fields naming whose file it is: a task's or a session's, never both."""
+    if (task_hash is None) == (session_id is None):
+        raise InvalidInputError("give exactly one of task_hash (a task's files) and session_id (a session's)")
+    if task_hash is not None:
+        _field_error("task_hash", check_task_hash, task_hash)
+        return {"task_hash": task_hash}
+    _field_error("session_id", check_session_id, session_id)
+    return {"session_id": session_id}  # type: ignore[dict-item]
+
+
 def _inline(stream: dict[str, Any], name: str, task_hash: str) -> str:
     if not stream["truncated"]:
         return stream["text"]
@@ -588,6 +681,7 @@ class Sandbox:
         create_filesystem: bool = True,
         timeout: float | None = None,
         *,
+        stateful: bool = False,
         on_output: OutputCallback | None = None,
         on_start: Callable[[str], object] | None = None,
     ) -> ExecutionResult:
@@ -600,6 +694,7 @@ class Sandbox:
                 env_vars,
                 create_filesystem,
                 timeout,
+                stateful=stateful,
                 on_output=on_output,
                 on_start=on_start,
             )
@@ -620,6 +715,10 @@ class Sandbox:
 
     def cleanup_tasks(self, hours: float | None = None) -> CleanupResult:
         return self._run(self.aio.cleanup_tasks(hours))
+
+    def session(self, session_id: str) -> Session:
+        """The session ``session_id`` (see :class:`Session`)."""
+        return Session(self, session_id)
 
     def instance_status(self) -> InstanceStatus:
         return self._run(self.aio.instance_status())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import runner
 
@@ -54,7 +54,7 @@ def check_filename(value: str) -> str:
 def check_file_to_read(value: str) -> str:
     """A file to read back: ``@stdout``/``@stderr``, or a work-dir path (``./`` before one that starts with
     '@', as listings write it, so that a file named ``@stdout`` is never the stream)."""
-    if value in runner.STREAMS:
+    if value in runner.STREAMS or runner.DISPLAY_RE.match(value):
         return value
     check_filename(value[2:] if value.startswith("./") else value)
     return value
@@ -109,6 +109,21 @@ class CodeExecutionInput(_Input):
         le=86400,
         description="Wall-clock limit in seconds; defaults to the environment's max_execution_time.",
     )
+    stateful: bool = Field(
+        default=False,
+        description=(
+            "Run the code as a cell in the session's persistent Python interpreter (needs session_id; "
+            "python only): variables, imports and loaded data stay for the next stateful call, and the "
+            "value of a final expression, charts and tables come back as results. A cell past its timeout "
+            "is interrupted and the state kept."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _stateful_needs_session(self) -> CodeExecutionInput:
+        if self.stateful and self.session_id is None:
+            raise ValueError("stateful: a stateful call needs a session_id (the state is the session's)")
+        return self
 
     @field_validator("session_id")
     @classmethod
@@ -135,12 +150,18 @@ class CodeExecutionInput(_Input):
 class GetFilesInput(_Input):
     """Input of ec2_get_files."""
 
-    task_hash: str = Field(description=f"The task to read from: {TASK_HASH_RULE}.")
+    task_hash: str | None = Field(
+        default=None, description=f"The task to read from: {TASK_HASH_RULE}. Or give session_id."
+    )
+    session_id: str | None = Field(
+        default=None,
+        description="Read a session's work dir instead of a task's (give task_hash or session_id).",
+    )
     filename: str | None = Field(
         default=None,
         description=(
             "One file to read, relative to the work dir (e.g. 'out/result.csv'), or '@stdout' / '@stderr' "
-            "for the run's full captured output. Omit to get every file of the task."
+            "for the run's full captured output (of a task). Omit to get every file."
         ),
     )
     offset: int = Field(
@@ -151,8 +172,19 @@ class GetFilesInput(_Input):
 
     @field_validator("task_hash")
     @classmethod
-    def _hash(cls, value: str) -> str:
-        return check_task_hash(value)
+    def _hash(cls, value: str | None) -> str | None:
+        return value if value is None else check_task_hash(value)
+
+    @field_validator("session_id")
+    @classmethod
+    def _session(cls, value: str | None) -> str | None:
+        return check_session_id(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GetFilesInput:
+        if (self.task_hash is None) == (self.session_id is None):
+            raise ValueError("give exactly one of task_hash (a task's files) and session_id (a session's)")
+        return self
 
     @field_validator("filename")
     @classmethod
@@ -181,6 +213,53 @@ class InstanceStatusInput(_Input):
 # ---------------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------------
+
+
+class RichResult(BaseModel):
+    """One thing a stateful cell showed: the value of its last expression, or a display() / figure."""
+
+    main: bool = Field(
+        default=False,
+        description="True for the value of the cell's final expression (Jupyter's execute_result).",
+    )
+    data: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "MIME type -> content: text for text types (text/plain, text/html, text/markdown, "
+            "image/svg+xml, application/json as JSON text), base64 for image/png and image/jpeg."
+        ),
+    )
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "MIME type -> the file of the cell's task that holds it ('@display-N.EXT'), readable with "
+            "ec2_get_files; the only place of content too large to come inline."
+        ),
+    )
+
+    @property
+    def text(self) -> str | None:
+        return self.data.get("text/plain")
+
+
+class CellError(BaseModel):
+    """The exception a stateful cell raised (its interpreter and state live on)."""
+
+    name: str = Field(description="Exception class, e.g. 'ZeroDivisionError'; 'interrupted' for a timeout.")
+    value: str = Field(default="", description="The exception's message.")
+    traceback: list[str] = Field(default_factory=list, description="Formatted traceback lines.")
+
+
+class StateLoss(BaseModel):
+    """Why the session's interpreter state is gone."""
+
+    reason: str = Field(
+        description=(
+            "idle, interrupt (a cell did not stop after its interrupt), memory_limit, disk_limit, exited, "
+            "killed, channel, host_gone, lifetime, cleanup, start"
+        )
+    )
+    message: str = Field(description="The same in words.")
 
 
 class ExecutionResult(BaseModel):
@@ -227,6 +306,26 @@ class ExecutionResult(BaseModel):
         default_factory=list, description="Protections that were missing for this run, in words."
     )
     transport: str | None = Field(default=None, description="Transport that carried the run.")
+    stateful: bool = Field(default=False, description="True for a cell run in the session's interpreter.")
+    execution_count: int | None = Field(
+        default=None, description="Stateful: the cell's number in its interpreter (1 for a fresh one)."
+    )
+    results: list[RichResult] = Field(
+        default_factory=list,
+        description="Stateful: the final expression's value and what the cell displayed.",
+    )
+    error: CellError | None = Field(default=None, description="Stateful: the exception the cell raised.")
+    state: Literal["new", "kept", "lost"] | None = Field(
+        default=None,
+        description=(
+            "Stateful: 'new' (a fresh interpreter ran the cell), 'kept' (variables of earlier cells were "
+            "there), 'lost' (the interpreter ended during the cell; the next call starts a fresh one)."
+        ),
+    )
+    state_lost: StateLoss | None = Field(
+        default=None,
+        description="Stateful: why earlier state is gone, when it is (read it before relying on it).",
+    )
 
     @property
     def output(self) -> str:
@@ -267,7 +366,8 @@ class SkippedFile(BaseModel):
 class GetFilesResult(BaseModel):
     """Output of ec2_get_files."""
 
-    task_hash: str
+    task_hash: str | None = None
+    session_id: str | None = None
     files: list[FileContent] = Field(default_factory=list)
     skipped: list[SkippedFile] = Field(
         default_factory=list, description="Entries not returned (symlinks, special files) and why."

@@ -68,11 +68,14 @@ async def _execute(sandbox: AsyncSandbox, data: CodeExecutionInput) -> Execution
         env_vars=data.env_vars,
         create_filesystem=data.create_filesystem,
         timeout=data.timeout,
+        stateful=data.stateful,
     )
 
 
 async def _get_files(sandbox: AsyncSandbox, data: GetFilesInput) -> GetFilesResult:
-    return await sandbox.get_files_for_model(data.task_hash, data.filename, data.offset)
+    return await sandbox.get_files_for_model(
+        data.task_hash, data.filename, data.offset, session_id=data.session_id
+    )
 
 
 async def _cleanup(sandbox: AsyncSandbox, data: CleanupInput) -> CleanupResult:
@@ -90,8 +93,11 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Run a complete program in an isolated sandbox and get its stdout, stderr and exit code. "
             "Each call starts a fresh process in its own work dir; nothing from the caller is inherited. "
             "Pass input files with `files` and settings with `env_vars`. Use the same `session_id` across "
-            "calls to keep files between them. Long output is shown as head and tail: read the rest, and "
-            "any file the program wrote, with ec2_get_files and the returned task_hash."
+            "calls to keep files between them; add `stateful: true` to run Python as a cell of the "
+            "session's persistent interpreter instead, where variables, imports and loaded data stay from "
+            "one call to the next and a final expression's value (tables, charts) comes back. Long output "
+            "is shown as head and tail: read the rest, and any file the program wrote, with ec2_get_files "
+            "and the returned task_hash (or session_id)."
         ),
         input_model=CodeExecutionInput,
         output_model=ExecutionResult,

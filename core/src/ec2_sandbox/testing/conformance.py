@@ -26,6 +26,7 @@ import pytest
 
 from ..errors import InvalidInputError, TaskNotFoundError
 from ..sandbox import AsyncSandbox
+from .session_conformance import SessionSuite
 
 #: A child that ignores SIGTERM and keeps appending to a file: if it survived the run, the file would grow.
 STUBBORN_CHILD = """
@@ -49,7 +50,7 @@ def derived(sandbox: AsyncSandbox, **changes: Any) -> AsyncSandbox:
     return AsyncSandbox(config, transport=sandbox.transport, registry=sandbox.registry)
 
 
-class ConformanceSuite:
+class ConformanceSuite(SessionSuite):
     """Subclass as ``Test<Transport>`` and provide a ``sandbox`` fixture (an :class:`AsyncSandbox`)."""
 
     # ------------------------------------------------------------------ runtimes and results

@@ -156,6 +156,7 @@ if hashlib.sha256(source).hexdigest() != sys.argv[2]:
     sys.stderr.write("the runner's source arrived damaged\n")
     sys.exit(2)
 runner = types.ModuleType("ec2_sandbox_runner")
+runner.__dict__["RUNNER_SOURCE"] = source  # for the session hosts it starts
 sys.modules["ec2_sandbox_runner"] = runner
 exec(compile(source, "ec2_sandbox_runner.py", "exec"), runner.__dict__)
 runner.become_subreaper()  # it reaps what its runs leave behind, bubblewrap's pid 1 among them
