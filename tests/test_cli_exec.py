@@ -186,3 +186,15 @@ def test_a_reader_that_leaves_stops_the_run_quietly(cli_env: dict[str, str]) -> 
     finally:
         os.close(write_end)
     assert (proc.returncode, proc.stderr) == (EXIT_BROKEN_PIPE, b"")
+
+
+def test_stateful_cells_keep_variables_between_commands(cli_env: dict[str, str]) -> None:
+    session = ["--session", "cli-state", "--stateful"]
+    assert cli(cli_env, "exec", *session, "-c", "total = 20").returncode == 0
+    shown = cli(cli_env, "exec", *session, "-c", "print('adding')\ntotal * 2")
+    assert (shown.returncode, shown.stdout) == (0, b"adding\n40\n"), shown
+    failed = cli(cli_env, "exec", *session, "-c", "total / 0")
+    assert failed.returncode == 1 and b"ZeroDivisionError" in failed.stderr, failed
+    assert cli(cli_env, "exec", *session, "-c", "total").stdout == b"20\n"
+    refused = cli(cli_env, "exec", "--stateful", "-c", "1")
+    assert refused.returncode != 0 and b"needs a session_id" in refused.stderr

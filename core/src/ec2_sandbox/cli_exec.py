@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="env var (repeatable)")
     p.add_argument("--session", metavar="ID", help="run in this persistent session's work dir")
     p.add_argument(
+        "--stateful",
+        action="store_true",
+        help="run the Python code as a cell of the session's persistent interpreter (needs --session): "
+        "variables stay for the next --stateful call; a final expression's value is printed, as in a REPL",
+    )
+    p.add_argument(
         "--timeout",
         type=duration,
         metavar="SECONDS",
@@ -93,6 +99,7 @@ class Program:
     session: str | None
     timeout: float | None
     ephemeral: bool
+    stateful: bool = False
 
     async def run(
         self,
@@ -108,6 +115,7 @@ class Program:
             env_vars=self.env,
             create_filesystem=not self.ephemeral,
             timeout=self.timeout,
+            stateful=self.stateful,
             on_output=on_output,
             on_start=on_start,
         )
@@ -143,6 +151,7 @@ def program_from(args: argparse.Namespace) -> Program:
         session=args.session,
         timeout=args.timeout,
         ephemeral=args.ephemeral,
+        stateful=args.stateful,
     )
 
 
@@ -278,4 +287,17 @@ async def _pass_through(
         relay.take_inline(result)
         totals = {stream: getattr(result, f"{stream}_bytes") for stream in STREAMS}
         await relay.catch_up(sandbox, result.task_hash, totals)
+        if result.stateful:
+            show_cell(result)
     return None if relay.broken else result
+
+
+def show_cell(result: ExecutionResult) -> None:
+    """A cell's own part, as a REPL shows it: the value of its last expression, then its traceback."""
+    for item in result.results:
+        if item.main and item.text is not None:
+            print(item.text, flush=True)
+    if result.error is not None:
+        sys.stderr.write("".join(result.error.traceback))
+    if result.state_lost is not None:
+        print(f"ec2-sandbox: {result.state_lost.message}", file=sys.stderr)
