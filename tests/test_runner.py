@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,20 @@ def test_a_task_still_starting_is_not_found_yet(tmp_base_dir: str) -> None:
         assert "still starting" in envelope["error"]["message"]
     finally:
         lock.release()
+
+
+def test_the_shipped_runner_is_python38_and_carries_its_companions() -> None:
+    """What remote targets get: the runner without docstrings and comments, kernel.py inside it."""
+    from ec2_sandbox import protocol
+
+    shipped = protocol.runner_source()
+    ast.parse(shipped, feature_version=(3, 8))
+    module: dict[str, object] = {"__name__": "ec2_sandbox_runner"}
+    exec(compile(shipped, "ec2_sandbox_runner.py", "exec"), module)
+    companions = module["COMPANIONS"]
+    assert isinstance(companions, dict) and set(companions) == {"kernel.py"}
+    ast.parse(companions["kernel.py"], feature_version=(3, 8))
+    assert module["PROTOCOL"] == runner.PROTOCOL
+    # It fits one SSM command with room for a request (the first request to a new instance carries it).
+    packed = len(base64.b64encode(zlib.compress(shipped, 6)))
+    assert packed < 55_000, packed

@@ -206,7 +206,17 @@ async def test_session_id_with_shell_syntax(box: Box) -> None:
         assert not envelope["ok"] and envelope["error"]["kind"] == "invalid_input", (sid, envelope)
     assert not os.path.exists(canary)
     assert sorted(os.listdir(os.path.join(box.base, "sessions"))) == []
-    layout = {"tasks", "sessions", "ephemeral", "runs", "locks", runner.BWRAP_PROBE_NAME}
+    assert sorted(os.listdir(os.path.join(box.base, "session-tmp"))) == []
+    layout = {
+        "tasks",
+        "sessions",
+        "ephemeral",
+        "runs",
+        "locks",
+        "kernels",
+        "session-tmp",
+        runner.BWRAP_PROBE_NAME,
+    }
     assert set(os.listdir(box.base)) <= layout
     await box.assert_recovers()
 

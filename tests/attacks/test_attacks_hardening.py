@@ -292,9 +292,31 @@ for where in ("/tmp", "/dev/shm"):
     total += os.path.getsize(where + "/fill")
 print(total >> 20)
 """
-    result = await box.with_config(max_file_size_mb=1024).run(code)
+    result = await box.with_config(max_file_size_mb=1024).run(code, session=False)
     assert result.success, result
     assert 100 <= int(result.stdout) <= 128, result  # positive control: it did write, up to the cap
+    await box.assert_recovers()
+
+
+async def test_a_sessions_tmp_counts_toward_its_disk_quota(best_box: Box) -> None:
+    # A session's /tmp lives on between its runs: a dir on disk, which the disk quota counts with the work dir.
+    box = best_box.with_config(max_file_size_mb=1024, max_disk_mb=64)
+    fill = (
+        "import os, time\n"
+        "with open('/tmp/fill', 'wb') as fh:\n"
+        "    for _ in range(256):\n"
+        "        fh.write(b'x' * (1 << 20)); fh.flush(); os.fsync(fh.fileno()); time.sleep(0.01)\n"
+        "print('wrote it all')\n"
+    )
+    result = await box.run(fill, timeout=30)
+    assert not result.success and result.termination_reason == "disk_limit", result
+    assert "wrote it all" not in result.stdout
+    # Positive control: below the quota the same /tmp holds, and is there for the session's next run.
+    await box.run("import os\nos.remove('/tmp/fill')")
+    kept = await box.run("open('/tmp/small', 'w').write('x' * 1000)")
+    assert kept.success, kept
+    again = await box.run("print(len(open('/tmp/small').read()))")
+    assert again.stdout == "1000\n", again
     await box.assert_recovers()
 
 

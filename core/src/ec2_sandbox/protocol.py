@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import collections
@@ -30,13 +31,31 @@ COMPANIONS = ("kernel.py",)
 
 @cache
 def runner_source() -> bytes:
-    """The runner program's bytes, as shipped to remote targets: one file, its companions inside."""
+    """The runner program's bytes, as shipped to remote targets: one file, its companions inside, without
+    docstrings and comments (the first request to a new target must carry it in one SSM command)."""
     source = Path(runner.__file__).read_bytes()
     if source.count(COMPANIONS_LINE) != 1:
         raise RuntimeError("runner.py must have exactly one COMPANIONS line to fill")
     here = Path(runner.__file__).parent
-    filled = {name: (here / name).read_text("utf-8") for name in COMPANIONS}
-    return source.replace(COMPANIONS_LINE, b"COMPANIONS = " + repr(filled).encode("utf-8") + b"\n")
+    filled = {name: shipped_form((here / name).read_text("utf-8")) for name in COMPANIONS}
+    whole = source.replace(COMPANIONS_LINE, b"COMPANIONS = " + repr(filled).encode("utf-8") + b"\n")
+    return shipped_form(whole.decode("utf-8")).encode("utf-8")
+
+
+def shipped_form(source: str) -> str:
+    """``source`` as the same program without its docstrings and comments (ast.unparse keeps the code)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module):
+            first = node.body[0] if node.body else None
+            value = (
+                first.value.value
+                if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                else None
+            )
+            if isinstance(value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree) + "\n"
 
 
 @cache

@@ -1516,6 +1516,11 @@ def bwrap_argv(workdir, network, hardened=False, memory_bytes=None, ro_files=(),
             # A session's /tmp is a dir of its own on disk, as its work dir is: counted by the disk
             # limits, not by memory.
             argv += ["--bind", tmp_dir, "/tmp"]
+            parts = workdir.split("/")
+            if len(parts) > 3 and parts[1] == "tmp":
+                # A base dir under /tmp (tests, a developer's machine): the mount points of the binds below
+                # go in a tmpfs of their own, not in the session's /tmp, where they would stay.
+                argv += ["--tmpfs", "/tmp/" + parts[2]]
             continue
         if hardened and size:
             argv += ["--size", str(size)]
@@ -1870,7 +1875,7 @@ def execute(req, emit, ws, plan):
             "without bubblewrap, a cgroup or root, only the run's process group is killed at its end: a "
             "program that calls setsid() can outlive the run"
         )
-    budget = DiskBudget(ws.workdir, plan.disk_quota, plan.disk_reserve)
+    budget = DiskBudget(ws.workdir, plan.disk_quota, plan.disk_reserve, plan.session_tmp)
     stdout_path = os.path.join(ws.rdir, "stdout")
     stderr_path = os.path.join(ws.rdir, "stderr")
     out_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -2175,11 +2180,13 @@ class DiskBudget(object):
 
     Polling is cheap: one statvfs per run a tick, and a walk of the work dir only once the filesystem as a
     whole has grown by more than the run may still write. A run can write past the quota between two ticks
-    (at most what the disk takes in a tick); /tmp under bubblewrap is memory, capped on its own.
+    (at most what the disk takes in a tick); a task's /tmp under bubblewrap is memory, capped on its own; a
+    session's /tmp is a dir on disk (``tmpdir``), counted with its work dir.
     """
 
-    def __init__(self, workdir, quota, reserve):
+    def __init__(self, workdir, quota, reserve, tmpdir=None):
         self.workdir, self.quota, self.reserve = workdir, quota, reserve
+        self.dirs = [workdir] + ([tmpdir] if tmpdir else [])
         self.exceeded = None
         st = os.statvfs(workdir)
         if reserve is not None and free_bytes(st) < reserve:
@@ -2191,7 +2198,10 @@ class DiskBudget(object):
         self.fs_used_at_start = used_bytes(st)
         # A work dir already at its quota still runs (a run that only removes files is how it gets back
         # under), but any growth ends it.
-        self.remaining = None if quota is None else max(0, quota - tree_size(workdir))
+        self.remaining = None if quota is None else max(0, quota - self.size())
+
+    def size(self):
+        return sum(tree_size(path) for path in self.dirs)
 
     def check(self):
         """The reason to end the run now ("reserve", "quota"), or None."""
@@ -2199,7 +2209,7 @@ class DiskBudget(object):
         if self.reserve is not None and free_bytes(st) < self.reserve:
             return "reserve"
         grown = self.quota is not None and used_bytes(st) - self.fs_used_at_start > self.remaining
-        return "quota" if grown and tree_size(self.workdir) > self.quota else None
+        return "quota" if grown and self.size() > self.quota else None
 
 
 def free_bytes(st):
