@@ -58,6 +58,7 @@ INTEGRATION_MODULES = frozenset(
         "test_provisioning_script.py",
         "test_provisioning_userdata.py",
         "test_mcp.py",
+        "test_langchain_ssh.py",
     }
 )
 #: Modules that take a minute or more on an idle machine (measured with --durations).
