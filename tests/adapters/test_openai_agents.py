@@ -11,9 +11,17 @@ os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 from agents import Agent, Runner
 from agents.strict_schema import ensure_strict_json_schema
 from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
+from pydantic import BaseModel, ConfigDict, Field
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
-from ec2_sandbox_openai_agents import STRICT_KEYWORDS, create_openai_tools, from_strict_arguments
+from ec2_sandbox.tools import TOOLS_BY_NAME, ToolSpec
+from ec2_sandbox_openai_agents import (
+    STRICT_KEYWORDS,
+    create_openai_tools,
+    from_strict_arguments,
+    map_fields,
+    strict_schema,
+)
 
 from .scenario import PLUGIN_RUNTIME, TOOL_NAMES, Received, Script
 
@@ -120,7 +128,48 @@ async def test_tool_errors_are_outputs_not_exceptions(config: SandboxConfig) -> 
 
 
 def test_pairs_mapping() -> None:
+    maps = map_fields(TOOLS_BY_NAME["ec2_code_execution"].input_schema())
+    assert maps == {"files", "env_vars"}
     args = from_strict_arguments(
-        {"code": "x", "runtime": None, "files": [{"name": "a.txt", "value": "A"}], "env_vars": []}
+        {"code": "x", "runtime": None, "files": [{"name": "a.txt", "value": "A"}], "env_vars": []}, maps
     )
     assert args == {"code": "x", "files": {"a.txt": "A"}, "env_vars": {}}
+
+
+class Point(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    x: int
+    y: int
+
+
+class Labelled(BaseModel):
+    """A tool input with maps of its own: required, optional, non-string values; and a nested object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: dict[str, str] = Field(description="Labels: name -> text.")
+    weights: dict[str, int] | None = Field(default=None, description="Weights: name -> integer.")
+    point: Point = Field(description="A point (an object, not a map).")
+
+
+async def test_map_fields_are_found_in_the_schema(config: SandboxConfig) -> None:
+    """A map field the adapter has never heard of is rendered as pairs, and mapped back."""
+
+    async def handler(sandbox: AsyncSandbox, data: Labelled) -> Labelled:
+        return data
+
+    spec = ToolSpec("labelled", "Echo the labels.", Labelled, Labelled, handler)
+    schema = spec.input_schema()
+    assert map_fields(schema) == {"labels", "weights"}  # not 'point': an object with properties
+    strict = strict_schema(spec, AsyncSandbox(config))
+    ensure_strict_json_schema(dict(strict), _reject_open_objects=True)
+    assert_strict(strict)
+    assert strict["properties"]["labels"]["type"] == "array"
+    weight = strict["properties"]["weights"]["anyOf"][0]["items"]["properties"]["value"]
+    assert weight["type"] == "integer"
+    args = from_strict_arguments(
+        {"labels": [{"name": "a", "value": "b"}], "weights": [{"name": "w", "value": 3}], "point": None},
+        map_fields(schema),
+    )
+    assert args == {"labels": {"a": "b"}, "weights": {"w": 3}}
