@@ -1,4 +1,6 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures and hooks shared by every test folder of the workspace: tests/, adapters/*/tests/ and
+plugins/*/tests/ (this file is their common ancestor; tests/support is importable from all of them
+through the ``pythonpath`` setting in pyproject.toml)."""
 
 from __future__ import annotations
 

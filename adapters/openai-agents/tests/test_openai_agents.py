@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 from typing import Any
 
@@ -12,6 +11,8 @@ from agents import Agent, Runner
 from agents.strict_schema import ensure_strict_json_schema
 from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
 from pydantic import BaseModel, ConfigDict, Field
+from support.agents_sdk import received_from
+from support.scenario import PLUGIN_RUNTIME, TOOL_NAMES, Script
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox.tools import TOOLS_BY_NAME, ToolSpec
@@ -22,34 +23,6 @@ from ec2_sandbox_openai_agents import (
     map_fields,
     strict_schema,
 )
-
-from .scenario import PLUGIN_RUNTIME, TOOL_NAMES, Received, Script
-
-
-def _item(entry: Any) -> dict[str, Any]:
-    return entry if isinstance(entry, dict) else entry.model_dump()
-
-
-def received_from(items: Any) -> dict[str, Received]:
-    out: dict[str, Received] = {}
-    for raw in items if isinstance(items, list) else []:
-        item = _item(raw)
-        if item.get("type") != "function_call_output":
-            continue
-        output = item["output"]
-        if isinstance(output, str):
-            out[item["call_id"]] = Received(output)
-            continue
-        texts, images = [], []
-        for part in output:
-            part = _item(part)
-            if part.get("type") == "input_text":
-                texts.append(part["text"])
-            elif part.get("type") == "input_image":
-                header, data = part["image_url"].split(",", 1)
-                images.append((header.removeprefix("data:").removesuffix(";base64"), base64.b64decode(data)))
-        out[item["call_id"]] = Received("\n".join(texts), images)
-    return out
 
 
 def assert_strict(schema: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -18,7 +19,6 @@ from support.scripted_target import Outcome, ScriptedTarget
 
 from ec2_sandbox import AsyncSandbox, Sandbox, SandboxConfig
 from ec2_sandbox.errors import ConfigError, TransportError
-from ec2_sandbox.plugins import Registry
 from ec2_sandbox.presentation import (
     BINARY_MARKER,
     call_tool,
@@ -65,14 +65,14 @@ Scripted = Callable[..., AsyncSandbox]
 
 
 @pytest.fixture
-async def scripted(base_dir: str, plugin_registry: Registry) -> AsyncIterator[Scripted]:
+async def scripted() -> AsyncIterator[Scripted]:
     """Sandboxes whose runs leave the given outcomes, with text for the model held to ``max_output_chars``."""
     boxes: list[AsyncSandbox] = []
 
     def make(*outcomes: Outcome, max_output_chars: int = 4000) -> AsyncSandbox:
-        config = SandboxConfig(base_sandbox_dir=base_dir, max_output_chars=max_output_chars)
+        config = SandboxConfig(max_output_chars=max_output_chars)
         transport = MockTransport(ScriptedTarget(*outcomes))
-        boxes.append(AsyncSandbox(config, transport=transport, registry=plugin_registry))
+        boxes.append(AsyncSandbox(config, transport=transport))
         return boxes[-1]
 
     yield make
@@ -154,7 +154,8 @@ async def test_no_arguments_tool(scripted: Scripted) -> None:
     assert not cleaned.is_error and "Nothing to remove" in cleaned.text
 
 
-def test_sandbox_for(config: SandboxConfig, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_sandbox_for(tmp_base_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = SandboxConfig(base_sandbox_dir=tmp_base_dir, max_output_chars=4000)
     box = AsyncSandbox(config)
     assert sandbox_for(box) is box
     sync = Sandbox(config)
