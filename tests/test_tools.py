@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from support.scripted_target import Outcome, ScriptedTarget
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox.schema import ExecutionResult, GetFilesResult
 from ec2_sandbox.tools import TOOLS, TOOLS_BY_NAME
+from ec2_sandbox.transports import MockTransport
 
 NAME_RE = r"^[a-zA-Z0-9_-]{1,64}$"
 
@@ -57,9 +59,15 @@ async def test_invoke_validates_and_runs(tmp_base_dir: str) -> None:
         await tool.invoke(sandbox, {"code": "x", "shell": "rm -rf /"})
 
 
-async def test_get_files_pages_large_files_for_models(tmp_base_dir: str) -> None:
-    sandbox = AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir, max_output_chars=1000))
-    result = await sandbox.execute_code("open('big.txt','w').write('y' * 5000)")
+def scripted(outcome: Outcome, max_output_chars: int) -> AsyncSandbox:
+    """A sandbox whose run leaves ``outcome`` (no runner: what the model gets of files is the point)."""
+    config = SandboxConfig(max_output_chars=max_output_chars)
+    return AsyncSandbox(config, transport=MockTransport(ScriptedTarget(outcome)))
+
+
+async def test_get_files_pages_large_files_for_models() -> None:
+    sandbox = scripted(Outcome(files={"big.txt": "y" * 5000}), max_output_chars=1000)
+    result = await sandbox.execute_code("write big.txt")
     tool = TOOLS_BY_NAME["ec2_get_files"]
     page = (await tool.invoke(sandbox, {"task_hash": result.task_hash, "filename": "big.txt"})).files[0]
     assert page.size == 5000 and page.truncated and page.next_offset == 1000
@@ -75,12 +83,14 @@ async def test_default_runtime_follows_the_environment(tmp_base_dir: str) -> Non
     assert result.success and result.runtime == "bash" and result.stdout.strip().isdigit()
 
 
-async def test_get_files_for_models_stops_reading_when_the_budget_is_spent(tmp_base_dir: str) -> None:
-    sandbox = AsyncSandbox(SandboxConfig(base_sandbox_dir=tmp_base_dir, max_output_chars=1000))
-    code = "for i in range(40):\n    open(f'f{i:02d}.txt', 'w').write('z' * 100)"
-    result = await sandbox.execute_code(code)
+async def test_get_files_for_models_stops_reading_when_the_budget_is_spent() -> None:
+    files = {f"f{i:02d}.txt": "z" * 100 for i in range(40)}
+    sandbox = scripted(Outcome(files=files), max_output_chars=1000)
+    result = await sandbox.execute_code("write forty files")
     out = await TOOLS_BY_NAME["ec2_get_files"].invoke(sandbox, {"task_hash": result.task_hash})
     assert isinstance(out, GetFilesResult)
     assert len(out.files) == 10  # the budget (1000) is spent after ten 100-byte files
     assert len(out.files) + len(out.not_shown) == 40
     assert out.not_shown[-1] == "f39.txt"
+    target = sandbox.transport.handler  # type: ignore[attr-defined]
+    assert [r["op"] for r in target.requests].count("read") == 10  # the rest were named, never read

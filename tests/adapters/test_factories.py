@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from mcp.client import Client
+from support.scenario import PLUGIN_RUNTIME
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox.tools import TOOLS
@@ -16,8 +17,6 @@ from ec2_sandbox_langchain import create_langchain_tools
 from ec2_sandbox_mcp import create_mcp_server
 from ec2_sandbox_openai_agents import create_openai_tools
 from ec2_sandbox_strands import create_strands_tools
-
-from .scenario import PLUGIN_RUNTIME
 
 
 def _enum(schema: dict[str, Any]) -> list[str]:

@@ -88,28 +88,24 @@ class Runtime(BaseModel):
     def to_runner(self) -> dict:
         return self.model_dump(mode="json", exclude={"description"})
 
+    def alias(self, name: str, description: str) -> Runtime:
+        """This runtime under another name: one definition, so the two cannot drift apart."""
+        return Runtime.model_validate({**self.model_dump(), "name": name, "description": description})
 
-PYTHON_OOM = ["MemoryError"]
+
+PYTHON3 = Runtime(
+    name="python3",
+    description="Python 3 (the target's system python3).",
+    filename="main.py",
+    argv=["python3", "{file}"],
+    version_argv=["python3", "--version"],
+    oom_markers=["MemoryError"],
+    warm_start="python",
+)
 
 BUILTIN_RUNTIMES: tuple[Runtime, ...] = (
-    Runtime(
-        name="python3",
-        description="Python 3 (the target's system python3).",
-        filename="main.py",
-        argv=["python3", "{file}"],
-        version_argv=["python3", "--version"],
-        oom_markers=PYTHON_OOM,
-        warm_start="python",
-    ),
-    Runtime(
-        name="python",
-        description="Python 3, same as python3 (kept for callers that say 'python').",
-        filename="main.py",
-        argv=["python3", "{file}"],
-        version_argv=["python3", "--version"],
-        oom_markers=PYTHON_OOM,
-        warm_start="python",
-    ),
+    PYTHON3,
+    PYTHON3.alias("python", "Python 3, same as python3 (kept for callers that say 'python')."),
     Runtime(
         name="node",
         description="Node.js; its heap is sized from the memory limit.",

@@ -657,6 +657,8 @@ class Sandbox:
                 self._loop = _LoopThread()
         return self._loop.run(coro)
 
+    run = _run  # public: adapters' synchronous paths run their coroutines here, on this sandbox's own loop
+
     # async twins
     def aexecute_code(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, ExecutionResult]:
         return self.aio.execute_code(*args, **kwargs)

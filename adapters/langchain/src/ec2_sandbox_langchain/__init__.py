@@ -12,12 +12,15 @@ schema with a ``runtime`` field would trigger. Input is validated with the core'
 Results use ``response_format="content_and_artifact"``: the content is text for the model (plus image
 blocks for images a run saved), the artifact is the structured result with the image bytes. A bad call
 raises :class:`ToolException`, which the tool turns into a tool message saying how to fix the call.
+
+Synchronous calls (``invoke``) run on the private event loop of a :class:`Sandbox` facade shared by the
+four tools (the caller's own ``Sandbox`` when one was given): a transport that keeps a connection (SSH,
+EIC) opens it on the first sync call and every later one reuses it, where a throwaway loop per call would
+open a new one each time and leave the old one open.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
@@ -54,17 +57,20 @@ class EC2SandboxTool(BaseTool):
 
     spec: ToolSpec = Field(exclude=True)
     sandbox: AsyncSandbox = Field(exclude=True)
+    #: Runs the synchronous calls on its loop; its ``aio`` is ``sandbox``, so both paths share one transport.
+    sync_sandbox: Sandbox = Field(exclude=True)
     response_format: str = "content_and_artifact"
     handle_tool_error: Any = _error_text
 
     @classmethod
-    def from_spec(cls, spec: ToolSpec, sandbox: AsyncSandbox) -> EC2SandboxTool:
+    def from_spec(cls, spec: ToolSpec, sandbox: Sandbox) -> EC2SandboxTool:
         return cls(
             name=spec.name,
             description=spec.description,
-            args_schema=spec.input_schema(sandbox),
+            args_schema=spec.input_schema(sandbox.aio),
             spec=spec,
-            sandbox=sandbox,
+            sandbox=sandbox.aio,
+            sync_sandbox=sandbox,
         )
 
     async def _arun(
@@ -78,9 +84,9 @@ class EC2SandboxTool(BaseTool):
     def _run(
         self, run_manager: CallbackManagerForToolRun | None = None, **kwargs: Any
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        # A private loop on a worker thread: works whether or not the caller is inside an event loop.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, self._arun(**kwargs)).result()
+        # The facade's loop lives on its own thread: this works whether or not the caller is inside an event
+        # loop, and it outlives the call, so the transport's connection does too.
+        return self.sync_sandbox.run(self._arun(**kwargs))
 
 
 def create_langchain_tools(
@@ -91,8 +97,18 @@ def create_langchain_tools(
     ``config``: a :class:`SandboxConfig`, an environment name from the configuration file, an existing
     ``AsyncSandbox``/``Sandbox``, or None for the local default.
     """
-    sandbox = sandbox_for(config)
+    sandbox = _sync_facade(config)
     return [EC2SandboxTool.from_spec(spec, sandbox) for spec in TOOLS]
+
+
+def _sync_facade(config: SandboxConfig | AsyncSandbox | Sandbox | str | None) -> Sandbox:
+    """The :class:`Sandbox` whose loop serves the tools' sync calls, over the sandbox ``config`` names."""
+    if isinstance(config, Sandbox):
+        return config
+    sandbox = sandbox_for(config)
+    facade = Sandbox(sandbox.config, registry=sandbox.registry)
+    facade.aio = sandbox  # the caller's AsyncSandbox itself: one transport for async and sync calls
+    return facade
 
 
 class EC2SandboxToolkit(BaseToolkit):

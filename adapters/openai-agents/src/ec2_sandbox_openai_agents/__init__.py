@@ -8,8 +8,9 @@ Each tool is a :class:`agents.FunctionTool` rendered from the core's registry
 (:data:`ec2_sandbox.tools.TOOLS`) in the SDK's strict JSON-schema mode. Strict mode refuses free-form maps
 and optional properties, so for this framework:
 
-- ``files`` and ``env_vars`` are lists of ``{"name": ..., "value": ...}`` pairs (mapped back to the core's
-  dicts before validation);
+- map-typed fields (``dict[str, str]`` in the core: ``files``, ``env_vars``, and any a tool gains later,
+  found in its JSON schema) are lists of ``{"name": ..., "value": ...}`` pairs, mapped back to the core's
+  dicts before validation;
 - every property is required and nullable; ``null`` means "use the default" (named in the description).
 
 An exception raised in a FunctionTool would fail the whole run, so every failure — a bad call, an
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Collection
 from typing import Any
 
 from agents import FunctionTool, RunContextWrapper, ToolOutputImage, ToolOutputText
@@ -30,24 +32,32 @@ from ec2_sandbox.errors import InvalidInputError
 from ec2_sandbox.presentation import Rendered, call_tool, render_error, sandbox_for
 from ec2_sandbox.tools import TOOLS, ToolSpec
 
-__all__ = ["create_openai_tools", "from_strict_arguments", "strict_schema", "to_tool_output"]
-
-#: Fields that are ``dict[str, str]`` in the core and lists of name/value pairs here.
-PAIR_FIELDS = {
-    "files": ("relative path of the file in the work dir", "text content of the file"),
-    "env_vars": ("environment variable name", "its value"),
-}
+__all__ = ["create_openai_tools", "from_strict_arguments", "map_fields", "strict_schema", "to_tool_output"]
 
 
-def _pairs(field: str) -> dict[str, Any]:
-    key_doc, value_doc = PAIR_FIELDS[field]
+def _map_values(prop: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema of a map's values when ``prop`` is a free-form map (or an optional one), else None."""
+    for branch in prop.get("anyOf", [prop]):
+        values = branch.get("additionalProperties")
+        if branch.get("type") == "object" and isinstance(values, dict) and not branch.get("properties"):
+            return values
+    return None
+
+
+def map_fields(schema: dict[str, Any]) -> frozenset[str]:
+    """The properties of an input schema that are free-form maps (``dict[str, X]``), which strict mode
+    refuses: this adapter gives them as lists of name/value pairs."""
+    return frozenset(name for name, prop in schema.get("properties", {}).items() if _map_values(prop))
+
+
+def _pairs(values: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "array",
         "items": {
             "type": "object",
             "properties": {
-                "name": {"type": "string", "description": f"The {key_doc}."},
-                "value": {"type": "string", "description": f"The {value_doc}."},
+                "name": {"type": "string", "description": "The key, as the description names it."},
+                "value": {**values, "description": "Its value."},
             },
             "required": ["name", "value"],
             "additionalProperties": False,
@@ -108,8 +118,9 @@ def strict_schema(spec: ToolSpec, sandbox: AsyncSandbox) -> dict[str, Any]:
     required = set(schema.get("required", []))
     for name, prop in schema.get("properties", {}).items():
         description = prop.get("description", "")
-        if name in PAIR_FIELDS:
-            body = _pairs(name)
+        values = _map_values(prop)
+        if values is not None:
+            body = _pairs(values)
             description += (
                 ' Given here as a list of {"name": ..., "value": ...} pairs instead of an object, '
                 'e.g. [{"name": "A", "value": "1"}].'
@@ -138,13 +149,14 @@ def strict_schema(spec: ToolSpec, sandbox: AsyncSandbox) -> dict[str, Any]:
     )
 
 
-def from_strict_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The model's strict-mode arguments as the core expects them: nulls dropped, pairs made dicts."""
+def from_strict_arguments(arguments: dict[str, Any], maps: Collection[str]) -> dict[str, Any]:
+    """The model's strict-mode arguments as the core expects them: nulls dropped, the pairs of the map
+    fields ``maps`` (:func:`map_fields`) made dicts."""
     out: dict[str, Any] = {}
     for name, value in arguments.items():
         if value is None:
             continue
-        if name in PAIR_FIELDS and isinstance(value, list):
+        if name in maps and isinstance(value, list):
             mapping: dict[str, Any] = {}
             for item in value:
                 if not isinstance(item, dict) or set(item) != {"name", "value"}:
@@ -168,6 +180,8 @@ def to_tool_output(rendered: Rendered) -> Any:
 
 
 def _tool(spec: ToolSpec, sandbox: AsyncSandbox) -> FunctionTool:
+    maps = map_fields(spec.input_schema(sandbox))
+
     async def on_invoke_tool(ctx: RunContextWrapper[Any], raw: str) -> Any:
         try:
             try:
@@ -176,7 +190,7 @@ def _tool(spec: ToolSpec, sandbox: AsyncSandbox) -> FunctionTool:
                 raise InvalidInputError(f"the arguments are not valid JSON ({exc})") from None
             if not isinstance(parsed, dict):
                 raise InvalidInputError("the arguments must be a JSON object")
-            rendered = await call_tool(sandbox, spec, from_strict_arguments(parsed))
+            rendered = await call_tool(sandbox, spec, from_strict_arguments(parsed, maps))
         except Exception as exc:  # never fail the run: the model reads the error and retries
             rendered = render_error(exc, spec)
         return to_tool_output(rendered)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 from typing import Any
 
@@ -11,37 +10,19 @@ os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 from agents import Agent, Runner
 from agents.strict_schema import ensure_strict_json_schema
 from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
+from pydantic import BaseModel, ConfigDict, Field
+from support.agents_sdk import received_from
+from support.scenario import PLUGIN_RUNTIME, TOOL_NAMES, Script
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
-from ec2_sandbox_openai_agents import STRICT_KEYWORDS, create_openai_tools, from_strict_arguments
-
-from .scenario import PLUGIN_RUNTIME, TOOL_NAMES, Received, Script
-
-
-def _item(entry: Any) -> dict[str, Any]:
-    return entry if isinstance(entry, dict) else entry.model_dump()
-
-
-def received_from(items: Any) -> dict[str, Received]:
-    out: dict[str, Received] = {}
-    for raw in items if isinstance(items, list) else []:
-        item = _item(raw)
-        if item.get("type") != "function_call_output":
-            continue
-        output = item["output"]
-        if isinstance(output, str):
-            out[item["call_id"]] = Received(output)
-            continue
-        texts, images = [], []
-        for part in output:
-            part = _item(part)
-            if part.get("type") == "input_text":
-                texts.append(part["text"])
-            elif part.get("type") == "input_image":
-                header, data = part["image_url"].split(",", 1)
-                images.append((header.removeprefix("data:").removesuffix(";base64"), base64.b64decode(data)))
-        out[item["call_id"]] = Received("\n".join(texts), images)
-    return out
+from ec2_sandbox.tools import TOOLS_BY_NAME, ToolSpec
+from ec2_sandbox_openai_agents import (
+    STRICT_KEYWORDS,
+    create_openai_tools,
+    from_strict_arguments,
+    map_fields,
+    strict_schema,
+)
 
 
 def assert_strict(schema: dict[str, Any]) -> None:
@@ -120,7 +101,48 @@ async def test_tool_errors_are_outputs_not_exceptions(config: SandboxConfig) -> 
 
 
 def test_pairs_mapping() -> None:
+    maps = map_fields(TOOLS_BY_NAME["ec2_code_execution"].input_schema())
+    assert maps == {"files", "env_vars"}
     args = from_strict_arguments(
-        {"code": "x", "runtime": None, "files": [{"name": "a.txt", "value": "A"}], "env_vars": []}
+        {"code": "x", "runtime": None, "files": [{"name": "a.txt", "value": "A"}], "env_vars": []}, maps
     )
     assert args == {"code": "x", "files": {"a.txt": "A"}, "env_vars": {}}
+
+
+class Point(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    x: int
+    y: int
+
+
+class Labelled(BaseModel):
+    """A tool input with maps of its own: required, optional, non-string values; and a nested object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: dict[str, str] = Field(description="Labels: name -> text.")
+    weights: dict[str, int] | None = Field(default=None, description="Weights: name -> integer.")
+    point: Point = Field(description="A point (an object, not a map).")
+
+
+async def test_map_fields_are_found_in_the_schema(config: SandboxConfig) -> None:
+    """A map field the adapter has never heard of is rendered as pairs, and mapped back."""
+
+    async def handler(sandbox: AsyncSandbox, data: Labelled) -> Labelled:
+        return data
+
+    spec = ToolSpec("labelled", "Echo the labels.", Labelled, Labelled, handler)
+    schema = spec.input_schema()
+    assert map_fields(schema) == {"labels", "weights"}  # not 'point': an object with properties
+    strict = strict_schema(spec, AsyncSandbox(config))
+    ensure_strict_json_schema(dict(strict), _reject_open_objects=True)
+    assert_strict(strict)
+    assert strict["properties"]["labels"]["type"] == "array"
+    weight = strict["properties"]["weights"]["anyOf"][0]["items"]["properties"]["value"]
+    assert weight["type"] == "integer"
+    args = from_strict_arguments(
+        {"labels": [{"name": "a", "value": "b"}], "weights": [{"name": "w", "value": 3}], "point": None},
+        map_fields(schema),
+    )
+    assert args == {"labels": {"a": "b"}, "weights": {"w": 3}}

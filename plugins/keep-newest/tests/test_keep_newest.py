@@ -141,6 +141,14 @@ async def sandbox(registry: Registry, tmp_base_dir: str) -> AsyncIterator[AsyncS
         yield sb
 
 
+def keeping(sandbox: AsyncSandbox, monkeypatch: pytest.MonkeyPatch, n: int) -> str:
+    """Have the policy keep ``n``; the sandbox's base dir, where the tests age what the runs left."""
+    monkeypatch.setenv(ENV_VAR, str(n))
+    base = sandbox.config.base_sandbox_dir
+    assert base is not None
+    return base
+
+
 async def run(sandbox: AsyncSandbox, session_id: str | None = None) -> str:
     result = await sandbox.execute_code("echo ran > out.txt", "sh", session_id=session_id)
     assert result.success, result
@@ -150,9 +158,7 @@ async def run(sandbox: AsyncSandbox, session_id: str | None = None) -> str:
 async def test_end_to_end_removes_exactly_the_right_tasks(
     sandbox: AsyncSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = sandbox.config.base_sandbox_dir
-    assert base is not None
-    monkeypatch.setenv(ENV_VAR, "2")
+    base = keeping(sandbox, monkeypatch, 2)
     tasks = [await run(sandbox) for _ in range(4)]
     s1 = [await run(sandbox, "s1") for _ in range(3)]
     s2 = [await run(sandbox, "s2")]
@@ -194,9 +200,7 @@ async def test_end_to_end_removes_exactly_the_right_tasks(
 async def test_end_to_end_through_the_cleanup_tool_with_a_grace_period(
     sandbox: AsyncSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = sandbox.config.base_sandbox_dir
-    assert base is not None
-    monkeypatch.setenv(ENV_VAR, "1")
+    base = keeping(sandbox, monkeypatch, 1)
     tasks = [await run(sandbox) for _ in range(3)]
     age_task(base, tasks[0], 30)
     # tasks[1] and tasks[2] are recent: past N, but within the 24 h grace period

@@ -1,18 +1,24 @@
-"""What the model reads: caps and notes, binary files, images, error messages (through real runs)."""
+"""What the model reads: caps and notes, binary files, images, error messages.
+
+Rendering only: the runs' output and files are scripted (a :class:`MockTransport` answers as the runner
+does), so these need no runner. What a run really does is the runner's tests' and the adapters' loops'.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from support.scripted_target import Outcome, ScriptedTarget
 
 from ec2_sandbox import AsyncSandbox, Sandbox, SandboxConfig
 from ec2_sandbox.errors import ConfigError, TransportError
-from ec2_sandbox.plugins import Registry
 from ec2_sandbox.presentation import (
     BINARY_MARKER,
     call_tool,
@@ -23,6 +29,7 @@ from ec2_sandbox.presentation import (
 )
 from ec2_sandbox.schema import CodeExecutionInput
 from ec2_sandbox.tools import TOOLS_BY_NAME
+from ec2_sandbox.transports import MockTransport
 
 EXEC = TOOLS_BY_NAME["ec2_code_execution"]
 FILES = TOOLS_BY_NAME["ec2_get_files"]
@@ -54,14 +61,18 @@ def test_cap_text_says_what_was_cut() -> None:
     assert cap_text("short", 300, None, "x") == "short"
 
 
+Scripted = Callable[..., AsyncSandbox]
+
+
 @pytest.fixture
-async def capped(base_dir: str, plugin_registry: Registry) -> AsyncIterator[Callable[[int], AsyncSandbox]]:
-    """Sandboxes whose text for the model is held to a given number of characters; closed after the test."""
+async def scripted() -> AsyncIterator[Scripted]:
+    """Sandboxes whose runs leave the given outcomes, with text for the model held to ``max_output_chars``."""
     boxes: list[AsyncSandbox] = []
 
-    def make(max_output_chars: int) -> AsyncSandbox:
-        config = SandboxConfig(base_sandbox_dir=base_dir, max_output_chars=max_output_chars)
-        boxes.append(AsyncSandbox(config, registry=plugin_registry))
+    def make(*outcomes: Outcome, max_output_chars: int = 4000) -> AsyncSandbox:
+        config = SandboxConfig(max_output_chars=max_output_chars)
+        transport = MockTransport(ScriptedTarget(*outcomes))
+        boxes.append(AsyncSandbox(config, transport=transport))
         return boxes[-1]
 
     yield make
@@ -69,12 +80,10 @@ async def capped(base_dir: str, plugin_registry: Registry) -> AsyncIterator[Call
         await box.aclose()
 
 
-async def test_long_output_is_capped_with_a_way_to_read_the_rest(
-    capped: Callable[[int], AsyncSandbox],
-) -> None:
-    box = capped(500)
-    code = "import sys\nfor i in range(2000): print(f'line {i:05d}')\nprint('err-tail', file=sys.stderr)"
-    out = await call_tool(box, EXEC, {"code": code})
+async def test_long_output_is_capped_with_a_way_to_read_the_rest(scripted: Scripted) -> None:
+    lines = "".join(f"line {i:05d}\n" for i in range(2000))
+    box = scripted(Outcome(stdout=lines, stderr="err-tail\n"), max_output_chars=500)
+    out = await call_tool(box, EXEC, {"code": "print(lines)"})
     stdout = out.text.split("--- stdout ---\n", 1)[1].split("--- stderr ---")[0]
     assert stdout.startswith("line 00000") and "line 01999" in stdout
     match = re.search(
@@ -95,15 +104,15 @@ async def test_long_output_is_capped_with_a_way_to_read_the_rest(
     assert page2.data["files"][0]["offset"] == nxt
 
 
-async def test_binary_and_images(sandbox: AsyncSandbox) -> None:
-    code = (
-        "import os\n"
-        "open('noise.bin', 'wb').write(bytes(range(256)) * 40)\n"
-        "open('pic.gif', 'wb').write(b'GIF89a' + bytes(20))\n"
-        "open('fake.png', 'wb').write(b'not a png at all')\n"
-        "open('notes.txt', 'w').write('plain words')\n"
-    )
-    run = await call_tool(sandbox, EXEC, {"code": code})
+async def test_binary_and_images(scripted: Scripted) -> None:
+    files = {
+        "noise.bin": bytes(range(256)) * 40,
+        "pic.gif": b"GIF89a" + bytes(20),
+        "fake.png": b"not a png at all",
+        "notes.txt": "plain words",
+    }
+    sandbox = scripted(Outcome(files=files))
+    run = await call_tool(sandbox, EXEC, {"code": "write the files"})
     assert [i.path for i in run.images] == ["pic.gif"]  # fake.png has no PNG signature
     assert run.images[0].mime_type == "image/gif" and run.images[0].format == "gif"
     everything = await call_tool(sandbox, FILES, {"task_hash": run.data["task_hash"]})
@@ -137,14 +146,16 @@ def test_validation_messages_say_how_to_fix() -> None:
     assert "operator" in render_error(ConfigError("bad"), EXEC).text
 
 
-async def test_no_arguments_tool(sandbox: AsyncSandbox) -> None:
+async def test_no_arguments_tool(scripted: Scripted) -> None:
+    sandbox = scripted()
     bad = await call_tool(sandbox, TOOLS_BY_NAME["ec2_instance_status"], {"verbose": True})
     assert bad.is_error and "takes no arguments: call it with {}" in bad.text
     cleaned = await call_tool(sandbox, TOOLS_BY_NAME["ec2_cleanup_tasks"], {"hours": 1000})
     assert not cleaned.is_error and "Nothing to remove" in cleaned.text
 
 
-def test_sandbox_for(config: SandboxConfig, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_sandbox_for(tmp_base_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = SandboxConfig(base_sandbox_dir=tmp_base_dir, max_output_chars=4000)
     box = AsyncSandbox(config)
     assert sandbox_for(box) is box
     sync = Sandbox(config)
@@ -163,12 +174,10 @@ def test_sandbox_for(config: SandboxConfig, tmp_path, monkeypatch: pytest.Monkey
         sandbox_for(3.5)  # type: ignore[arg-type]
 
 
-async def test_an_image_bigger_than_the_text_budget_still_arrives_whole(
-    capped: Callable[[int], AsyncSandbox],
-) -> None:
-    box = capped(300)
-    code = "import os\nopen('big.webp', 'wb').write(b'RIFF' + bytes(4) + b'WEBP' + os.urandom(50000))\n"
-    run = await call_tool(box, EXEC, {"code": code, "runtime": "python3"})
+async def test_an_image_bigger_than_the_text_budget_still_arrives_whole(scripted: Scripted) -> None:
+    webp = b"RIFF" + bytes(4) + b"WEBP" + os.urandom(50000)
+    box = scripted(Outcome(files={"big.webp": webp}), max_output_chars=300)
+    run = await call_tool(box, EXEC, {"code": "write big.webp", "runtime": "python3"})
     assert [len(i.data) for i in run.images] == [50012]
     got = await call_tool(box, FILES, {"task_hash": run.data["task_hash"], "filename": "big.webp"})
     assert [(i.mime_type, len(i.data)) for i in got.images] == [("image/webp", 50012)]
@@ -176,8 +185,10 @@ async def test_an_image_bigger_than_the_text_budget_still_arrives_whole(
 
 
 async def test_unexpected_failures_become_results(
-    sandbox: AsyncSandbox, monkeypatch: pytest.MonkeyPatch
+    scripted: Scripted, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    sandbox = scripted()
+
     async def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk on fire")
 

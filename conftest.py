@@ -1,4 +1,6 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures and hooks shared by every test folder of the workspace: tests/, adapters/*/tests/ and
+plugins/*/tests/ (this file is their common ancestor; tests/support is importable from all of them
+through the ``pythonpath`` setting in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ INTEGRATION_MODULES = frozenset(
         "test_provisioning_script.py",
         "test_provisioning_userdata.py",
         "test_mcp.py",
+        "test_langchain_ssh.py",
     }
 )
 #: Modules that take a minute or more on an idle machine (measured with --durations).

@@ -12,11 +12,10 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
+from support.scenario import Received, Script
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox_langchain import EC2SandboxToolkit, create_langchain_tools
-
-from .scenario import Received, Script
 
 
 def received_from(messages: list[BaseMessage]) -> dict[str, Received]:

@@ -19,14 +19,13 @@ import mcp_types as types
 import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
+from support.scenario import PLUGIN_RUNTIME, Received, Script
 
 from ec2_sandbox import AsyncSandbox
 from ec2_sandbox.cli import EXIT_FAILED
 from ec2_sandbox_mcp import create_mcp_server
 
-from .scenario import PLUGIN_RUNTIME, Received, Script
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ENTRY_POINT = os.path.join(os.path.dirname(sys.executable), "ec2-sandbox")
 
 
@@ -185,8 +184,7 @@ async def test_agents_sdk_as_mcp_client(base_dir: str, plugin_path: str) -> None
     from agents import Agent, Runner
     from agents.mcp import MCPServerStdio
     from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
-
-    from .test_openai_agents import received_from
+    from support.agents_sdk import received_from
 
     seen: dict[str, Received] = {}
     tools_seen: list[str] = []
@@ -224,8 +222,7 @@ async def test_strands_as_mcp_client(base_dir: str, plugin_path: str) -> None:
     from mcp.client.stdio import stdio_client
     from strands import Agent
     from strands.tools.mcp import MCPClient
-
-    from .test_strands import ScriptedModel
+    from support.strands_model import ScriptedModel
 
     params = StdioServerParameters(
         command=ENTRY_POINT, args=["mcp"], env=_server_env(base_dir, plugin_path), cwd=base_dir
