@@ -14,7 +14,7 @@ import pytest
 from plugin_fixtures import PLUGINS, install
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
-from ec2_sandbox.plugins import BUILTINS, Registry, load_registry
+from ec2_sandbox.plugins import BUILTINS, Registry, get_registry, load_registry
 from ec2_sandbox.runtimes import BUILTIN_RUNTIMES
 
 BUILTIN_NAMES = {r.name for r in BUILTIN_RUNTIMES}
@@ -24,6 +24,9 @@ BUILTIN_NAMES = {r.name for r in BUILTIN_RUNTIMES}
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Install fixture plugins: ``site(["good", "raises"])`` (or ``site()`` for all); returns the dir."""
     monkeypatch.delenv("EC2_SANDBOX_PLUGINS", raising=False)
+    # A SandboxConfig built in code validates against the process's registry: load it now, without the
+    # fixtures, so that no test leaves them in it for the tests that run after it in this process.
+    get_registry()
 
     def installer(names: list[str] | None = None) -> Path:
         path = install(tmp_path / "site", names)
