@@ -311,3 +311,35 @@ def test_selection_can_load_a_broken_plugin_alone(site, monkeypatch) -> None:  #
     (error,) = registry.errors
     assert "plugin 'raises' raised in register_runtimes" in error
     assert set(registry.runtimes) == BUILTIN_NAMES
+
+
+# ---------------------------------------------------------------------- names a plugin author relies on
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_logger_is_named_after_its_module() -> None:
+    """``logging.getLogger(__name__)`` everywhere, so ``ec2_sandbox`` (or ``ec2_sandbox.transports``, or a
+    plugin's package) can be configured as one tree; other libraries' loggers are only ever quietened."""
+    import re
+
+    sources = [p for top in ("core", "adapters", "plugins") for p in (REPO / top).rglob("src/**/*.py")]
+    assert len(sources) > 30
+    named = re.compile(r"getLogger\((?!__name__\))([^)]*)\)")
+    found = {
+        str(p.relative_to(REPO)): m.group(1)
+        for p in sources
+        for m in named.finditer(p.read_text())
+        if not m.group(1).startswith('"werkzeug"')
+    }
+    assert found == {}
+
+
+def test_the_original_tools_class_name_is_a_deprecated_alias() -> None:
+    import ec2_sandbox
+
+    with pytest.warns(DeprecationWarning, match=r"use ec2_sandbox.Sandbox \(the same class\)"):
+        alias = ec2_sandbox.EC2SandboxTool
+    assert alias is ec2_sandbox.Sandbox
+    assert "EC2SandboxTool" not in ec2_sandbox.__all__
+    with pytest.raises(AttributeError):
+        ec2_sandbox.NoSuchName  # noqa: B018

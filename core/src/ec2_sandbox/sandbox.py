@@ -43,7 +43,7 @@ from .schema import (
 )
 from .transports.base import Transport
 
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 OutputCallback = Callable[[str, bytes], None]
 #: ec2_get_files without a filename shows at least this many files, however small the output budget.
