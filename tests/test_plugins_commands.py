@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from plugin_fixtures import FIXTURES, install
+from support.cli import cli as run_cli
 
 from ec2_sandbox.cli import build_parser
 from ec2_sandbox.plugins import BUILTINS, Registry, get_registry, load_registry
@@ -86,14 +86,7 @@ def test_a_plugin_command_in_help_and_run(tmp_path: Path, tmp_base_dir: str) -> 
     env |= {"PYTHONPATH": os.pathsep.join([str(site), str(FIXTURES.parent)])}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ec2_sandbox.cli", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_cli(env, *args, cwd=tmp_path, text=True)
 
     proc = cli("--help")
     assert proc.returncode == 0, proc.stderr

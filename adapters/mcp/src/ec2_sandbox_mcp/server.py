@@ -19,15 +19,7 @@ from ec2_sandbox import AsyncSandbox, Sandbox, SandboxConfig, __version__
 from ec2_sandbox.presentation import Rendered, call_tool, sandbox_for
 from ec2_sandbox.tools import TOOLS, TOOLS_BY_NAME, ToolSpec
 
-__all__ = [
-    "INSTRUCTIONS",
-    "create_mcp_server",
-    "instructions",
-    "serve",
-    "serve_http",
-    "serve_stdio",
-    "to_call_tool_result",
-]
+# The public names are the package's (ec2_sandbox_mcp.__all__), which imports them from here on first use.
 
 
 def instructions(tools: Sequence[ToolSpec] = TOOLS) -> str:
