@@ -14,7 +14,7 @@ import pytest
 from plugin_fixtures import PLUGINS, install
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
-from ec2_sandbox.plugins import BUILTINS, Registry, load_registry
+from ec2_sandbox.plugins import BUILTINS, Registry, get_registry, load_registry
 from ec2_sandbox.runtimes import BUILTIN_RUNTIMES
 
 BUILTIN_NAMES = {r.name for r in BUILTIN_RUNTIMES}
@@ -24,6 +24,9 @@ BUILTIN_NAMES = {r.name for r in BUILTIN_RUNTIMES}
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Install fixture plugins: ``site(["good", "raises"])`` (or ``site()`` for all); returns the dir."""
     monkeypatch.delenv("EC2_SANDBOX_PLUGINS", raising=False)
+    # A SandboxConfig built in code validates against the process's registry: load it now, without the
+    # fixtures, so that no test leaves them in it for the tests that run after it in this process.
+    get_registry()
 
     def installer(names: list[str] | None = None) -> Path:
         path = install(tmp_path / "site", names)
@@ -308,3 +311,35 @@ def test_selection_can_load_a_broken_plugin_alone(site, monkeypatch) -> None:  #
     (error,) = registry.errors
     assert "plugin 'raises' raised in register_runtimes" in error
     assert set(registry.runtimes) == BUILTIN_NAMES
+
+
+# ---------------------------------------------------------------------- names a plugin author relies on
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_logger_is_named_after_its_module() -> None:
+    """``logging.getLogger(__name__)`` everywhere, so ``ec2_sandbox`` (or ``ec2_sandbox.transports``, or a
+    plugin's package) can be configured as one tree; other libraries' loggers are only ever quietened."""
+    import re
+
+    sources = [p for top in ("core", "adapters", "plugins") for p in (REPO / top).rglob("src/**/*.py")]
+    assert len(sources) > 30
+    named = re.compile(r"getLogger\((?!__name__\))([^)]*)\)")
+    found = {
+        str(p.relative_to(REPO)): m.group(1)
+        for p in sources
+        for m in named.finditer(p.read_text())
+        if not m.group(1).startswith('"werkzeug"')
+    }
+    assert found == {}
+
+
+def test_the_original_tools_class_name_is_a_deprecated_alias() -> None:
+    import ec2_sandbox
+
+    with pytest.warns(DeprecationWarning, match=r"use ec2_sandbox.Sandbox \(the same class\)"):
+        alias = ec2_sandbox.EC2SandboxTool
+    assert alias is ec2_sandbox.Sandbox
+    assert "EC2SandboxTool" not in ec2_sandbox.__all__
+    with pytest.raises(AttributeError):
+        ec2_sandbox.NoSuchName  # noqa: B018

@@ -23,6 +23,11 @@ PLUGINS: dict[str, tuple[str, str, str]] = {
     "zz-conflict": ("ec2sb-fixture-conflict", "0.0.8", "conflict"),
     "aa-first": ("ec2sb-fixture-aa-first", "0.0.9", "aa_first"),
     "exits": ("ec2sb-fixture-exits", "0.1.0", "exits"),
+    "options": ("ec2sb-fixture-options", "0.2.0", "options"),
+    "options-broken": ("ec2sb-fixture-options-broken", "0.2.1", "options_broken"),
+    "commands": ("ec2sb-fixture-commands", "0.3.0", "commands"),
+    "commands-raises": ("ec2sb-fixture-commands-raises", "0.3.1", "commands_raise"),
+    "reentrant": ("ec2sb-fixture-reentrant", "0.4.0", "reentrant"),
 }
 
 

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import logging
+import warnings
+from typing import Any
 
 from .config import SandboxConfig
 from .errors import (
@@ -24,10 +26,22 @@ from .sandbox import AsyncSandbox, Sandbox
 from .schema import CleanupResult, ExecutionResult, FileContent, InstanceStatus
 from .tools import TOOLS, ToolSpec
 
-logging.getLogger("ec2_sandbox").addHandler(logging.NullHandler())
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-#: The name the original tool used; the same class.
-EC2SandboxTool = Sandbox
+
+def __getattr__(name: str) -> Any:
+    # The original tool's name for the sandbox. ec2_sandbox_langchain.EC2SandboxTool is a LangChain tool,
+    # something else entirely: the alias stays for code written for the original tool, and says so.
+    if name == "EC2SandboxTool":
+        warnings.warn(
+            "ec2_sandbox.EC2SandboxTool is deprecated: use ec2_sandbox.Sandbox (the same class). "
+            "For LangChain tools use ec2_sandbox_langchain.create_langchain_tools().",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Sandbox
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -36,7 +50,6 @@ __all__ = [
     "AsyncSandbox",
     "CleanupResult",
     "ConfigError",
-    "EC2SandboxTool",
     "ExecutionResult",
     "FileContent",
     "InstanceStatus",

@@ -1,7 +1,9 @@
 """The ``ec2-sandbox`` command line.
 
 Subcommands live in small modules; each exposes ``register(subparsers)`` and is listed in
-:data:`COMMAND_MODULES`. Every failure of the tool itself ends here as one line on stderr and
+:data:`COMMAND_MODULES`, which the built-ins' ``register_commands`` hook adds - the hook through which
+plugins add theirs (``ec2-sandbox mcp`` comes with ec2-sandbox-mcp that way). Every failure of the tool
+itself ends here as one line on stderr and
 :data:`EXIT_FAILED`, a status chosen (as GNU ``timeout`` and ``env`` do) so that a program run by ``exec``
 does not produce it by accident.
 """
@@ -21,10 +23,12 @@ from typing import Any, NoReturn, TypeVar
 
 from .config import SandboxConfig
 from .errors import ConfigError, InvalidInputError, SandboxError, TaskNotFoundError
+from .plugin_commands import add_commands
+from .plugins import Registry, get_registry
 from .sandbox import AsyncSandbox, load_config
 
 T = TypeVar("T")
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 
 EXIT_TIMEOUT = 124
 EXIT_FAILED = 125
@@ -43,14 +47,15 @@ exit status:
   {EXIT_BROKEN_PIPE}  the reader of stdout went away (as in '| head')
   exec exits with the program's own status otherwise"""
 
-#: Modules that add subcommands; each has ``register(subparsers)``.
+#: The core's modules that add subcommands; each has ``register(subparsers)``.
 COMMAND_MODULES = [
     "ec2_sandbox.cli_exec",
     "ec2_sandbox.cli_run",
     "ec2_sandbox.cli_config",
-    "ec2_sandbox.cli_mcp",
     "ec2_sandbox.cli_prepare",
 ]
+#: Commands first-party distributions add, named in the error when one is used but not installed.
+PLUGIN_COMMANDS = {"mcp": "ec2-sandbox-mcp"}
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -102,10 +107,14 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
+        for command, dist in PLUGIN_COMMANDS.items():
+            if f"invalid choice: {command!r}" in message:
+                message += f"; the {command!r} command comes with {dist}: pip install {dist}"
         self.exit(EXIT_FAILED, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
+    """The whole command line: the core's commands and every plugin's (``registry``: the process's)."""
     parser = Parser(
         prog="ec2-sandbox",
         top_level=True,
@@ -116,9 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Run 'ec2-sandbox COMMAND --help' for a command's options.\n\n{EXIT_STATUS_HELP}",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    add_commands(registry or get_registry(), sub)
     return parser
+
+
+def add_core_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The core's own commands; the built-ins' ``register_commands`` calls this."""
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
 
 
 def environment_name(args: argparse.Namespace) -> str:

@@ -28,6 +28,7 @@ from .config_manager import (
     scrub,
 )
 from .errors import ConfigError
+from .plugins import BUILTINS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,9 +94,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    """Columns aligned; a row of one cell is a heading, printed as it is and left out of the widths."""
+    cells = [row for row in rows if len(row) > 1]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if len(row) == 1:
+            print(row[0])
+        else:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 # --------------------------------------------------------------------------------------------- list
@@ -176,16 +182,32 @@ def _resolve(args: argparse.Namespace, sets: Iterable[str] = ()) -> ResolvedConf
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """The core's fields, then each transport's options under a line naming the transport and plugin."""
     resolved = _resolve(args, args.sets)
     if args.json:
-        data = {name: {"value": value, "source": source} for name, value, source in resolved.rows()}
+        data: dict[str, dict[str, Any]] = {}
+        for name, value, source in resolved.rows():
+            data[name] = {"value": value, "source": source}
+            owner = resolved.options.get(name)
+            if owner is not None:
+                data[name]["option_of"] = {"transport": owner.transport, "plugin": owner.plugin}
         cli.print_json({"environment": resolved.name, "fields": data})
         return 0
     print(f"environment: {resolved.name}  (transport: {resolved.config.resolved_transport})")
     rows = [["FIELD", "VALUE", "SOURCE"]]
-    rows += [[name, _show(value, name), source] for name, value, source in resolved.rows()]
+    heading = None
+    for name, value, source in resolved.rows():
+        owner = resolved.options.get(name)
+        if owner is not None and owner.owner() != heading:
+            heading = owner.owner()
+            rows.append([f"# options of transport {owner.transport!r} ({_plugin(owner.plugin)})"])
+        rows.append([name, _show(value, name), source])
     _print_table(rows)
     return 0
+
+
+def _plugin(name: str) -> str:
+    return "built in" if name == BUILTINS else f"plugin {name!r}"
 
 
 def _show(value: Any, name: str = "") -> str:

@@ -2,22 +2,50 @@
 
 Loading environments from JSON files, presets and environment variables lives in
 :mod:`ec2_sandbox.config_manager`; this module only says what a valid configuration is.
+
+The core's own settings are the model's fields. A transport's settings belong to the transport: its
+registration carries a pydantic options model (``register("ssh", factory, options=SSHOptions)``), and every
+field of every registered options model is a setting of every environment, under its own name, next to the
+core's - the way pytest's ini options are one namespace, whichever plugin adds them. So a configuration
+file keeps writing ``"ssh_user": "ec2-user"`` and ``"s3_bucket": "..."`` flat, as it always has, variables
+stay ``EC2_SANDBOX_<NAME>``, and ``config show`` lists them with the rest. The registry refuses an options
+model whose field names are taken (by the core or by another transport's model), so a flat name always
+has one owner; that is why a plugin prefixes its option names with its transport's name.
+
+A transport reads its options typed, ``config.options(SSHOptions).ssh_user``; ``config.ssh_user`` works too
+(any registered option, as an attribute). The options are validated with the rest of the configuration,
+and a problem names the option and the transport and plugin it belongs to.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SecretStr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from .errors import PluginError
+
+if TYPE_CHECKING:
+    from .plugins import Registry, TransportOptions
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 INSTANCE_ID_RE = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 REGION_RE = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d$")
@@ -50,9 +78,16 @@ def _instance_problem(instance_id: str) -> str | None:
 
 
 class SandboxConfig(BaseModel):
-    """Settings of one environment. Unknown fields are errors: a typo must not be silently ignored."""
+    """Settings of one environment: the core's fields, and the options of every registered transport.
+
+    Unknown fields are errors: a typo must not be silently ignored. Validation takes the plugin registry
+    from the context key ``registry`` (the process-wide one otherwise).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    #: Options model -> its validated instance, for every options model the registry has.
+    _options: dict[type[BaseModel], BaseModel] = PrivateAttr(default_factory=dict)
 
     # --- where code runs -------------------------------------------------------------------------
     transport: str = Field(
@@ -148,25 +183,6 @@ class SandboxConfig(BaseModel):
     )
     cleanup_policy: str = Field(default="age", description="Cleanup policy (plugins may add more).")
 
-    # --- SSH / EC2 Instance Connect ---------------------------------------------------------------
-    ssh_user: str = Field(default="ubuntu", description="OS user for EIC/SSH connections.")
-    ssh_port: int = Field(default=22, ge=1, le=65535, description="SSH port on the target.")
-    ssh_host: str | None = Field(default=None, description="Host for plain 'ssh' transport.")
-    ssh_key_file: str | None = Field(default=None, description="Private key file for plain 'ssh'.")
-    eic_endpoint_id: str | None = Field(default=None, description="EC2 Instance Connect Endpoint id.")
-    eic_address: Literal["public", "private"] = Field(
-        default="public", description="Which address of the instance 'eic' connects to (no endpoint)."
-    )
-    ssh_known_hosts: str | None = Field(
-        default=None, description="known_hosts file (default: ~/.cache/ec2-sandbox/known_hosts)."
-    )
-    ssh_strict_host_keys: bool = Field(
-        default=False, description="Refuse unknown host keys instead of trusting them on first use."
-    )
-    ssh_sudo: bool = Field(
-        default=False, description="Start the runner with 'sudo -n' (root runner: per-session uids)."
-    )
-
     # --- fleets (many instances; see README "Fleets") ---------------------------------------------
     fleet_auto_scaling_group: str | None = Field(
         default=None, description="Fleet: the members are the InService instances of this Auto Scaling group."
@@ -218,9 +234,6 @@ class SandboxConfig(BaseModel):
         le=300,
         description="Fleet: how long the list of healthy members is reused before it is asked for again.",
     )
-
-    # --- large transfers ---------------------------------------------------------------------------
-    s3_bucket: str | None = Field(default=None, description="Bucket for staging large inputs and outputs.")
 
     @field_validator("instance_id")
     @classmethod
@@ -344,6 +357,91 @@ class SandboxConfig(BaseModel):
             raise ValueError("session_token needs access_key_id and secret_access_key")
         return self
 
+    # ------------------------------------------------------------------ transports' options
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_options(
+        cls, data: Any, handler: ModelWrapValidatorHandler[SandboxConfig], info: ValidationInfo
+    ) -> SandboxConfig:
+        """Split the values into the core's and each options model's, validate all of them, and report
+        every problem of both at once (the options' naming their transport and plugin)."""
+        if not isinstance(data, Mapping):
+            return handler(data)  # an instance (validate_assignment, model_validate(config)): kept as it is
+        registry = _registry(info.context)
+        owners = registry.option_fields()
+        given: dict[type[BaseModel], dict[str, Any]] = {}
+        for key, value in data.items():
+            if key in owners:
+                given.setdefault(owners[key].model, {})[key] = value
+        errors: list[InitErrorDetails] = []
+        config = None
+        try:
+            config = handler({k: v for k, v in data.items() if k not in owners})
+        except ValidationError as exc:
+            errors += [_details(err) for err in exc.errors()]
+        options: dict[type[BaseModel], BaseModel] = {}
+        strict = bool((info.context or {}).get("strict"))
+        for spec in registry.options:
+            try:
+                options[spec.model] = spec.model.model_validate(
+                    given.get(spec.model, {}), strict=strict, context=info.context
+                )
+            except ValidationError as exc:
+                errors += [_details(err, spec) for err in exc.errors()]
+            except Exception as exc:  # pydantic only turns ValueError and AssertionError into errors
+                raise PluginError(
+                    f"{spec.owner()}: its options model {spec.model.__name__} raised "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        assert config is not None
+        config._options = options
+        return config
+
+    def options(self, model: type[OptionsT]) -> OptionsT:
+        """The settings a transport's options model holds, typed: ``config.options(SSHOptions).ssh_user``.
+        A model the registry does not have cannot have been given values: its defaults."""
+        found = self._options.get(model)
+        return found if isinstance(found, model) else model()
+
+    @property
+    def option_values(self) -> dict[str, Any]:
+        """Every transport option by name (secrets as SecretStr)."""
+        return {name: getattr(o, name) for o in self._options.values() for name in type(o).model_fields}
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: the core's fields never come here.
+        if not name.startswith("_"):
+            for options in (self.__pydantic_private__ or {}).get("_options", {}).values():
+                if name in type(options).model_fields:
+                    return getattr(options, name)
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_") and name not in type(self).model_fields:
+            for model, options in self._options.items():
+                if name in model.model_fields:
+                    values = {n: getattr(options, n) for n in model.model_fields}
+                    # A new dict: copies made by model_copy() share the old one.
+                    self._options = {**self._options, model: model.model_validate({**values, name: value})}
+                    return
+        super().__setattr__(name, value)
+
+    @model_serializer(mode="wrap")
+    def _dump_with_options(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """Options are dumped flat with the core's fields, so a dump validates back to an equal config."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for options in self._options.values():
+                data.update(options.model_dump(mode=info.mode))
+        return data
+
+    def __repr_args__(self) -> Any:
+        yield from super().__repr_args__()
+        for options in self._options.values():
+            yield from options.__repr_args__()
+
     @property
     def resolved_transport(self) -> str:
         if self.transport != "auto":
@@ -351,3 +449,23 @@ class SandboxConfig(BaseModel):
         if self.is_fleet:
             return "fleet"
         return "ssm" if self.instance_id else "local"
+
+
+def _registry(context: Mapping[str, Any] | None) -> Registry:
+    registry = (context or {}).get("registry")
+    if registry is None:
+        from .plugins import get_registry
+
+        registry = get_registry()
+    return registry
+
+
+def _details(err: Any, spec: TransportOptions | None = None) -> InitErrorDetails:
+    """One error of a validation, to be raised again with the others; an option's names its owner."""
+    if spec is None:
+        return {"type": err["type"], "loc": err["loc"], "input": err["input"], "ctx": err.get("ctx", {})}
+    return {
+        "type": PydanticCustomError(err["type"], f"{err['msg']} ({spec.owner()})", err.get("ctx")),
+        "loc": err["loc"],
+        "input": err["input"],
+    }

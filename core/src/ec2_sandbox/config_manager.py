@@ -13,6 +13,10 @@ An environment of the file without ``extends`` starts from the preset of the sam
 (so ``{"production": {"instance_id": "i-..."}}`` is the production preset on that instance), otherwise from
 the built-in defaults, which are the ``default`` preset's values.
 
+Settings of a transport (``ssh_user``, ``s3_bucket``, a plugin's) are flat keys like the core's: each is a
+field of the options model its transport registered (:mod:`ec2_sandbox.config`), and is read, layered,
+overridden (``EC2_SANDBOX_<NAME>``, ``--set``) and shown exactly as the core's fields are.
+
 Every problem of an environment is reported at once, each naming ``environment.field``, the bad value (never
 a secret's) and the rule, plus where the value came from: :class:`InvalidConfigError` (a
 :class:`~ec2_sandbox.errors.ConfigError`).
@@ -31,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 
 from .config import SandboxConfig
 from .errors import ConfigError
+from .plugins import Registry, TransportOptions, get_registry
 
-log = logging.getLogger("ec2_sandbox.config")
+log = logging.getLogger(__name__)
 
 CONFIG_ENV_VAR = "EC2_SANDBOX_CONFIG"
 DEFAULT_CONFIG_FILE = "config.json"
@@ -75,8 +81,31 @@ DEFAULT_SOURCE = "built-in"
 ARGUMENT_SOURCE = "argument"
 
 
-def fields() -> list[str]:
-    return list(SandboxConfig.model_fields)
+def fields(registry: Registry | None = None) -> list[str]:
+    """Every setting: the core's fields, then each registered transport's options."""
+    return [*SandboxConfig.model_fields, *(registry or get_registry()).option_fields()]
+
+
+def field_info(name: str, registry: Registry | None = None) -> FieldInfo | None:
+    """The pydantic field of setting ``name`` (core or option); None for an unknown name."""
+    if name in SandboxConfig.model_fields:
+        return SandboxConfig.model_fields[name]
+    spec = (registry or get_registry()).option_fields().get(name)
+    return spec.model.model_fields[name] if spec is not None else None
+
+
+def option_owner(name: str, registry: Registry | None = None) -> TransportOptions | None:
+    """The options model (and its transport and plugin) that declares setting ``name``; None for a core
+    field or an unknown name."""
+    return (registry or get_registry()).option_fields().get(name)
+
+
+def is_secret(name: str, registry: Registry | None = None) -> bool:
+    """Whether setting ``name`` is a secret: the core's keys, and any option typed SecretStr."""
+    if name in SECRET_FIELDS:
+        return True
+    info = field_info(name, registry)
+    return info is not None and "SecretStr" in str(info.annotation)
 
 
 def env_var_for(name: str) -> str:
@@ -84,9 +113,9 @@ def env_var_for(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def is_list_field(name: str) -> bool:
+def is_list_field(name: str, registry: Registry | None = None) -> bool:
     """Whether field ``name`` holds a list (an unknown name does not)."""
-    info = SandboxConfig.model_fields.get(name)
+    info = field_info(name, registry)
     return info is not None and "list" in str(info.annotation)
 
 
@@ -103,13 +132,13 @@ TEXT_BOOLEANS = {
 }
 
 
-def from_text(name: str, raw: str) -> Any:
+def from_text(name: str, raw: str, registry: Registry | None = None) -> Any:
     """The value of field ``name`` written as text (a variable, ``--set``): numbers as digits, booleans as
     :data:`TEXT_BOOLEANS`, lists as ``a,b`` or a JSON list. Text that does not parse is returned as it is,
     for validation to name the rule it breaks; a malformed JSON list raises ValueError."""
-    info = SandboxConfig.model_fields.get(name)
+    info = field_info(name, registry)
     kind = info.annotation if info is not None else None
-    if is_list_field(name):
+    if is_list_field(name, registry):
         return _parse_list(raw)
     if kind is bool:
         return TEXT_BOOLEANS.get(raw.strip().lower(), raw)
@@ -125,6 +154,7 @@ def mask(name: str, value: Any) -> Any:
     """A value fit to print: secrets become ``****``; the access key id keeps its first and last 4."""
     if value is None:
         return None
+    # An option typed SecretStr is one once validated: no registry is needed to know it.
     if name in SECRET_FIELDS or isinstance(value, SecretStr):
         return MASK
     if name == "access_key_id" and isinstance(value, str) and len(value) > 8:
@@ -136,8 +166,13 @@ def scrub(text: str, config: SandboxConfig | Mapping[str, Any] | None) -> str:
     """Remove any secret of ``config`` from a message (errors of third-party libraries)."""
     if config is None:
         return text
-    for name in SECRET_FIELDS:
-        value = config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
+    if isinstance(config, Mapping):
+        named = [config.get(name) for name in SECRET_FIELDS]
+        typed = [v for v in config.values() if isinstance(v, SecretStr)]
+    else:  # the core's secrets, and every option typed SecretStr
+        named = [getattr(config, name, None) for name in SECRET_FIELDS]
+        typed = [v for v in config.option_values.values() if isinstance(v, SecretStr)]
+    for value in [*named, *typed]:
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
         if isinstance(value, str) and value:
@@ -172,6 +207,8 @@ class ResolvedConfig:
     name: str
     config: SandboxConfig
     sources: dict[str, str] = field(default_factory=dict)
+    #: Option name -> the transport options it belongs to (the core's fields are not in it).
+    options: dict[str, TransportOptions] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, Any, str]]:
         """(field, printable value, source) for every field, secrets masked."""
@@ -204,7 +241,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
-def _load_json(text: str, where: str) -> dict[str, Any]:
+def _load_json(text: str, where: str, registry: Registry) -> dict[str, Any]:
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
@@ -230,15 +267,17 @@ def _load_json(text: str, where: str) -> dict[str, Any]:
                 f"{name}: an environment must be a JSON object of settings, not {_json_type(body)}"
             )
             continue
-        envs[name] = _protect({k: v for k, v in body.items() if not k.startswith("_")})
+        envs[name] = _protect({k: v for k, v in body.items() if not k.startswith("_")}, registry)
     if problems:
         raise InvalidConfigError([f"{where}: {p}" for p in problems])
     return envs
 
 
-def _protect(values: dict[str, Any]) -> dict[str, Any]:
-    """Wrap secrets as soon as they are read, so no dict, repr or traceback of ours shows them."""
-    return {k: SecretStr(v) if k in SECRET_FIELDS and isinstance(v, str) else v for k, v in values.items()}
+def _protect(values: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """Wrap secrets (the core's and any option typed SecretStr) as soon as they are read, so no dict, repr
+    or traceback of ours shows them."""
+    secret = {k for k in values if is_secret(k, registry)}
+    return {k: SecretStr(v) if k in secret and isinstance(v, str) else v for k, v in values.items()}
 
 
 def _json_type(value: Any) -> str:
@@ -253,7 +292,7 @@ def _json_type(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _read_presets() -> dict[str, dict[str, Any]]:
+def _read_presets(registry: Registry) -> dict[str, dict[str, Any]]:
     presets: dict[str, dict[str, Any]] = {}
     folder = resources.files("ec2_sandbox") / "environments"
     entries = sorted(
@@ -261,7 +300,7 @@ def _read_presets() -> dict[str, dict[str, Any]]:
         key=lambda e: (PRESET_NAMES.index(e.name[:-5]) if e.name[:-5] in PRESET_NAMES else 99, e.name),
     )
     for entry in entries:
-        presets.update(_load_json(entry.read_text(encoding="utf-8"), f"preset file {entry.name}"))
+        presets.update(_load_json(entry.read_text(encoding="utf-8"), f"preset file {entry.name}", registry))
     return presets
 
 
@@ -278,9 +317,10 @@ class ConfigManager:
 
     ``path``: the file to read. None looks for ``$EC2_SANDBOX_CONFIG``, then ``./config.json``; with
     neither, only the presets are served. A file named explicitly (argument or variable) must exist.
-    ``environ`` (default ``os.environ``) supplies the override variables; ``registered_runtimes`` and
-    ``registered_policies`` (default: the plugin registry's) are what ``allowed_runtimes`` and
-    ``cleanup_policy`` are checked against.
+    ``environ`` (default ``os.environ``) supplies the override variables; ``registry`` (default: the
+    process's) says which transports and transport options exist; ``registered_runtimes`` and
+    ``registered_policies`` (default: the registry's) are what ``allowed_runtimes`` and ``cleanup_policy``
+    are checked against.
     """
 
     def __init__(
@@ -290,11 +330,13 @@ class ConfigManager:
         environ: Mapping[str, str] | None = None,
         registered_runtimes: Iterable[str] | None = None,
         registered_policies: Iterable[str] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.registry = registry or get_registry()
         self._registered = None if registered_runtimes is None else set(registered_runtimes)
         self._policies = None if registered_policies is None else set(registered_policies)
-        self.presets = _read_presets()
+        self.presets = _read_presets(self.registry)
         self.path: Path | None = None
         self.file_envs: dict[str, dict[str, Any]] = {}
         explicit = path if path is not None else self.environ.get(CONFIG_ENV_VAR) or None
@@ -311,30 +353,24 @@ class ConfigManager:
                 text = self.path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"cannot read configuration file {str(self.path)!r}: {exc}") from None
-            self.file_envs = _load_json(text, str(self.path))
+            self.file_envs = _load_json(text, str(self.path), self.registry)
             log.debug("configuration file %s: environments %s", self.path, ", ".join(self.file_envs))
 
     # ------------------------------------------------------------------ what is there
     @property
     def registered_runtimes(self) -> set[str]:
         if self._registered is None:
-            from .plugins import get_registry
-
-            self._registered = set(get_registry().runtimes)
+            self._registered = set(self.registry.runtimes)
         return self._registered
 
     @property
     def registered_transports(self) -> set[str]:
-        from .plugins import get_registry
-
-        return set(get_registry().transports)
+        return set(self.registry.transports)
 
     @property
     def registered_policies(self) -> set[str]:
         if self._policies is None:
-            from .plugins import get_registry
-
-            self._policies = set(get_registry().cleanup_policies)
+            self._policies = set(self.registry.cleanup_policies)
         return self._policies
 
     def environments(self) -> list[EnvironmentInfo]:
@@ -378,9 +414,9 @@ class ConfigManager:
         problems: list[str] = []
         layers.append(self._env_layer(name, problems))
         if overrides:
-            layers.append(_Layer(_protect(dict(overrides)), ARGUMENT_SOURCE))
+            layers.append(_Layer(_protect(dict(overrides), self.registry), ARGUMENT_SOURCE))
         merged: dict[str, Any] = {}
-        sources: dict[str, str] = dict.fromkeys(fields(), DEFAULT_SOURCE)
+        sources: dict[str, str] = dict.fromkeys(fields(self.registry), DEFAULT_SOURCE)
         texts: dict[str, str] = {}
         for layer in layers:
             for key, value in layer.values.items():
@@ -397,6 +433,8 @@ class ConfigManager:
         context = {
             "registered_runtimes": self.registered_runtimes,
             "registered_transports": self.registered_transports,
+            "registry": self.registry,
+            "strict": True,  # the options models' validation too
         }
         config = None
         cross = _cross_checks(name, merged, sources)
@@ -408,7 +446,7 @@ class ConfigManager:
             errors = exc.errors()
             if cross:  # they say what the model's whole-config checks say, naming the field to fix
                 errors = [err for err in errors if err.get("loc")]
-            problems += [_describe(name, err, merged, sources, texts) for err in errors]
+            problems += [_describe(name, err, merged, sources, texts, self.registry) for err in errors]
         problems += cross
         policy = merged.get("cleanup_policy")
         if isinstance(policy, str) and policy not in self.registered_policies:
@@ -422,7 +460,7 @@ class ConfigManager:
         assert config is not None
         for key in merged:
             log.debug("environment %s: %s = %r (%s)", name, key, mask(key, merged[key]), sources[key])
-        return ResolvedConfig(name, config, sources)
+        return ResolvedConfig(name, config, sources, self.registry.option_fields())
 
     def validate(self, names: Iterable[str] | None = None) -> dict[str, list[str]]:
         """Problems of each environment (all when ``names`` is None); an empty list means valid. Beyond
@@ -482,13 +520,14 @@ class ConfigManager:
         """Override variables as one layer; each value's source names its variable."""
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
-        pairs = [*ENV_ALIASES, *((env_var_for(f), f) for f in fields())]
+        known = fields(self.registry)
+        pairs = [*ENV_ALIASES, *((env_var_for(f), f) for f in known)]
         for var, fname in pairs:
             raw = self.environ.get(var)
             if raw is None or raw == "":
                 continue
             try:
-                values[fname] = from_text(fname, raw)
+                values[fname] = from_text(fname, raw, self.registry)
             except ValueError as exc:
                 problems.append(f"{name}.{fname}: {raw!r} {exc} (from variable {var})")
                 continue
@@ -496,8 +535,8 @@ class ConfigManager:
         for var in self.environ:
             if var.startswith(ENV_PREFIX) and var not in OTHER_PREFIXED_VARS:
                 fname = var[len(ENV_PREFIX) :].lower()
-                if fname not in SandboxConfig.model_fields:
-                    close = difflib.get_close_matches(fname, fields(), n=1, cutoff=0.75)
+                if fname not in known:
+                    close = difflib.get_close_matches(fname, known, n=1, cutoff=0.75)
                     if close:
                         log.warning(
                             "variable %s is not a setting (ignored); did you mean %s?",
@@ -505,7 +544,7 @@ class ConfigManager:
                             env_var_for(close[0]),
                         )
         return _Layer(
-            _protect(values),
+            _protect(values, self.registry),
             "variables",
             {f: f"variable {v}" for f, v in origin.items()},
             {f: self.environ[v] for f, v in origin.items()},
@@ -609,9 +648,11 @@ def _describe(
     merged: Mapping[str, Any],
     sources: Mapping[str, str],
     texts: Mapping[str, str],
+    registry: Registry,
 ) -> str:
     """One pydantic error as ``env.field: value rule (from source)``; secrets and unknown values hidden;
-    a value given as text (``texts``) quoted as written."""
+    a value given as text (``texts``) quoted as written; a transport's option names its transport and
+    plugin."""
     loc = err.get("loc") or ()
     kind = err.get("type", "")
     if not loc:
@@ -621,8 +662,15 @@ def _describe(
     where = f"{env}.{fname}" + "".join(f"[{i}]" for i in loc[1:])
     source = _origin(sources.get(fname))
     if kind == "extra_forbidden":
-        close = difflib.get_close_matches(fname, fields(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "; see CONFIG_GUIDE.md for the fields"
+        close = difflib.get_close_matches(fname, fields(registry), n=1)
+        if close:
+            owner = option_owner(close[0], registry)
+            hint = f"; did you mean {close[0]!r}" + (f" ({owner.owner()})?" if owner else "?")
+        else:
+            hint = (
+                "; see CONFIG_GUIDE.md for the fields ('ec2-sandbox plugins' lists the transports whose "
+                "plugins add options)"
+            )
         return f"{where}: is not a known field{source}{hint}"
     ctx = err.get("ctx") or {}
     if kind == "value_error":
@@ -633,5 +681,7 @@ def _describe(
         rule = _RULES[kind].format(**{k: v for k, v in ctx.items()})
     else:
         rule = str(err.get("msg", "is invalid"))
-    value = MASK if fname in SECRET_FIELDS else texts.get(fname, err.get("input", merged.get(fname)))
-    return f"{where}: {value!r} {rule}{source}"
+    value = MASK if is_secret(fname, registry) else texts.get(fname, err.get("input", merged.get(fname)))
+    owner = option_owner(fname, registry)
+    of = f" ({owner.owner()})" if owner is not None else ""
+    return f"{where}: {value!r} {rule}{of}{source}"

@@ -1,11 +1,19 @@
-"""The hooks a plugin implements. Each receives a ``register`` callback and calls it once per thing it adds.
+"""The hooks a plugin implements.
+
+The ``register_*`` hooks that describe what a plugin adds (runtimes, transports, cleanup policies) each
+receive a ``register`` callback and call it once per thing they add; they run once per process, when the
+registry loads. ``register_commands`` receives the command line's subparsers instead, as llm's hook of that
+name receives its click group, and runs each time the ``ec2-sandbox`` parser is built.
 
 Built-in runtimes, transports and cleanup policies are registered through these very hooks. A hook
-returns nothing; it is called once per process, in a fixed order (built-ins first, then plugins by
-entry-point name), and the first registration of a name wins. See ``docs/plugins.md``.
+returns nothing; hooks are called in a fixed order (built-ins first, then plugins by entry-point name),
+and the first registration of a name wins. See ``docs/plugins.md``.
 """
 
 from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
 
 import pluggy
 
@@ -13,17 +21,27 @@ hookspec = pluggy.HookspecMarker("ec2_sandbox")
 #: Decorator for a plugin's hook functions: ``@ec2_sandbox.hookimpl``.
 hookimpl = pluggy.HookimplMarker("ec2_sandbox")
 
+#: What ``register_commands`` receives: ``subparsers.add_parser(name, help=...)`` adds a command.
+Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+
 
 @hookspec
-def register_runtimes(register):
+def register_runtimes(register: Callable[..., None]) -> None:
     """Add runtimes: ``register(ec2_sandbox.Runtime(...))`` (or a dict of the same fields) for each."""
 
 
 @hookspec
-def register_transports(register):
-    """Add transports: ``register("name", factory)`` where ``factory(config) -> Transport``."""
+def register_transports(register: Callable[..., None]) -> None:
+    """Add transports: ``register("name", factory, options=Model)`` where ``factory(config) -> Transport``;
+    the optional pydantic ``Model`` holds the transport's settings (``config.options(Model)`` reads them)."""
 
 
 @hookspec
-def register_cleanup_policies(register):
+def register_cleanup_policies(register: Callable[..., None]) -> None:
     """Add cleanup policies: ``register(policy)``; a policy has ``name``, ``needs_sizes`` and ``select``."""
+
+
+@hookspec
+def register_commands(subparsers: Subparsers) -> None:
+    """Add ``ec2-sandbox`` commands: ``p = subparsers.add_parser("name", help=...)``, its arguments, and
+    ``p.set_defaults(handler=fn)`` where ``fn(args: argparse.Namespace) -> int`` is the exit status."""

@@ -13,8 +13,16 @@ working:
 * raising in a hook: everything that hook call registered is dropped (all or nothing per hook call);
 * a malformed registration: that one registration is dropped, the plugin's others stand.
 
-A name registered twice (runtime, transport or cleanup policy) keeps its FIRST registration - so no plugin
-can replace a built-in - and the later one is reported as a conflict naming both plugins.
+A name registered twice (runtime, transport, cleanup policy, a transport's option or a command) keeps its
+FIRST registration - so no plugin can replace a built-in - and the later one is reported as a conflict naming
+both plugins.
+
+A transport may carry an options model (``register("name", factory, options=Model)``): a pydantic model whose
+fields become settings of every environment, flat keys next to the core's (``ssh_user``, ``s3_bucket``), as
+pytest's ini options are one namespace. See :mod:`ec2_sandbox.config`.
+
+``register_commands`` is not called here: the command line calls it when it builds its parser
+(:mod:`ec2_sandbox.plugin_commands`); the registry keeps each plugin's implementation for that.
 
 ``EC2_SANDBOX_PLUGINS`` limits which entry points load: unset loads all, empty loads none, otherwise a
 comma-separated list of entry-point or distribution names. Built-ins always load.
@@ -32,16 +40,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import hookspecs
+from .errors import PluginError, SandboxError
 from .runtimes import Runtime
 
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "ec2_sandbox"
 ENV_VAR = "EC2_SANDBOX_PLUGINS"
 BUILTINS = "ec2_sandbox.builtins"
-HOOKS = ("register_runtimes", "register_transports", "register_cleanup_policies")
+#: The hooks called when the registry loads, each with a ``register`` callback.
+REGISTER_HOOKS = ("register_runtimes", "register_transports", "register_cleanup_policies")
+#: Every hook a plugin may implement.
+HOOKS = (*REGISTER_HOOKS, "register_commands")
+#: Option names: they are also variable names (``EC2_SANDBOX_<NAME>``) and JSON keys.
+OPTION_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 #: Transport and cleanup-policy names: the same form as runtime names.
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.+-]{0,31}$")
 _KINDS = {
@@ -67,6 +81,21 @@ class PluginInfo:
     value: str | None = None
 
 
+@dataclass(frozen=True)
+class TransportOptions:
+    """The options model a transport registration carries, and who registered it."""
+
+    model: type[BaseModel]
+    #: The transport whose registration brought the model first (several may share one model).
+    transport: str
+    plugin: str
+
+    def owner(self) -> str:
+        """How an error names where an option comes from."""
+        who = "built in" if self.plugin == BUILTINS else f"plugin {self.plugin!r}"
+        return f"an option of transport {self.transport!r}, {who}"
+
+
 @dataclass
 class Registry:
     """What the loaded plugins registered."""
@@ -80,6 +109,14 @@ class Registry:
     errors: list[str] = field(default_factory=list)
     #: Entry points installed but not loaded because of EC2_SANDBOX_PLUGINS.
     disabled: list[str] = field(default_factory=list)
+    #: Options models of the transports, in registration order, one entry per model.
+    options: list[TransportOptions] = field(default_factory=list)
+    #: ``register_commands`` implementations in loading order, called by the command line.
+    command_hooks: list[tuple[PluginInfo, pluggy.HookImpl]] = field(default_factory=list)
+
+    def option_fields(self) -> dict[str, TransportOptions]:
+        """Every option name -> the options model that declares it."""
+        return {name: spec for spec in self.options for name in spec.model.model_fields}
 
     def runtime(self, name: str) -> Runtime | None:
         return self.runtimes.get(name)
@@ -132,6 +169,14 @@ def _dist_name(ep: importlib.metadata.EntryPoint) -> str | None:
 
 def load_registry() -> Registry:
     """Load the built-ins and every selected plugin; never raises because of a plugin."""
+    _loading.active = getattr(_loading, "active", 0) + 1
+    try:
+        return _load()
+    finally:
+        _loading.active -= 1
+
+
+def _load() -> Registry:
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     registry = Registry()
@@ -167,8 +212,12 @@ def load_registry() -> Registry:
         impls = {impl.plugin_name: impl for impl in getattr(pm.hook, hook).get_hookimpls()}
         for _module, info in loaded:
             impl = impls.get(info.name)
-            if impl is not None:
-                info.hooks.append(hook)
+            if impl is None:
+                continue
+            info.hooks.append(hook)
+            if hook == "register_commands":
+                registry.command_hooks.append((info, impl))
+            else:
                 _call(registry, hook, impl, info)
     return registry
 
@@ -222,6 +271,8 @@ def _call(registry: Registry, hook: str, impl: pluggy.HookImpl, info: PluginInfo
             f"plugin {info.name!r} returned {type(result).__name__} from {hook}, which is ignored: "
             "call register(...) for each thing to add instead of returning it",
         )
+    if hook == "register_transports":
+        pending = _claim_options(registry, info, pending)
     kind = _KINDS[hook]
     table = {
         "runtime": registry.runtimes,
@@ -240,7 +291,76 @@ def _call(registry: Registry, hook: str, impl: pluggy.HookImpl, info: PluginInfo
             continue
         registry.owners[key] = info.name
         info.registered.append(key)
+        if kind == "transport":
+            factory, options = obj
+            obj = factory if info.builtin else _checked_factory(factory, name, info.name)
+            if options is not None and all(spec.model is not options for spec in registry.options):
+                registry.options.append(TransportOptions(options, name, info.name))
         table[name] = obj
+
+
+def _claim_options(
+    registry: Registry, info: PluginInfo, pending: list[tuple[str, Any]]
+) -> list[tuple[str, Any]]:
+    """Drop each transport whose options model declares a name a core field or another model holds: an
+    option is one flat key of every environment, so two owners would make it ambiguous. Models shared by
+    several transports (the same class) are not a conflict."""
+    from .config import SandboxConfig
+
+    kept = []
+    taken = {name: spec.model for name, spec in registry.option_fields().items()}
+    owners = {spec.model: (spec.transport, spec.plugin) for spec in registry.options}
+    for name, (factory, options) in pending:
+        clash = None
+        if options is not None:
+            for option in options.model_fields:
+                if option in SandboxConfig.model_fields or option == "extends":
+                    clash = f"option {option!r} is a core setting"
+                elif option in taken and taken[option] is not options:
+                    transport, plugin = owners[taken[option]]
+                    clash = (
+                        f"option {option!r} is declared first by transport {transport!r} of plugin {plugin!r}"
+                    )
+                if clash:
+                    break
+        if clash is None:
+            kept.append((name, (factory, options)))
+            if options is not None:
+                owners.setdefault(options, (name, info.name))
+                taken.update(dict.fromkeys(options.model_fields, options))
+        else:
+            _fail(
+                registry,
+                f"conflict: plugin {info.name!r} registers transport {name!r} in register_transports, but "
+                f"its {clash}; the transport is not registered (prefix option names with the transport's "
+                "name)",
+            )
+    return kept
+
+
+def _checked_factory(factory: Callable[..., Any], transport: str, plugin: str) -> Callable[..., Any]:
+    """A plugin's transport factory that raises :class:`PluginError` naming the plugin when it fails for a
+    reason that is not one of ec2-sandbox's own errors, or returns something that is not a Transport."""
+    from .transports.base import Transport
+
+    def create(config: Any) -> Transport:
+        try:
+            made = factory(config)
+        except SandboxError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {plugin!r}: transport {transport!r} failed to start: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(made, Transport):
+            raise PluginError(
+                f"plugin {plugin!r}: the factory of transport {transport!r} returned {type(made).__name__}, "
+                "not an ec2_sandbox.transports.base.Transport"
+            )
+        return made
+
+    create.__wrapped__ = factory  # type: ignore[attr-defined]
+    return create
 
 
 def _register_fn(
@@ -272,17 +392,21 @@ def _register_fn(
             return
         add(runtime.name, runtime)
 
-    def register_transport(name: Any = None, factory: Any = None, *extra: Any) -> None:
+    def register_transport(name: Any = None, factory: Any = None, *extra: Any, options: Any = None) -> None:
         if extra or not isinstance(name, str) or not callable(factory):
             malformed(
-                "register() expects (name: str, factory: callable(config) -> Transport), got "
+                "register() expects (name: str, factory: callable(config) -> Transport, options=Model), got "
                 f"({', '.join(type(a).__name__ for a in (name, factory, *extra))})"
             )
             return
         if not NAME_RE.match(name):
             malformed(f"transport name {name!r} must match {NAME_RE.pattern}")
             return
-        add(name, factory)
+        problem = _options_problem(options)
+        if problem:
+            malformed(f"transport {name!r}: options {problem}")
+            return
+        add(name, (factory, options))
 
     def register_policy(policy: Any = None, *extra: Any) -> None:
         name = getattr(policy, "name", None)
@@ -307,6 +431,21 @@ def _register_fn(
     }[hook]
 
 
+def _options_problem(options: Any) -> str | None:
+    """What makes ``options`` unusable as a transport's options model (None: nothing)."""
+    if options is None:
+        return None
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        return f"must be a pydantic BaseModel subclass, got {options!r}"
+    for name, info in options.model_fields.items():
+        if not OPTION_RE.match(name):
+            return f"field {name!r} must match {OPTION_RE.pattern} (it is a JSON key and a variable name too)"
+        if info.is_required():
+            # Every environment carries every registered transport's options, used or not.
+            return f"field {name!r} has no default; every option needs one"
+    return None
+
+
 def _one_line(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg'].removeprefix('Value error, ')}"
@@ -315,13 +454,26 @@ def _one_line(exc: ValidationError) -> str:
 
 
 _registry: Registry | None = None
-_registry_lock = threading.Lock()
+# Re-entrant, so that a plugin asking for the registry while it loads reaches the check below in the same
+# thread instead of waiting for itself forever.
+_registry_lock = threading.RLock()
+#: How many registries this thread is loading.
+_loading = threading.local()
 
 
 def get_registry(reload: bool = False) -> Registry:
-    """The process-wide registry, loaded on first use (``reload=True`` loads it again)."""
+    """The process-wide registry, loaded on first use (``reload=True`` loads it again).
+
+    A plugin that needs the registry while it is being loaded (a hook or an import that builds a
+    ``SandboxConfig``, say) gets a :class:`PluginError` instead of a deadlock or a half-loaded registry.
+    """
     global _registry
     with _registry_lock:
+        if getattr(_loading, "active", 0):
+            raise PluginError(
+                "the plugin registry was asked for while plugins were loading: a plugin's import or hook "
+                "uses ec2-sandbox's configuration or sandbox; hooks must only describe what they add"
+            )
         if _registry is None or reload:
             _registry = load_registry()
         return _registry

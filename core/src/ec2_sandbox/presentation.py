@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .sandbox import AsyncSandbox, Sandbox
     from .tools import ToolSpec
 
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 
 #: Images attached to one ec2_code_execution result at most (the rest are named, to fetch one by one).
 MAX_ATTACHED_IMAGES = 4

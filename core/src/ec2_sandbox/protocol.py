@@ -19,7 +19,7 @@ from . import runner
 from .errors import InvalidInputError, TaskNotFoundError, TransportError
 from .transports.base import Transport
 
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 EventCallback = Callable[[dict[str, Any]], None]
 
 

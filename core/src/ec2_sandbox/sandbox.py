@@ -47,7 +47,7 @@ from .schema import (
 from .session import AsyncSession, Session
 from .transports.base import Transport
 
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 OutputCallback = Callable[[str, bytes], None]
 #: ec2_get_files without a filename shows at least this many files, however small the output budget.

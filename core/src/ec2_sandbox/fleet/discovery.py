@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from ..config import SandboxConfig
 from ..errors import TransportError
 
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 
 #: DescribeInstanceInformation: MaxResults 5-50, at most 100 values per filter (SSM API reference).
 SSM_PAGE, SSM_FILTER_VALUES = 50, 50

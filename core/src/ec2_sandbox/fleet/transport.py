@@ -35,7 +35,7 @@ from ..transports.ssm import SsmTransport
 from .discovery import Discovery, Member, Membership, source_name
 from .store import LeaseStore, SessionRecord, SlotLease, session_holder
 
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 
 #: Seconds a run's slot is held beyond the call's own timeout (a client that dies mid-run frees it then).
 RUN_LEASE_MARGIN = 60.0

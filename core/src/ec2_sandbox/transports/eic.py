@@ -35,7 +35,7 @@ from ..errors import ConfigError, TransportError
 from ..schema import StatusPart
 from .ssh import SSHTransport, host_key_policy
 
-log = logging.getLogger("ec2_sandbox.eic")
+log = logging.getLogger(__name__)
 
 #: What AWS allows at most, and the default of the AWS CLI's open-tunnel.
 MAX_TUNNEL_DURATION = 3600

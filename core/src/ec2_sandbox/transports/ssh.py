@@ -43,7 +43,7 @@ from ..protocol import runner_sha256, runner_source
 from ..schema import StatusPart
 from .base import LineCallback, RunnerOutput, Transport
 
-log = logging.getLogger("ec2_sandbox.ssh")
+log = logging.getLogger(__name__)
 
 #: Where the runner is kept on the target, relative to the login user's home.
 REMOTE_CACHE = ".cache/ec2-sandbox"

@@ -46,7 +46,7 @@ from ..protocol import RunnerRefusal, runner_sha256, runner_source
 from ..schema import StatusPart
 from .base import LineCallback, RunnerOutput, Transport
 
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 
 #: Attempts per API call in botocore's standard retry mode (exponential backoff with jitter on throttling
 #: and transient errors); the poll loop keeps asking on its own, at ``poll_max`` intervals, after that.

@@ -1,4 +1,9 @@
-"""``ec2-sandbox mcp``: serve the four tools to MCP clients (stdio, or streamable HTTP on 127.0.0.1)."""
+"""``ec2-sandbox mcp``: serve the four tools to MCP clients (stdio, or streamable HTTP on 127.0.0.1).
+
+Added to the command line by this distribution's ``ec2_sandbox`` entry point, so the command is there
+exactly when ec2-sandbox-mcp is installed. This module is imported whenever ec2-sandbox loads its plugins:
+the MCP SDK and the command line are imported only when the command is built or run.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,13 @@ import argparse
 import contextlib
 import sys
 
-from .cli import EXIT_FAILED, EXIT_STATUS_HELP, open_sandbox, run_async
-
-INSTALL_HINT = (
-    "ec2-sandbox: the MCP server needs the 'ec2-sandbox-mcp' distribution: "
-    "pip install ec2-sandbox-mcp (or uv add ec2-sandbox-mcp)"
-)
+from ec2_sandbox import hookimpl
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+@hookimpl
+def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from ec2_sandbox.cli import EXIT_STATUS_HELP  # the command line is being built: already imported
+
     parser = subparsers.add_parser(
         "mcp",
         help="serve the sandbox tools to MCP clients (Claude Desktop, IDEs, agent SDKs)",
@@ -32,17 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=8765,
         help="port for --transport http (default: 8765); the address is announced on stderr once it listens",
     )
-    parser.set_defaults(handler=_mcp)
+    parser.set_defaults(handler=run)
 
 
-def _mcp(args: argparse.Namespace) -> int:
-    try:
-        import ec2_sandbox_mcp
-    except ImportError as exc:
-        if exc.name not in ("ec2_sandbox_mcp", "mcp", "mcp_types"):
-            raise
-        print(INSTALL_HINT, file=sys.stderr)
-        return EXIT_FAILED
+def run(args: argparse.Namespace) -> int:
+    from ec2_sandbox.cli import EXIT_FAILED, open_sandbox, run_async
+
+    from .server import serve
+
     if not 0 < args.port < 65536:
         print(f"ec2-sandbox: --port {args.port} is not a TCP port (1-65535)", file=sys.stderr)
         return EXIT_FAILED
@@ -56,9 +56,7 @@ def _mcp(args: argparse.Namespace) -> int:
 
     try:
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped
-            run_async(
-                ec2_sandbox_mcp.serve(sandbox, transport=args.transport, port=args.port, on_ready=announce)
-            )
+            run_async(serve(sandbox, transport=args.transport, port=args.port, on_ready=announce))
     except OSError as exc:
         if args.transport != "http" or listening:
             raise
