@@ -52,12 +52,11 @@ def cli_env(tmp_base_dir: str, tmp_path: Path) -> dict[str, str]:
 def no_config_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No config override variable or EC2_SANDBOX_CONFIG of the developer's shell, and no ./config.json,
     leaks into a test: it runs in its own empty directory."""
-    from ec2_sandbox.config import SandboxConfig
-    from ec2_sandbox.config_manager import ENV_ALIASES, env_var_for
+    from ec2_sandbox.config_manager import ENV_ALIASES, env_var_for, fields
 
     for var, _ in ENV_ALIASES:
         monkeypatch.delenv(var, raising=False)
-    for name in SandboxConfig.model_fields:
+    for name in fields():  # the core's settings and every transport's options (ssh_*, s3_bucket, ...)
         monkeypatch.delenv(env_var_for(name), raising=False)
     monkeypatch.delenv("EC2_SANDBOX_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)

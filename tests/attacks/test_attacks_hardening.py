@@ -299,7 +299,7 @@ print(total >> 20)
 
 
 async def test_a_sessions_tmp_counts_toward_its_disk_quota(best_box: Box) -> None:
-    # A session's /tmp lives on between its runs: a dir on disk, which the disk quota counts with the work dir.
+    # A session's /tmp lives on between its runs, on disk: the disk quota counts it with the work dir.
     box = best_box.with_config(max_file_size_mb=1024, max_disk_mb=64)
     fill = (
         "import os, time\n"
