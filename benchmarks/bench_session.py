@@ -77,8 +77,8 @@ async def local(args: argparse.Namespace) -> bool:
         await warm()
         times = await alternate(sides, args.runs)
         status = await sandbox.instance_status()
-        mine = [i for i in status.parts[-1].details.get("interpreters", []) if i["session_id"] == session.id]
-        rss = mine[0]["memory_kb"] / 1024 if mine and mine[0]["memory_kb"] is not None else None
+        mine = [i for i in status.interpreters if i.session_id == session.id]
+        rss = mine[0].memory_kb / 1024 if mine and mine[0].memory_kb is not None else None
         await session.close()
         frame = await dataframe(sandbox, args)
     r = ratio(times["cell"], times["stateless"])

@@ -309,6 +309,13 @@ def render_status(result: InstanceStatus) -> Rendered:
         )
     if result.disk_free_mb is not None:
         lines.append(f"Disk free: {result.disk_free_mb} MB; isolation: {result.isolation}")
+    if result.interpreters:
+        busy = sum(i.busy for i in result.interpreters)
+        memory = sum(i.memory_kb or 0 for i in result.interpreters) / 1024
+        lines.append(
+            f"Session interpreters: {len(result.interpreters)} up ({busy} busy), {memory:.0f} MB resident: "
+            + ", ".join(i.session_id for i in result.interpreters[:20])
+        )
     lines += [f"Warning: {w}" for w in result.warnings]
     return Rendered("ec2_instance_status", "\n".join(lines), result.model_dump(mode="json"))
 

@@ -31,6 +31,7 @@ from .schema import (
     FileContent,
     GetFilesResult,
     InstanceStatus,
+    LiveInterpreter,
     RemovedEntry,
     RichResult,
     RuntimeStatus,
@@ -494,6 +495,7 @@ class AsyncSandbox:
                 "bwrap" if probe["bwrap_usable"] and self.config.isolation != "none" else "none"
             )
             status.cgroup_limits = probe["cgroup_controllers"] + (["kill"] if probe["cgroup_kill"] else [])
+            status.interpreters = [LiveInterpreter(**i) for i in probe.get("interpreters") or []]
             missing = [r.name for r in status.runtimes if not r.available]
             parts.append(
                 StatusPart(
@@ -502,7 +504,7 @@ class AsyncSandbox:
                     message="all runtimes available"
                     if not missing
                     else f"runtimes not available on the target: {', '.join(missing)}",
-                    details={k: v for k, v in probe.items() if k != "runtimes"},
+                    details={k: v for k, v in probe.items() if k not in ("runtimes", "interpreters")},
                 )
             )
             status.warnings += _isolation_warnings(self.config, probe, transport.name)

@@ -426,6 +426,18 @@ class StatusPart(BaseModel):
     details: dict[str, object] = Field(default_factory=dict)
 
 
+class LiveInterpreter(BaseModel):
+    """A session's interpreter that is up."""
+
+    session_id: str
+    busy: bool = Field(description="A cell is running in it (cleanup leaves its session alone).")
+    executions: int | None = Field(default=None, description="Cells it has run.")
+    idle_seconds: float = Field(default=0.0, description="Seconds since its last cell ended.")
+    memory_kb: int | None = Field(
+        default=None, description="Resident memory of its session's processes (None where runs share a uid)."
+    )
+
+
 class InstanceStatus(BaseModel):
     """Output of ec2_instance_status."""
 
@@ -437,4 +449,7 @@ class InstanceStatus(BaseModel):
     disk_free_mb: float | None = None
     isolation: str | None = Field(default=None, description="'bwrap' or 'none'.")
     cgroup_limits: list[str] = Field(default_factory=list)
+    interpreters: list[LiveInterpreter] = Field(
+        default_factory=list, description="Sessions' persistent interpreters that are up on the target."
+    )
     warnings: list[str] = Field(default_factory=list)
