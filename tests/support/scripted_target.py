@@ -170,5 +170,6 @@ class ScriptedTarget:
                 "on_ec2": False,
                 "netns_usable": True,
                 "runtimes": runtimes,
+                "interpreters": [],
             }
         )

@@ -2174,6 +2174,10 @@ def mb_bytes(mb):
     return None if mb is None else int(mb) * 1024 * 1024
 
 
+#: A running run's dirs are measured at least this often, whatever the filesystem's count says.
+DISK_WALK_SECONDS = 1.0
+
+
 class DiskBudget(object):
     """A run's disk: refused at the start when the target is below its free-space reserve; ended (by
     DISK_GUARD) when the reserve or the work dir's quota is crossed while it goes on.
@@ -2196,6 +2200,7 @@ class DiskBudget(object):
                 "freed (ec2-sandbox cleanup, or the cleanup tool)" % (free_bytes(st) >> 20, reserve >> 20),
             )
         self.fs_used_at_start = used_bytes(st)
+        self.walked = time.monotonic()
         # A work dir already at its quota still runs (a run that only removes files is how it gets back
         # under), but any growth ends it.
         self.remaining = None if quota is None else max(0, quota - self.size())
@@ -2208,8 +2213,16 @@ class DiskBudget(object):
         st = os.statvfs(self.workdir)
         if self.reserve is not None and free_bytes(st) < self.reserve:
             return "reserve"
-        grown = self.quota is not None and used_bytes(st) - self.fs_used_at_start > self.remaining
-        return "quota" if grown and self.size() > self.quota else None
+        if self.quota is None:
+            return None
+        # The filesystem's own count is cheap, but other work on the machine that frees space can hide a
+        # run's growth from it: the dirs are walked anyway every DISK_WALK_SECONDS.
+        grown = used_bytes(st) - self.fs_used_at_start > self.remaining
+        due = time.monotonic() - self.walked >= DISK_WALK_SECONDS
+        if not (grown or due):
+            return None
+        self.walked = time.monotonic()
+        return "quota" if self.size() > self.quota else None
 
 
 def free_bytes(st):
