@@ -27,9 +27,10 @@ from ec2_sandbox import AsyncSandbox, SandboxConfig, aws_session
 from ec2_sandbox.fleet.store import LeaseStore, create_table
 from ec2_sandbox.fleet.transport import FleetTransport
 from ec2_sandbox.testing import ssm_fleet_standin, ssm_standin
-from ec2_sandbox.transports.ssm import SsmTransport
 
 CLIENT = Path(__file__).parent / "support" / "fleet_client.py"
+#: Member polls tuned to a stand-in whose commands finish in tens of milliseconds.
+FAST_POLLS = {"poll_first": 0.02, "poll_factor": 1.3, "poll_max": 0.2}
 
 pytestmark = pytest.mark.skipif(
     ssm_fleet_standin.usable() is not None, reason=str(ssm_fleet_standin.usable())
@@ -95,10 +96,7 @@ class Fleet:
 
     def sandbox(self, **changes: Any) -> AsyncSandbox:
         config = self.config(**changes)
-        transport = FleetTransport(
-            config,
-            member_factory=lambda c: SsmTransport(c, poll_first=0.02, poll_factor=1.3, poll_max=0.2),
-        )
+        transport = FleetTransport(config, member_options=FAST_POLLS)
         return AsyncSandbox(config, transport=transport)
 
     def instances_that_ran(self) -> list[str]:
