@@ -32,19 +32,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from _common import FAKE_ENV, REGION, CallLog, summary
+from _common import REGION, ssm_standin, summary
 
 SIZES = (1, 2, 4, 8)
 CODE = "print(1)"
@@ -57,36 +52,18 @@ SERVER = (
 
 @contextlib.contextmanager
 def fleet_standin(latency: float, capacity: int, instances: int) -> Iterator[dict[str, Any]]:
-    """The fleet stand-in in its own process, ``instances`` instances, a call log and a fresh base dir."""
-    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION"):
-        os.environ.pop(key, None)
-    os.environ.update(FAKE_ENV)
-    base = tempfile.mkdtemp(prefix="ec2sb-bench-fleet-", dir="/tmp")
-    os.chmod(base, 0o711)
-    log = os.path.join(base, "calls.log")
-    open(log, "w").close()
-    argv = ["--delivery-latency", str(latency), "--workers-limit", str(capacity), "--call-log", log]
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, *argv, "--create-instance", REGION], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert server.stdout is not None
-        ready = json.loads(server.stdout.readline())
-        os.environ["AWS_ENDPOINT_URL"] = ready["url"]
+    """The fleet stand-in in its own process (``_common.ssm_standin``), ``instances`` instances."""
+    extra = ("--workers-limit", str(capacity))
+    with ssm_standin(latency, program=("-c", SERVER), extra=extra) as standin:
         import boto3
 
         ec2 = boto3.client("ec2", region_name=REGION)
-        image = ec2.describe_instances(InstanceIds=[ready["instance_id"]])["Reservations"][0]["Instances"][0]
+        first = ec2.describe_instances(InstanceIds=[standin.instance_id])["Reservations"][0]["Instances"][0]
         more = ec2.run_instances(
-            ImageId=image["ImageId"], MinCount=instances - 1, MaxCount=instances - 1, InstanceType="t3.micro"
+            ImageId=first["ImageId"], MinCount=instances - 1, MaxCount=instances - 1, InstanceType="t3.micro"
         )
-        ids = [ready["instance_id"], *(i["InstanceId"] for i in more["Instances"])]
-        yield {"ids": ids, "base": base, "log": CallLog(log)}
-    finally:
-        os.environ.pop("AWS_ENDPOINT_URL", None)
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(base, ignore_errors=True)
+        ids = [standin.instance_id, *(i["InstanceId"] for i in more["Instances"])]
+        yield {"ids": ids, "base": standin.base, "log": standin.log}
 
 
 def fleet_config(env: dict[str, Any], size: int, capacity: int) -> Any:
@@ -219,17 +196,23 @@ async def measure(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+#: The command line: flag, type, default, meaning.
+OPTIONS = (
+    ("--rounds", int, 3, "interleaved rounds over 1, 2, 4, 8 instances"),
+    ("--window", float, 20.0, "seconds each size is measured per round"),
+    ("--capacity", int, 2, "runs one instance holds at once"),
+    ("--latency", float, 1.0, "delivery latency L of every command, s"),
+    ("--pairs", int, 15, "new-session runs on each side"),
+)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over 1, 2, 4, 8 instances")
-    parser.add_argument("--window", type=float, default=20.0, help="seconds each size is measured per round")
-    parser.add_argument("--capacity", type=int, default=2, help="runs one instance holds at once")
-    parser.add_argument("--latency", type=float, default=1.0, help="delivery latency L of every command, s")
-    parser.add_argument("--pairs", type=int, default=15, help="new-session runs on each side")
-    args = parser.parse_args()
-    return asyncio.run(measure(args))
+    for flag, kind, default, meaning in OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=meaning)
+    return asyncio.run(measure(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -187,25 +187,16 @@ async def test_cleanup_keeps_what_is_younger_than_asked(make_fleet: Any) -> None
 # ---------------------------------------------------------------------- merging members' answers
 
 
+def inventory_of(instance_id: str, now: float, kind: str, entry: str, mtime: float) -> MemberResult:
+    entries = [{"kind": kind, "id": entry, "mtime": mtime}]
+    return MemberResult(instance_id=instance_id, result={"base_dir": "/b", "now": now, "entries": entries})
+
+
 def test_merged_inventory_keeps_each_entry_s_age_as_its_member_measured_it() -> None:
     answers = {
-        "i-a": MemberResult(
-            instance_id="i-a",
-            result={
-                "base_dir": "/b",
-                "now": 1000.0,
-                "entries": [{"kind": "task", "id": "t1", "mtime": 400.0}],
-            },
-        ),
+        "i-a": inventory_of("i-a", 1000.0, "task", "t1", 400.0),
         # this member's clock is an hour ahead: its entry is 100 s old, not an hour and 100 s
-        "i-b": MemberResult(
-            instance_id="i-b",
-            result={
-                "base_dir": "/b",
-                "now": 4600.0,
-                "entries": [{"kind": "session", "id": "s", "mtime": 4500.0}],
-            },
-        ),
+        "i-b": inventory_of("i-b", 4600.0, "session", "s", 4500.0),
         "i-c": MemberResult(instance_id="i-c", error="unreachable"),
     }
     inventory, where = merge_inventories(answers, now=2000.0)

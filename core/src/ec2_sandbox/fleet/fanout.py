@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import TransportError
 from ..protocol import runner_sha256, runner_source
 from ..transports.ssm import THROTTLING, _script
+from .discovery import _chunks
 
 log = logging.getLogger("ec2_sandbox")
 
@@ -94,11 +95,6 @@ def program_commands(program: str, data: dict[str, Any]) -> list[str]:
         line,
         "EC2_SANDBOX_DATA",
     ]
-
-
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class FanOut:

@@ -15,14 +15,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 PROGRAM = r"""
 import base64, json, os, shutil, sys
 data = json.loads(base64.b64decode(sys.stdin.read().strip() or "e30="))
-base = data.get("base")
-if not base:
-    if os.geteuid() == 0:
-        base = "/var/lib/ec2-sandbox"
-    else:
-        home = os.path.expanduser("~")
-        state = os.environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
-        base = os.path.join(state, "ec2-sandbox")
+user_state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+root_base = "/var/lib/ec2-sandbox" if os.geteuid() == 0 else os.path.join(user_state, "ec2-sandbox")
+base = data.get("base") or root_base
 def count(sub):
     try:
         return sum(1 for e in os.scandir(os.path.join(base, sub)) if e.is_dir(follow_symlinks=False))

@@ -60,26 +60,19 @@ class _InUse(Transport):
             self.pool.checkin(entry)
 
 
+@dataclass
 class MemberPool:
     """Member transports by instance id; made by ``factory(config_for(instance_id))``."""
 
-    def __init__(
-        self,
-        config_for: Callable[[str], SandboxConfig],
-        factory: Callable[[SandboxConfig], Transport],
-        *,
-        idle_close: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.config_for = config_for
-        self.factory = factory
-        self.idle_close = idle_close
-        self.clock = clock
-        self._open: dict[str, _Open] = {}
-        self._reaper: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
-        #: Transports made so far (a reopened member counts again).
-        self.opened = 0
+    config_for: Callable[[str], SandboxConfig]
+    factory: Callable[[SandboxConfig], Transport]
+    idle_close: float
+    clock: Callable[[], float] = time.monotonic
+    #: Transports made so far (a reopened member counts again).
+    opened: int = 0
+    _open: dict[str, _Open] = field(default_factory=dict)
+    _reaper: asyncio.Task[None] | None = None
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
 
     def get(self, instance_id: str) -> Transport:
         """The member's transport (made now if it is not open)."""

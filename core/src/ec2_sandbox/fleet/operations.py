@@ -122,31 +122,26 @@ def merge_inventories(
 def merge_removals(
     answers: dict[str, MemberResult], wanted: list[dict[str, Any]], where: dict[EntryKey, set[str]]
 ) -> dict[str, Any]:
-    """One ``remove`` result: removed anywhere is removed; kept on a member, or on a member that did not
-    answer, is skipped with the reason."""
+    """One ``remove`` result. An entry is normally on one member; one found on several (a member that
+    answered for a disk it shares) is reported as each member left it: removed by one, and skipped, with the
+    member named, by another that kept it. An entry of a member that did not answer is skipped, with why."""
     removed: dict[EntryKey, dict[str, Any]] = {}
-    skipped: dict[EntryKey, dict[str, Any]] = {}
+    skipped: dict[tuple[EntryKey, str], dict[str, Any]] = {}
     base = ""
-    for answer in answers.values():
+    for instance_id, answer in sorted(answers.items()):
         if answer.result is None:
             continue
         base = base or str(answer.result.get("base_dir", ""))
         for entry in answer.result.get("removed", []):
             removed[(entry["kind"], entry["id"])] = entry
         for entry in answer.result.get("skipped", []):
-            skipped[(entry["kind"], entry["id"])] = entry
+            reason = f"on {instance_id}: {entry.get('reason', '')}"
+            skipped[((entry["kind"], entry["id"]), instance_id)] = {**entry, "reason": reason}
     for item in wanted:
         key = (str(item.get("kind")), str(item.get("id")))
         for instance_id in sorted(where.get(key, ())):
             error = answers.get(instance_id, MemberResult(instance_id=instance_id, error="not asked")).error
-            if error and key not in skipped:
-                skipped[key] = {
-                    "kind": key[0],
-                    "id": key[1],
-                    "reason": f"its member {instance_id} did not answer: {error}",
-                }
-    return {
-        "base_dir": base,
-        "removed": [e for k, e in removed.items() if k not in skipped],
-        "skipped": list(skipped.values()),
-    }
+            if error:
+                reason = f"its member {instance_id} did not answer: {error}"
+                skipped[(key, instance_id)] = {"kind": key[0], "id": key[1], "reason": reason}
+    return {"base_dir": base, "removed": list(removed.values()), "skipped": list(skipped.values())}
