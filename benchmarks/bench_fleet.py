@@ -19,8 +19,10 @@ Measured, in the same stand-in:
   against N = 1 is taken per round, then its median (goal: >= 0.8 x N).
 * **Placement overhead.** The first run of a new session on a fleet of 8 (find the members, look at the
   slots, take one, write the placement) against the first run of a new session on the single-instance
-  ``ssm`` transport, to the same stand-in, alternating, as often each (goal: <= 50 ms more). Every API call
-  of either path is a real HTTP round trip to the stand-in process: its API latency is included.
+  ``ssm`` transport, to the same stand-in, alternating, as often each; and the placement's calls timed
+  alone (the end-to-end difference is within the runs' own spread, set by when SSM is polled). The goal
+  (<= 50 ms) is judged on the larger of the two. Every API call of either path is a real HTTP round trip to
+  the stand-in process: its API latency is included.
 
     uv run python benchmarks/bench_fleet.py [--rounds 3] [--window 20] [--capacity 2] [--latency 1.0]
 
@@ -149,6 +151,12 @@ async def placement(env: dict[str, Any], capacity: int, pairs: int) -> dict[str,
         for i in range(pairs):
             for name in ("fleet", "ssm") if i % 2 == 0 else ("ssm", "fleet"):
                 samples[name].append(await first_run(sides[name]))
+        # The placement alone: read the session's record, look at the slots, take one, write the placement.
+        samples["placement"] = []
+        for _ in range(pairs):
+            started = time.perf_counter()
+            await fleet.transport._session_member(f"place-{uuid.uuid4().hex}", ttl=60.0)  # type: ignore[attr-defined]
+            samples["placement"].append(time.perf_counter() - started)
     return samples
 
 
@@ -190,9 +198,13 @@ async def measure(args: argparse.Namespace) -> int:
     overhead = statistics.median(samples["fleet"]) - statistics.median(samples["ssm"])
     print(f"new session, fleet of {max(SIZES)}   {summary(samples['fleet'])}")
     print(f"new session, ssm transport {summary(samples['ssm'])}")
-    passed = overhead <= 0.050
+    print(f"  difference of medians {overhead * 1000:.1f} ms (within the runs' own spread: SSM polling)")
+    # The goal is judged on the larger of the two: the difference, and the placement's own calls timed alone.
+    worst = max(overhead, statistics.median(samples["placement"]))
+    print(f"placement calls alone      {summary(samples['placement'])}")
+    passed = worst <= 0.050
     ok = ok and passed
-    print(f"placement overhead {overhead * 1000:.1f} ms (goal <= 50 ms): {'PASS' if passed else 'FAIL'}")
+    print(f"placement overhead {worst * 1000:.1f} ms (goal <= 50 ms): {'PASS' if passed else 'FAIL'}")
     return 0 if ok else 1
 
 
