@@ -17,6 +17,18 @@
 # Then it waits for the instance and for SSM, merges an environment into the configuration file, and runs
 # `ec2-sandbox status` and a hello-world through the toolkit.
 #
+# With --fleet --min N --max M, instead of the instance (same IAM role, profile and security group):
+#   launch template <name>-lt: the instance's locked-down settings (image, type, profile, group, IMDSv2 with
+#     hop limit 1, encrypted gp3 root volume, the same user-data, tags); a rerun makes it a new default version
+#   Auto Scaling group <name>: N to M instances from the template's default version, in --subnet or the
+#     default VPC's default subnets
+#   a warm pool of stopped (or, --warm-pool hibernated, hibernated) instances already set up, so a scale-out
+#     starts instances in seconds instead of launching them
+#   target tracking on the group's average CPU (ASGAverageCPUUtilization, 60%): AWS publishes the metric, so
+#     the instances' role stays SSM-only and no client needs cloudwatch:PutMetricData (README "Fleets")
+#   DynamoDB table <name>-fleet (pk/sk strings, on demand, TTL on ttl): session placements and slot leases
+# and the environment names the group and the table (transport fleet).
+#
 # Reruns reuse what exists and repair what drifted (security group rules and membership, the instance
 # profile, IMDSv2); what cannot be repaired in place (an unencrypted root volume) is said plainly.
 # An interrupted run is finished by running it again or removed with --delete.
@@ -49,6 +61,10 @@ DRY_RUN=0
 DELETE=0
 SSH_FROM=()
 EIC_ENDPOINT=0
+FLEET=0
+FLEET_MIN=""
+FLEET_MAX=""
+WARM_POOL=stopped
 # Set when a dry run has no working credentials: reads are printed too, and answered with placeholders.
 OFFLINE=0
 # Bounded waits; the environment may shorten them (tests) or lengthen them (slow regions).
@@ -86,7 +102,15 @@ Options:
   --skip-test         do not wait for SSM nor run the connection test
   --dry-run           print every AWS call; run only the read-only ones; change nothing (without working
                       credentials: print what would be called, with placeholders)
-  --delete            remove the instance, security group, instance profile and role tagged with --name
+  --delete            remove everything tagged with --name: the instance or fleet (group, warm pool, launch
+                      template, table), security groups, instance profile and role
+
+Fleet (README "Fleets"):
+  --fleet             an Auto Scaling group of instances instead of one, with a warm pool, a scaling policy
+                      and the DynamoDB table that placements and slot leases live in
+  --min N             instances the group keeps running (default 1)
+  --max M             most instances the group scales out to (default 4; at most 100)
+  --warm-pool STATE   stopped (default) or hibernated: how the warm pool keeps its prepared instances
   -h, --help          show this help
 
 Environment: EC2_SANDBOX_WAIT_SECONDS (default 900) bounds each wait; EC2_SANDBOX_POLL_SECONDS (default 5);
@@ -124,6 +148,10 @@ while [[ $# -gt 0 ]]; do
         --delete) DELETE=1; shift ;;
         --ssh-from) need_value "$@"; SSH_FROM+=("$2"); shift 2 ;;
         --eic-endpoint) EIC_ENDPOINT=1; shift ;;
+        --fleet) FLEET=1; shift ;;
+        --min) need_value "$@"; FLEET_MIN=$2; shift 2 ;;
+        --max) need_value "$@"; FLEET_MAX=$2; shift 2 ;;
+        --warm-pool) need_value "$@"; WARM_POOL=$2; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -143,6 +171,21 @@ for cidr in "${SSH_FROM[@]}"; do
     [[ $cidr =~ ^(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])([.](25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){3}/([0-9]|[12][0-9]|3[0-2])$ ]] \
         || die "--ssh-from '$cidr' is not an IPv4 CIDR like 203.0.113.7/32"
 done
+if [[ $FLEET -eq 0 && -n $FLEET_MIN$FLEET_MAX ]]; then
+    die "--min and --max size a fleet: add --fleet"
+fi
+FLEET_MIN=${FLEET_MIN:-1}
+FLEET_MAX=${FLEET_MAX:-4}
+# Checked as text first: bash arithmetic would evaluate anything else as code.
+if ! [[ $FLEET_MIN =~ ^(0|[1-9][0-9]{0,2})$ && $FLEET_MAX =~ ^[1-9][0-9]{0,2}$ ]] \
+    || ((FLEET_MIN > FLEET_MAX || FLEET_MAX > 100)); then
+    die "--min $FLEET_MIN --max $FLEET_MAX: whole numbers with 0 <= min <= max and 1 <= max <= 100"
+fi
+case $WARM_POOL in
+    stopped) WARM_STATE=Stopped ;;
+    hibernated) WARM_STATE=Hibernated ;;
+    *) die "--warm-pool '$WARM_POOL': use stopped or hibernated" ;;
+esac
 [[ $ENVIRONMENT =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] \
     || die "--environment '$ENVIRONMENT': use letters, digits, '.', '_' or '-', starting with a letter or digit"
 # Checked here because bash arithmetic evaluates text: a leading 0 would make a number octal (and 08 an
@@ -225,6 +268,11 @@ offline_answer() {
         "iam get-role" | "iam get-instance-profile")
             echo "NoSuchEntity (dry run without credentials: assumed absent)" >"$AWS_ERR"
             return 1 ;;
+        "dynamodb describe-table")
+            echo "ResourceNotFoundException (dry run without credentials: assumed absent)" >"$AWS_ERR"
+            return 1 ;;
+        "autoscaling describe-auto-scaling-groups") echo '{"AutoScalingGroups": []}' ;;
+        "ec2 describe-launch-templates") echo '{"LaunchTemplates": []}' ;;
         "ssm get-parameter") echo '{"Parameter": {"Value": "<latest Ubuntu 24.04 AMI>"}}' ;;
         "ec2 describe-images")
             jq -cn --arg a "$ARCH" '{Images: [{Architecture: $a, RootDeviceName: "<root device>"}]}' ;;
@@ -272,6 +320,8 @@ log "account $ACCOUNT as $CALLER_ARN, region $REGION, profile ${PROFILE:-none (d
 ROLE_NAME="$NAME-role"
 PROFILE_NAME="$NAME-profile"
 SG_NAME="$NAME-sg"
+LT_NAME="$NAME-lt"
+TABLE_NAME="$NAME-fleet"
 SSM_POLICY_ARN="arn:$PARTITION:iam::aws:policy/$SSM_POLICY_NAME"
 TAG_FILTER="Name=tag:$TAG_KEY,Values=$NAME"
 
@@ -428,6 +478,7 @@ delete_group() {
 do_delete() {
     log "deleting everything tagged $TAG_KEY=$NAME in $REGION"
     local ids=() sgs=() out sg policies profile_doc role_doc
+    delete_fleet
     out=$(find_instances) || exit 1
     mapfile -t ids < <(jq -r '.[].InstanceId' <<<"$out")
     if ((${#ids[@]})); then
@@ -546,6 +597,180 @@ delete_endpoints() {
     done
 }
 
+# ------------------------------------------------------------------------------------------------------
+# --fleet: launch template, Auto Scaling group, warm pool, scaling policy, DynamoDB table
+# ------------------------------------------------------------------------------------------------------
+
+# Prints the group's document, or nothing when there is no group of that name.
+get_fleet_group() {
+    local out
+    out=$(aws_call read autoscaling describe-auto-scaling-groups --auto-scaling-group-names "$NAME") \
+        || aws_fail "cannot read Auto Scaling group $NAME"
+    jq -c '.AutoScalingGroups[0] // empty' <<<"$out"
+}
+
+group_is_ours() { # group_is_ours GROUP_DOCUMENT
+    jq -e --arg k "$TAG_KEY" --arg v "$NAME" 'any(.Tags[]?; .Key == $k and .Value == $v)' <<<"$1" >/dev/null
+}
+
+# Prints the table's ARN, or nothing when there is no table of that name.
+get_fleet_table() {
+    local out
+    if out=$(aws_call read dynamodb describe-table --table-name "$TABLE_NAME"); then
+        jq -r .Table.TableArn <<<"$out"
+        return 0
+    fi
+    aws_error_is ResourceNotFoundException || aws_fail "cannot read table $TABLE_NAME"
+}
+
+table_is_ours() { # table_is_ours TABLE_ARN
+    local out
+    out=$(aws_call read dynamodb list-tags-of-resource --resource-arn "$1") || aws_fail "cannot read the tags of $1"
+    jq -e --arg k "$TAG_KEY" --arg v "$NAME" 'any(.Tags[]?; .Key == $k and .Value == $v)' <<<"$out" >/dev/null
+}
+
+fleet_group_gone() {
+    local doc
+    doc=$(get_fleet_group) || exit 1
+    WAIT_STATE=$(jq -r '.Status // "deleting"' <<<"${doc:-null}")
+    [[ -z $doc ]]
+}
+
+fleet_in_service() {
+    local doc
+    doc=$(get_fleet_group) || exit 1
+    FLEET_READY=$(jq -r '[.Instances[]? | select(.LifecycleState == "InService") | .InstanceId] | join(" ")' \
+        <<<"${doc:-null}")
+    WAIT_STATE="$(wc -w <<<"$FLEET_READY" | tr -d ' ') of $FLEET_MIN InService"
+    (($(wc -w <<<"$FLEET_READY") >= FLEET_MIN))
+}
+
+fleet_online() {
+    local out id
+    for id in $FLEET_READY; do
+        out=$(aws_call read ssm describe-instance-information --filters "Key=InstanceIds,Values=$id") \
+            || aws_fail "cannot ask SSM about $id"
+        WAIT_STATE="$id: $(jq -r '.InstanceInformationList[0].PingStatus // "not registered yet"' <<<"$out")"
+        [[ $WAIT_STATE == "$id: Online" ]] || return 1
+    done
+}
+
+# The group goes first (with its warm pool and scaling policy; force-delete terminates its instances, which
+# it would otherwise replace), then the launch template it used, then the table.
+delete_fleet() {
+    local doc arn out lt
+    doc=$(get_fleet_group) || exit 1
+    if [[ -n $doc ]]; then
+        group_is_ours "$doc" || die "Auto Scaling group $NAME is not tagged $TAG_KEY=$NAME: not deleting it"
+        aws_call write autoscaling delete-auto-scaling-group --auto-scaling-group-name "$NAME" --force-delete \
+            || aws_fail "cannot delete Auto Scaling group $NAME"
+        if [[ $DRY_RUN -eq 0 ]]; then
+            wait_until "Auto Scaling group $NAME to be deleted" fleet_group_gone
+        fi
+        did delete "Auto Scaling group $NAME, its warm pool, scaling policy and instances"
+    fi
+    out=$(aws_call read ec2 describe-launch-templates --filters "$TAG_FILTER") || aws_fail "cannot list launch templates"
+    for lt in $(jq -r '.LaunchTemplates[].LaunchTemplateId' <<<"$out"); do
+        aws_call write ec2 delete-launch-template --launch-template-id "$lt" >/dev/null \
+            || aws_fail "cannot delete launch template $lt"
+        did delete "launch template $lt"
+    done
+    arn=$(get_fleet_table) || exit 1
+    if [[ -n $arn ]]; then
+        table_is_ours "$arn" || die "table $TABLE_NAME is not tagged $TAG_KEY=$NAME: not deleting it"
+        aws_call write dynamodb delete-table --table-name "$TABLE_NAME" >/dev/null \
+            || aws_fail "cannot delete table $TABLE_NAME"
+        did delete "table $TABLE_NAME (its session placements and leases)"
+    fi
+}
+
+provision_fleet() {
+    local data out lt_id version doc arn tags
+    log "fleet $NAME: launch template $LT_NAME, Auto Scaling group of $FLEET_MIN to $FLEET_MAX, warm pool" \
+        "($WARM_POOL), table $TABLE_NAME"
+    gzip -9 -n -c "$USER_DATA_FILE" >"$WORK_DIR/user-data.gz"
+    (($(wc -c <"$WORK_DIR/user-data.gz") <= 16384)) || die "compressed user-data is over EC2's 16384 bytes"
+    tags=$(jq -cn --arg k "$TAG_KEY" --arg v "$NAME" '[{Key: $k, Value: $v}, {Key: "Name", Value: $v}]')
+    # The single instance's settings, as template data (user-data base64 text, as templates take it).
+    data=$(jq -cn --arg ami "$AMI" --arg type "$INSTANCE_TYPE" --arg profile "$PROFILE_NAME" --arg sg "$SG" \
+        --arg root "$ROOT_DEVICE" --arg ud "$(base64 <"$WORK_DIR/user-data.gz" | tr -d '\n')" --argjson tags "$tags" \
+        --arg warm "$WARM_STATE" '{ImageId: $ami, InstanceType: $type, IamInstanceProfile: {Name: $profile},
+        SecurityGroupIds: [$sg], UserData: $ud,
+        MetadataOptions: {HttpTokens: "required", HttpPutResponseHopLimit: 1, HttpEndpoint: "enabled"},
+        BlockDeviceMappings: [{DeviceName: $root, Ebs: {Encrypted: true, VolumeType: "gp3", VolumeSize: 16,
+            DeleteOnTermination: true}}],
+        TagSpecifications: [{ResourceType: "instance", Tags: $tags}, {ResourceType: "volume", Tags: $tags}]}
+        + (if $warm == "Hibernated" then {HibernationOptions: {Configured: true}} else {} end)')
+    out=$(aws_call read ec2 describe-launch-templates --filters "$TAG_FILTER") || aws_fail "cannot list launch templates"
+    lt_id=$(jq -r '.LaunchTemplates[0].LaunchTemplateId // empty' <<<"$out")
+    if [[ -z $lt_id ]]; then
+        aws_call write ec2 create-launch-template --launch-template-name "$LT_NAME" --launch-template-data "$data" \
+            --tag-specifications "ResourceType=launch-template,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$NAME}]" \
+            >/dev/null || aws_fail "cannot create launch template $LT_NAME"
+        did create "launch template $LT_NAME"
+    else
+        # A rerun puts the locked-down settings back as the new default version (whatever drifted).
+        out=$(aws_call write ec2 create-launch-template-version --launch-template-id "$lt_id" \
+            --launch-template-data "$data") || aws_fail "cannot add a version to $LT_NAME"
+        if [[ $DRY_RUN -eq 0 ]]; then
+            version=$(jq -r .LaunchTemplateVersion.VersionNumber <<<"$out")
+            aws_call write ec2 modify-launch-template --launch-template-id "$lt_id" --default-version "$version" \
+                >/dev/null || aws_fail "cannot make version $version the default of $LT_NAME"
+            did make "version $version of $LT_NAME its default"
+        fi
+    fi
+    doc=$(get_fleet_group) || exit 1
+    if [[ -z $doc ]]; then
+        aws_call write autoscaling create-auto-scaling-group --auto-scaling-group-name "$NAME" \
+            --launch-template "LaunchTemplateName=$LT_NAME,Version=\$Default" --min-size "$FLEET_MIN" \
+            --max-size "$FLEET_MAX" --desired-capacity "$FLEET_MIN" --vpc-zone-identifier "${FLEET_SUBNETS:-$SUBNET}" \
+            --tags "ResourceId=$NAME,ResourceType=auto-scaling-group,Key=$TAG_KEY,Value=$NAME,PropagateAtLaunch=true" \
+            || aws_fail "cannot create Auto Scaling group $NAME"
+        did create "Auto Scaling group $NAME ($FLEET_MIN to $FLEET_MAX)"
+    else
+        group_is_ours "$doc" || die "Auto Scaling group $NAME exists but is not tagged $TAG_KEY=$NAME; choose another --name"
+        aws_call write autoscaling update-auto-scaling-group --auto-scaling-group-name "$NAME" \
+            --launch-template "LaunchTemplateName=$LT_NAME,Version=\$Default" --min-size "$FLEET_MIN" \
+            --max-size "$FLEET_MAX" || aws_fail "cannot update Auto Scaling group $NAME"
+        did update "Auto Scaling group $NAME ($FLEET_MIN to $FLEET_MAX)"
+    fi
+    aws_call write autoscaling put-warm-pool --auto-scaling-group-name "$NAME" --pool-state "$WARM_STATE" \
+        --min-size 0 --instance-reuse-policy ReuseOnScaleIn=true || aws_fail "cannot set the warm pool of $NAME"
+    did set "the warm pool of $NAME ($WARM_POOL instances, up to the group's maximum)"
+    aws_call write autoscaling put-scaling-policy --auto-scaling-group-name "$NAME" --policy-name "$NAME-cpu" \
+        --policy-type TargetTrackingScaling --target-tracking-configuration \
+        '{"PredefinedMetricSpecification": {"PredefinedMetricType": "ASGAverageCPUUtilization"}, "TargetValue": 60.0}' \
+        >/dev/null || aws_fail "cannot set the scaling policy of $NAME"
+    did set "target tracking on $NAME's average CPU at 60%"
+    arn=$(get_fleet_table) || exit 1
+    if [[ -z $arn ]]; then
+        aws_call write dynamodb create-table --table-name "$TABLE_NAME" --billing-mode PAY_PER_REQUEST \
+            --attribute-definitions AttributeName=pk,AttributeType=S AttributeName=sk,AttributeType=S \
+            --key-schema AttributeName=pk,KeyType=HASH AttributeName=sk,KeyType=RANGE \
+            --tags "Key=$TAG_KEY,Value=$NAME" >/dev/null || aws_fail "cannot create table $TABLE_NAME"
+        if [[ $DRY_RUN -eq 0 ]]; then
+            aws_call read dynamodb wait table-exists --table-name "$TABLE_NAME" || aws_fail "table $TABLE_NAME did not appear"
+        fi
+        aws_call write dynamodb update-time-to-live --table-name "$TABLE_NAME" \
+            --time-to-live-specification Enabled=true,AttributeName=ttl >/dev/null \
+            || aws_fail "cannot turn on expiry for $TABLE_NAME"
+        did create "table $TABLE_NAME (on demand, items expire at their ttl)"
+    else
+        table_is_ours "$arn" || die "table $TABLE_NAME exists but is not tagged $TAG_KEY=$NAME; choose another --name"
+        info "table $TABLE_NAME exists"
+    fi
+    if [[ $DRY_RUN -eq 1 ]]; then
+        info "[dry-run] would poll: autoscaling describe-auto-scaling-groups (until $FLEET_MIN InService)"
+        return 0
+    fi
+    wait_until "$FLEET_MIN instance(s) of $NAME to be InService" fleet_in_service
+    info "InService: ${FLEET_READY:-none}"
+    if [[ $SKIP_TEST -eq 0 ]]; then
+        wait_until "the SSM agents of $NAME to report Online" fleet_online
+        info "SSM agents of $NAME are Online"
+    fi
+}
+
 if [[ $DELETE -eq 1 ]]; then
     do_delete
     exit 0
@@ -645,13 +870,13 @@ if [[ $EIC_ENDPOINT -eq 1 ]]; then
 fi
 log "network: $network"
 EXISTING=$(find_instances) || exit 1
-if [[ $(jq length <<<"$EXISTING") -gt 1 ]]; then
+if [[ $FLEET -eq 0 && $(jq length <<<"$EXISTING") -gt 1 ]]; then
     die "several instances are tagged $TAG_KEY=$NAME ($(jq -r 'map(.InstanceId) | join(" ")' <<<"$EXISTING"));" \
         "terminate the extra ones or run --delete"
 fi
 # The endpoint goes in the instance's subnet: an existing instance's, --subnet, or a default subnet chosen
 # here (and then used for the instance too).
-if [[ -z $SUBNET && $EIC_ENDPOINT -eq 1 ]]; then
+if [[ -z $SUBNET && $EIC_ENDPOINT -eq 1 && $FLEET -eq 0 ]]; then
     SUBNET=$(jq -r '.[0].SubnetId // empty' <<<"$EXISTING")
 fi
 if [[ -n $SUBNET ]]; then
@@ -661,11 +886,13 @@ else
     out=$(aws_call read ec2 describe-vpcs --filters Name=isDefault,Values=true) || aws_fail "cannot list VPCs"
     VPC=$(jq -r '.Vpcs[0].VpcId // empty' <<<"$out")
     [[ -n $VPC ]] || die "$REGION has no default VPC: pass --subnet with a subnet that has internet access"
-    if [[ $EIC_ENDPOINT -eq 1 ]]; then
+    if [[ $EIC_ENDPOINT -eq 1 || $FLEET -eq 1 ]]; then
         out=$(aws_call read ec2 describe-subnets --filters "Name=vpc-id,Values=$VPC" Name=default-for-az,Values=true) \
             || aws_fail "cannot list the subnets of $VPC"
         SUBNET=$(jq -r '[.Subnets[]] | sort_by(.AvailabilityZone) | .[0].SubnetId // empty' <<<"$out")
         [[ -n $SUBNET ]] || die "$VPC has no default subnet: pass --subnet"
+        # A fleet spreads over every default subnet (one per zone); the endpoint goes in the first.
+        FLEET_SUBNETS=$(jq -r '[.Subnets[]] | sort_by(.AvailabilityZone) | map(.SubnetId) | join(",")' <<<"$out")
     fi
 fi
 info "VPC $VPC${SUBNET:+, subnet $SUBNET}"
@@ -745,130 +972,139 @@ fi
 # Instance
 # ------------------------------------------------------------------------------------------------------
 
-log "instance $NAME"
-gzip -9 -n -c "$USER_DATA_FILE" >"$WORK_DIR/user-data.gz"
-user_data_bytes=$(wc -c <"$WORK_DIR/user-data.gz")
-((user_data_bytes <= 16384)) || die "compressed user-data is $user_data_bytes bytes; EC2 accepts 16384"
+# provision_instance: the one instance, launched, or found and repaired; waited for.
+provision_instance() {
+    log "instance $NAME"
+    gzip -9 -n -c "$USER_DATA_FILE" >"$WORK_DIR/user-data.gz"
+    user_data_bytes=$(wc -c <"$WORK_DIR/user-data.gz")
+    ((user_data_bytes <= 16384)) || die "compressed user-data is $user_data_bytes bytes; EC2 accepts 16384"
 
-SUBNET_ARGS=()
-if [[ -n $SUBNET ]]; then
-    SUBNET_ARGS=(--subnet-id "$SUBNET")
-fi
+    SUBNET_ARGS=()
+    if [[ -n $SUBNET ]]; then
+        SUBNET_ARGS=(--subnet-id "$SUBNET")
+    fi
 
-# repair_instance INSTANCE_DOCUMENT: a rerun puts back what drifted on the instance, and says plainly what it
-# cannot put back.
-repair_instance() {
-    local doc=$1 groups profile out association unencrypted
-    if ! jq -e '.MetadataOptions | .HttpTokens == "required" and .HttpPutResponseHopLimit == 1' \
-        <<<"$doc" >/dev/null; then
-        aws_call write ec2 modify-instance-metadata-options --instance-id "$INSTANCE_ID" \
-            --http-tokens required --http-put-response-hop-limit 1 --http-endpoint enabled >/dev/null \
-            || aws_fail "cannot require IMDSv2 on $INSTANCE_ID"
-        did require "IMDSv2 with hop limit 1 on $INSTANCE_ID"
-    fi
-    groups=$(jq -r '[.SecurityGroups[].GroupId] | sort | join(" ")' <<<"$doc")
-    if [[ $groups != "$SG" ]]; then
-        aws_call write ec2 modify-instance-attribute --instance-id "$INSTANCE_ID" --groups "$SG" \
-            || aws_fail "cannot set the security groups of $INSTANCE_ID"
-        did replace "the security groups of $INSTANCE_ID (${groups:-none}) with $SG"
-    fi
-    profile=$(jq -r '.IamInstanceProfile.Arn // empty' <<<"$doc")
-    if [[ -z $profile ]]; then
-        aws_call write ec2 associate-iam-instance-profile --instance-id "$INSTANCE_ID" \
-            --iam-instance-profile "Name=$PROFILE_NAME" >/dev/null || aws_fail "cannot give $INSTANCE_ID $PROFILE_NAME"
-        did associate "instance profile $PROFILE_NAME with $INSTANCE_ID"
-    elif [[ $profile != */"$PROFILE_NAME" ]]; then
-        out=$(aws_call read ec2 describe-iam-instance-profile-associations \
-            --filters "Name=instance-id,Values=$INSTANCE_ID" Name=state,Values=associated) \
-            || aws_fail "cannot read the instance profile association of $INSTANCE_ID"
-        association=$(jq -r '.IamInstanceProfileAssociations[0].AssociationId' <<<"$out")
-        aws_call write ec2 replace-iam-instance-profile-association --association-id "$association" \
-            --iam-instance-profile "Name=$PROFILE_NAME" >/dev/null || aws_fail "cannot replace $profile on $INSTANCE_ID"
-        did replace "instance profile $profile of $INSTANCE_ID with $PROFILE_NAME"
-    fi
-    out=$(aws_call read ec2 describe-volumes --filters "Name=attachment.instance-id,Values=$INSTANCE_ID") \
-        || aws_fail "cannot read the volumes of $INSTANCE_ID"
-    unencrypted=$(jq -r '[.Volumes[] | select(.Encrypted | not) | .VolumeId] | join(" ")' <<<"$out")
-    if [[ -n $unencrypted ]]; then
-        warn "cannot repair: volume(s) $unencrypted of $INSTANCE_ID are not encrypted, and EBS encryption is" \
-            "only chosen for a new volume; for an encrypted instance run --delete, then this script again"
-    fi
-}
+    # repair_instance INSTANCE_DOCUMENT: a rerun puts back what drifted on the instance, and says plainly what it
+    # cannot put back.
+    repair_instance() {
+        local doc=$1 groups profile out association unencrypted
+        if ! jq -e '.MetadataOptions | .HttpTokens == "required" and .HttpPutResponseHopLimit == 1' \
+            <<<"$doc" >/dev/null; then
+            aws_call write ec2 modify-instance-metadata-options --instance-id "$INSTANCE_ID" \
+                --http-tokens required --http-put-response-hop-limit 1 --http-endpoint enabled >/dev/null \
+                || aws_fail "cannot require IMDSv2 on $INSTANCE_ID"
+            did require "IMDSv2 with hop limit 1 on $INSTANCE_ID"
+        fi
+        groups=$(jq -r '[.SecurityGroups[].GroupId] | sort | join(" ")' <<<"$doc")
+        if [[ $groups != "$SG" ]]; then
+            aws_call write ec2 modify-instance-attribute --instance-id "$INSTANCE_ID" --groups "$SG" \
+                || aws_fail "cannot set the security groups of $INSTANCE_ID"
+            did replace "the security groups of $INSTANCE_ID (${groups:-none}) with $SG"
+        fi
+        profile=$(jq -r '.IamInstanceProfile.Arn // empty' <<<"$doc")
+        if [[ -z $profile ]]; then
+            aws_call write ec2 associate-iam-instance-profile --instance-id "$INSTANCE_ID" \
+                --iam-instance-profile "Name=$PROFILE_NAME" >/dev/null || aws_fail "cannot give $INSTANCE_ID $PROFILE_NAME"
+            did associate "instance profile $PROFILE_NAME with $INSTANCE_ID"
+        elif [[ $profile != */"$PROFILE_NAME" ]]; then
+            out=$(aws_call read ec2 describe-iam-instance-profile-associations \
+                --filters "Name=instance-id,Values=$INSTANCE_ID" Name=state,Values=associated) \
+                || aws_fail "cannot read the instance profile association of $INSTANCE_ID"
+            association=$(jq -r '.IamInstanceProfileAssociations[0].AssociationId' <<<"$out")
+            aws_call write ec2 replace-iam-instance-profile-association --association-id "$association" \
+                --iam-instance-profile "Name=$PROFILE_NAME" >/dev/null || aws_fail "cannot replace $profile on $INSTANCE_ID"
+            did replace "instance profile $profile of $INSTANCE_ID with $PROFILE_NAME"
+        fi
+        out=$(aws_call read ec2 describe-volumes --filters "Name=attachment.instance-id,Values=$INSTANCE_ID") \
+            || aws_fail "cannot read the volumes of $INSTANCE_ID"
+        unencrypted=$(jq -r '[.Volumes[] | select(.Encrypted | not) | .VolumeId] | join(" ")' <<<"$out")
+        if [[ -n $unencrypted ]]; then
+            warn "cannot repair: volume(s) $unencrypted of $INSTANCE_ID are not encrypted, and EBS encryption is" \
+                "only chosen for a new volume; for an encrypted instance run --delete, then this script again"
+        fi
+    }
 
-launch() {
-    local attempt out
-    for ((attempt = 1; attempt <= IAM_RETRY_ATTEMPTS; attempt++)); do
-        if out=$(aws_call write ec2 run-instances --image-id "$AMI" --instance-type "$INSTANCE_TYPE" \
-            --count 1 --iam-instance-profile "Name=$PROFILE_NAME" --security-group-ids "$SG" \
-            "${SUBNET_ARGS[@]}" \
-            --metadata-options "HttpTokens=required,HttpPutResponseHopLimit=1,HttpEndpoint=enabled" \
-            --block-device-mappings "DeviceName=$ROOT_DEVICE,Ebs={Encrypted=true,VolumeType=gp3,VolumeSize=16,DeleteOnTermination=true}" \
-            --user-data "fileb://$WORK_DIR/user-data.gz" \
-            --tag-specifications \
-            "ResourceType=instance,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$NAME}]" \
-            "ResourceType=volume,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$NAME}]"); then
-            if [[ $DRY_RUN -eq 1 ]]; then
-                INSTANCE_ID="i-DRYRUN"
-            else
-                INSTANCE_ID=$(jq -r '.Instances[0].InstanceId' <<<"$out")
+    launch() {
+        local attempt out
+        for ((attempt = 1; attempt <= IAM_RETRY_ATTEMPTS; attempt++)); do
+            if out=$(aws_call write ec2 run-instances --image-id "$AMI" --instance-type "$INSTANCE_TYPE" \
+                --count 1 --iam-instance-profile "Name=$PROFILE_NAME" --security-group-ids "$SG" \
+                "${SUBNET_ARGS[@]}" \
+                --metadata-options "HttpTokens=required,HttpPutResponseHopLimit=1,HttpEndpoint=enabled" \
+                --block-device-mappings "DeviceName=$ROOT_DEVICE,Ebs={Encrypted=true,VolumeType=gp3,VolumeSize=16,DeleteOnTermination=true}" \
+                --user-data "fileb://$WORK_DIR/user-data.gz" \
+                --tag-specifications \
+                "ResourceType=instance,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$NAME}]" \
+                "ResourceType=volume,Tags=[{Key=$TAG_KEY,Value=$NAME},{Key=Name,Value=$NAME}]"); then
+                if [[ $DRY_RUN -eq 1 ]]; then
+                    INSTANCE_ID="i-DRYRUN"
+                else
+                    INSTANCE_ID=$(jq -r '.Instances[0].InstanceId' <<<"$out")
+                fi
+                return 0
             fi
-            return 0
-        fi
-        # IAM is eventually consistent: a new instance profile may not be usable by EC2 for a few seconds.
-        if grep -qiE 'Invalid IAM Instance Profile|iamInstanceProfile' "$AWS_ERR"; then
-            info "instance profile not usable yet (attempt $attempt of $IAM_RETRY_ATTEMPTS); retrying"
-            sleep "$POLL_SECONDS"
-            continue
-        fi
-        aws_fail "cannot launch the instance"
-    done
-    aws_fail "the instance profile $PROFILE_NAME never became usable"
-}
+            # IAM is eventually consistent: a new instance profile may not be usable by EC2 for a few seconds.
+            if grep -qiE 'Invalid IAM Instance Profile|iamInstanceProfile' "$AWS_ERR"; then
+                info "instance profile not usable yet (attempt $attempt of $IAM_RETRY_ATTEMPTS); retrying"
+                sleep "$POLL_SECONDS"
+                continue
+            fi
+            aws_fail "cannot launch the instance"
+        done
+        aws_fail "the instance profile $PROFILE_NAME never became usable"
+    }
 
-if [[ $(jq length <<<"$EXISTING") -eq 1 ]]; then
-    INSTANCE_ID=$(jq -r '.[0].InstanceId' <<<"$EXISTING")
-    info "instance $INSTANCE_ID exists"
-    state=$(jq -r '.[0].State.Name' <<<"$EXISTING")
-    case $state in
-        stopped)
-            aws_call write ec2 start-instances --instance-ids "$INSTANCE_ID" >/dev/null \
-                || aws_fail "cannot start $INSTANCE_ID"
-            did start "$INSTANCE_ID" ;;
-        stopping | shutting-down) die "$INSTANCE_ID is $state; rerun when it has stopped, or run --delete" ;;
-    esac
-    repair_instance "$(jq -c '.[0]' <<<"$EXISTING")"
-else
-    launch
-    did launch "$INSTANCE_ID"
-fi
-
-instance_running() {
-    local out
-    out=$(aws_call read ec2 describe-instances --instance-ids "$INSTANCE_ID") || aws_fail "cannot read $INSTANCE_ID"
-    WAIT_STATE=$(jq -r '.Reservations[0].Instances[0].State.Name' <<<"$out")
-    [[ $WAIT_STATE == running ]]
-}
-
-ssm_online() {
-    local out
-    out=$(aws_call read ssm describe-instance-information \
-        --filters "Key=InstanceIds,Values=$INSTANCE_ID") || aws_fail "cannot ask SSM about $INSTANCE_ID"
-    WAIT_STATE=$(jq -r '.InstanceInformationList[0].PingStatus // "not registered yet"' <<<"$out")
-    [[ $WAIT_STATE == Online ]]
-}
-
-if [[ $DRY_RUN -eq 0 ]]; then
-    wait_until "$INSTANCE_ID to run" instance_running
-    info "$INSTANCE_ID is running"
-    if [[ $SKIP_TEST -eq 0 ]]; then
-        wait_until "the SSM agent on $INSTANCE_ID to report Online" ssm_online
-        info "SSM agent on $INSTANCE_ID is Online"
+    if [[ $(jq length <<<"$EXISTING") -eq 1 ]]; then
+        INSTANCE_ID=$(jq -r '.[0].InstanceId' <<<"$EXISTING")
+        info "instance $INSTANCE_ID exists"
+        state=$(jq -r '.[0].State.Name' <<<"$EXISTING")
+        case $state in
+            stopped)
+                aws_call write ec2 start-instances --instance-ids "$INSTANCE_ID" >/dev/null \
+                    || aws_fail "cannot start $INSTANCE_ID"
+                did start "$INSTANCE_ID" ;;
+            stopping | shutting-down) die "$INSTANCE_ID is $state; rerun when it has stopped, or run --delete" ;;
+        esac
+        repair_instance "$(jq -c '.[0]' <<<"$EXISTING")"
+    else
+        launch
+        did launch "$INSTANCE_ID"
     fi
-else
-    info "[dry-run] would poll: ec2 describe-instances --instance-ids $INSTANCE_ID (until running)"
-    if [[ $SKIP_TEST -eq 0 ]]; then
-        info "[dry-run] would poll: ssm describe-instance-information (until the agent is Online)"
+
+    instance_running() {
+        local out
+        out=$(aws_call read ec2 describe-instances --instance-ids "$INSTANCE_ID") || aws_fail "cannot read $INSTANCE_ID"
+        WAIT_STATE=$(jq -r '.Reservations[0].Instances[0].State.Name' <<<"$out")
+        [[ $WAIT_STATE == running ]]
+    }
+
+    ssm_online() {
+        local out
+        out=$(aws_call read ssm describe-instance-information \
+            --filters "Key=InstanceIds,Values=$INSTANCE_ID") || aws_fail "cannot ask SSM about $INSTANCE_ID"
+        WAIT_STATE=$(jq -r '.InstanceInformationList[0].PingStatus // "not registered yet"' <<<"$out")
+        [[ $WAIT_STATE == Online ]]
+    }
+
+    if [[ $DRY_RUN -eq 0 ]]; then
+        wait_until "$INSTANCE_ID to run" instance_running
+        info "$INSTANCE_ID is running"
+        if [[ $SKIP_TEST -eq 0 ]]; then
+            wait_until "the SSM agent on $INSTANCE_ID to report Online" ssm_online
+            info "SSM agent on $INSTANCE_ID is Online"
+        fi
+    else
+        info "[dry-run] would poll: ec2 describe-instances --instance-ids $INSTANCE_ID (until running)"
+        if [[ $SKIP_TEST -eq 0 ]]; then
+            info "[dry-run] would poll: ssm describe-instance-information (until the agent is Online)"
+        fi
     fi
+}
+
+if [[ $FLEET -eq 1 ]]; then
+    provision_fleet
+else
+    provision_instance
 fi
 
 # ------------------------------------------------------------------------------------------------------
@@ -879,12 +1115,22 @@ log "environment '$ENVIRONMENT' in $CONFIG"
 # With an SSH path the eic settings are written too: ssh_sudo, because only a runner started as root gives each
 # session its own uid and falls under the metadata guard (it covers the sandbox uids, not the login user).
 ssh_path=$(( ${#SSH_FROM[@]} > 0 || EIC_ENDPOINT ))
-ENTRY=$(jq -cn --arg id "$INSTANCE_ID" --arg region "$REGION" --arg profile "$PROFILE" \
-    --arg endpoint "$ENDPOINT_ID" --argjson ssh "$ssh_path" \
-    '{transport: "ssm", instance_id: $id, region: $region}
-     + (if $profile == "" then {} else {aws_profile: $profile} end)
-     + (if $ssh == 1 then {ssh_sudo: true} else {} end)
-     + (if $endpoint == "" then {} else {eic_endpoint_id: $endpoint} end)')
+if [[ $FLEET -eq 1 ]]; then
+    INSTANCE_ID="fleet $NAME"
+    ENTRY=$(jq -cn --arg group "$NAME" --arg table "$TABLE_NAME" --arg region "$REGION" --arg profile "$PROFILE" \
+        '{transport: "fleet", fleet_auto_scaling_group: $group, fleet_table: $table, region: $region}
+         + (if $profile == "" then {} else {aws_profile: $profile} end)')
+    # Keys that would make the environment name one instance, or another fleet, as well.
+    DROP='["instance_id", "fleet_tags", "fleet_instance_ids"]'
+else
+    DROP='["fleet_auto_scaling_group", "fleet_tags", "fleet_instance_ids", "fleet_table"]'
+    ENTRY=$(jq -cn --arg id "$INSTANCE_ID" --arg region "$REGION" --arg profile "$PROFILE" \
+        --arg endpoint "$ENDPOINT_ID" --argjson ssh "$ssh_path" \
+        '{transport: "ssm", instance_id: $id, region: $region}
+         + (if $profile == "" then {} else {aws_profile: $profile} end)
+         + (if $ssh == 1 then {ssh_sudo: true} else {} end)
+         + (if $endpoint == "" then {} else {eic_endpoint_id: $endpoint} end)')
+fi
 if [[ $ssh_path -eq 1 ]]; then
     info "for SSH set \"transport\": \"eic\" in '$ENVIRONMENT'; ssh_sudo is true: the eic and ssh transports need it" \
         "for per-session uids and the metadata guard (without it the runner runs as the login user)"
@@ -899,8 +1145,9 @@ if [[ -e $CONFIG ]]; then
 else
     current=/dev/null
 fi
-merged=$(jq -n --arg env "$ENVIRONMENT" --argjson entry "$ENTRY" --slurpfile cur "$current" \
-    '($cur[0] // {}) as $c | $c | .[$env] = ((($c[$env] // {}) | if type == "object" then . else {} end) + $entry)')
+merged=$(jq -n --arg env "$ENVIRONMENT" --argjson entry "$ENTRY" --argjson drop "$DROP" --slurpfile cur "$current" \
+    '($cur[0] // {}) as $c | $c
+     | .[$env] = ((($c[$env] // {}) | if type == "object" then . else {} end | delpaths([$drop[] | [.]])) + $entry)')
 if [[ $DRY_RUN -eq 1 ]]; then
     info "would write to $CONFIG: {\"$ENVIRONMENT\": $ENTRY} (merged with what is there)"
 else

@@ -56,7 +56,13 @@ class StandIn:
 
 
 @contextlib.contextmanager
-def ssm_standin(latency: float, jitter: float = 0.0) -> Iterator[StandIn]:
+def ssm_standin(
+    latency: float,
+    jitter: float = 0.0,
+    *,
+    program: tuple[str, ...] = ("-m", "ec2_sandbox.testing.ssm_standin"),
+    extra: tuple[str, ...] = (),
+) -> Iterator[StandIn]:
     """The stand-in in its own process (like a remote service), one instance, a fresh base dir.
 
     The environment is pointed at it with fake credentials for as long as the block runs.
@@ -71,8 +77,8 @@ def ssm_standin(latency: float, jitter: float = 0.0) -> Iterator[StandIn]:
     server = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "ec2_sandbox.testing.ssm_standin",
+            *program,
+            *extra,
             "--delivery-latency",
             str(latency),
             "--delivery-jitter",

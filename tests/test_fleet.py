@@ -27,9 +27,10 @@ from ec2_sandbox import AsyncSandbox, SandboxConfig, aws_session
 from ec2_sandbox.fleet.store import LeaseStore, create_table
 from ec2_sandbox.fleet.transport import FleetTransport
 from ec2_sandbox.testing import ssm_fleet_standin, ssm_standin
-from ec2_sandbox.transports.ssm import SsmTransport
 
 CLIENT = Path(__file__).parent / "support" / "fleet_client.py"
+#: Member polls tuned to a stand-in whose commands finish in tens of milliseconds.
+FAST_POLLS = {"poll_first": 0.02, "poll_factor": 1.3, "poll_max": 0.2}
 
 pytestmark = pytest.mark.skipif(
     ssm_fleet_standin.usable() is not None, reason=str(ssm_fleet_standin.usable())
@@ -95,10 +96,7 @@ class Fleet:
 
     def sandbox(self, **changes: Any) -> AsyncSandbox:
         config = self.config(**changes)
-        transport = FleetTransport(
-            config,
-            member_factory=lambda c: SsmTransport(c, poll_first=0.02, poll_factor=1.3, poll_max=0.2),
-        )
+        transport = FleetTransport(config, member_options=FAST_POLLS)
         return AsyncSandbox(config, transport=transport)
 
     def instances_that_ran(self) -> list[str]:
@@ -326,3 +324,31 @@ async def test_discovery_sees_every_member_of_a_group_larger_than_a_page(make_fl
         members = await sandbox.transport.discovery.members()  # type: ignore[attr-defined]
     assert [m.instance_id for m in members.healthy()] == fleet.members()
     assert all(m.vcpus == 2 for m in members.members)  # t3.micro, from DescribeInstanceTypes
+
+
+# ---------------------------------------------------------------------- throttling
+
+
+async def test_many_clients_throttled_by_the_account_back_off_and_all_finish(make_fleet: Any) -> None:
+    """Three clients (each its own clients and adaptive rate limiter) share an account whose SSM calls are
+    rate-limited: many of their calls are refused with ThrottlingException, and every run still succeeds."""
+    fleet = make_fleet(2)
+    limits = ssm_fleet_standin.FLEET
+    limits.rate_limits.update({"SendCommand": 4.0, "GetCommandInvocation": 8.0, "ListCommands": 4.0})
+    try:
+        sandboxes = [fleet.sandbox(fleet_wait_seconds=120) for _ in range(3)]
+        try:
+            results = await asyncio.gather(
+                *(sb.execute_code(f"print({n})") for sb in sandboxes for n in range(6)),
+                *(sb.instance_status() for sb in sandboxes),  # fan-out commands in the same crowd
+            )
+        finally:
+            for sb in sandboxes:
+                await sb.aclose()
+        throttled = dict(limits.throttled)
+    finally:
+        limits.unthrottle()
+    runs, statuses = results[:18], results[18:]
+    assert [r.stdout for r in runs] == [f"{n}\n" for _ in range(3) for n in range(6)], runs
+    assert all(s.healthy for s in statuses), statuses
+    assert throttled.get("SendCommand", 0) + throttled.get("GetCommandInvocation", 0) >= 5, throttled

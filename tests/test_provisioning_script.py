@@ -39,7 +39,8 @@ SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 BIN = Path(sys.executable).parent
 SCRIPT_FLAGS = (
     "--name", "--type", "--arch", "--ami", "--subnet", "--region", "--profile", "--environment", "--config",
-    "--skip-test", "--dry-run", "--delete", "--ssh-from", "--eic-endpoint", "--help",
+    "--skip-test", "--dry-run", "--delete", "--ssh-from", "--eic-endpoint", "--help", "--fleet", "--min",
+    "--max", "--warm-pool",
 )  # fmt: skip
 #: The tools the script runs besides aws and jq, wrapped to refuse GNU long options as macOS's BSD tools do.
 BSD_TOOLS = ("chmod", "cp", "mv", "mkdir", "mktemp", "rm", "date", "sed", "grep", "tr", "cut", "wc", "head",
@@ -689,6 +690,11 @@ def test_bad_arguments_fail_before_any_call(account: Account, tmp_path: Path) ->
         (["--bogus"], "unknown option '--bogus'"),
         (["--type"], "--type needs a value"),
         (["--arch", "arm64", "--ami", AMI], f"AMI {AMI} is x86_64, not arm64"),
+        (["--min", "2"], "--min and --max size a fleet: add --fleet"),
+        (["--fleet", "--min", "3", "--max", "2"], "0 <= min <= max"),
+        (["--fleet", "--max", "101"], "1 <= max <= 100"),
+        (["--fleet", "--min", "1+1"], "whole numbers"),
+        (["--fleet", "--warm-pool", "frozen"], "--warm-pool 'frozen'"),
     ):
         proc = account.run(*args)
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
@@ -743,3 +749,126 @@ def test_delete_removes_everything_tagged(account: Account) -> None:
     again = account.run("--delete")
     assert again.returncode == 0, again.stderr
     assert "no instance tagged" in again.stderr and "no security group tagged" in again.stderr
+
+
+# ---------------------------------------------------------------------------------------------- fleets
+FLEET = "sbx-fleet"
+FLEET_WRITES = (
+    "ec2 create-launch-template",
+    "autoscaling create-auto-scaling-group",
+    "autoscaling put-warm-pool",
+    "autoscaling put-scaling-policy",
+    "dynamodb create-table",
+    "dynamodb update-time-to-live",
+)
+
+
+def fleet_group(account: Account) -> dict[str, Any] | None:
+    groups = account.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[FLEET])
+    return (groups["AutoScalingGroups"] or [None])[0]
+
+
+def test_fleet_dry_run_prints_the_fleet_and_makes_nothing(account: Account) -> None:
+    before = account.snapshot()
+    proc = account.run("--fleet", "--min", "2", "--max", "5", "--dry-run", name=FLEET)
+    assert proc.returncode == 0, proc.stderr
+    for call in FLEET_WRITES:
+        assert (
+            f"[dry-run] would run: aws --region us-east-1 --profile default --output json {call}"
+            in proc.stderr
+        )
+    assert "ec2 run-instances" not in proc.stderr  # the group launches the instances, not the script
+    assert account.snapshot() == before and fleet_group(account) is None
+
+
+def test_fleet_end_to_end(account: Account) -> None:
+    from ec2_sandbox.testing import ssm_fleet_standin
+
+    ssm_fleet_standin.install()  # multi-target commands for the fleet's status (same server, more of SSM)
+    account.config.write_text(
+        json.dumps(
+            {"agents": {"base_sandbox_dir": str(account.base_dir), "instance_id": "i-0123456789abcdef0"}}
+        )
+    )
+    proc = account.run("--fleet", "--min", "2", "--max", "5", "--environment", "agents", name=FLEET)
+    assert proc.returncode == 0, proc.stderr
+    assert "hello-world: hello from ec2-sandbox" in proc.stderr
+    assert "2 of 2 member(s) healthy" in proc.stderr  # the fleet's status part, from every member
+
+    ec2 = account.client("ec2")
+    (template,) = ec2.describe_launch_templates(Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [FLEET]}])[
+        "LaunchTemplates"
+    ]
+    assert template["LaunchTemplateName"] == f"{FLEET}-lt"
+    data = ec2.describe_launch_template_versions(LaunchTemplateId=template["LaunchTemplateId"])[
+        "LaunchTemplateVersions"
+    ][0]["LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+    assert data["IamInstanceProfile"] == {"Name": f"{FLEET}-profile"}
+    (ebs,) = [m["Ebs"] for m in data["BlockDeviceMappings"]]
+    assert ebs["Encrypted"] is True and ebs["VolumeType"] == "gp3"
+    assert gzip.decompress(base64.b64decode(data["UserData"])) == USER_DATA.read_bytes()
+    (sg,) = account.tagged_groups(FLEET)
+    assert data["SecurityGroupIds"] == [sg["GroupId"]] and sg["IpPermissions"] == []
+    assert rules(sg["IpPermissionsEgress"]) == INSTANCE_EGRESS
+
+    group = fleet_group(account)
+    assert group is not None
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (2, 5, 2)
+    assert {"Key": TAG_KEY, "Value": FLEET} in [{"Key": t["Key"], "Value": t["Value"]} for t in group["Tags"]]
+    members = [i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"]
+    assert len(members) == 2
+    autoscaling = account.client("autoscaling")
+    warm = autoscaling.describe_warm_pool(AutoScalingGroupName=FLEET)["WarmPoolConfiguration"]
+    assert warm["PoolState"] == "Stopped"
+    (policy,) = autoscaling.describe_policies(AutoScalingGroupName=FLEET)["ScalingPolicies"]
+    tracking = policy["TargetTrackingConfiguration"]
+    assert policy["PolicyType"] == "TargetTrackingScaling" and tracking["TargetValue"] == 60.0
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "ASGAverageCPUUtilization"
+    ddb = account.client("dynamodb")
+    table = ddb.describe_table(TableName=f"{FLEET}-fleet")["Table"]
+    assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"pk": "HASH", "sk": "RANGE"}
+    ttl = ddb.describe_time_to_live(TableName=f"{FLEET}-fleet")["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == "ttl"
+
+    config = json.loads(account.config.read_text())
+    assert config["agents"] == {
+        "base_sandbox_dir": str(account.base_dir),
+        "transport": "fleet",
+        "fleet_auto_scaling_group": FLEET,
+        "fleet_table": f"{FLEET}-fleet",
+        "region": REGION,
+        "aws_profile": "default",
+    }  # the single instance it named before is gone from it: an environment is one or the other
+
+
+def test_fleet_rerun_resizes_and_restores_the_template(account: Account) -> None:
+    ec2 = account.client("ec2")
+    (template,) = ec2.describe_launch_templates(LaunchTemplateNames=[f"{FLEET}-lt"])["LaunchTemplates"]
+    proc = account.run(
+        "--fleet", "--min", "1", "--max", "6", "--skip-test", "--environment", "agents", name=FLEET
+    )
+    assert proc.returncode == 0, proc.stderr
+    group = fleet_group(account)
+    assert group is not None and (group["MinSize"], group["MaxSize"]) == (1, 6)
+    (again,) = ec2.describe_launch_templates(LaunchTemplateNames=[f"{FLEET}-lt"])["LaunchTemplates"]
+    assert again["DefaultVersionNumber"] == template["DefaultVersionNumber"] + 1
+    assert "table sbx-fleet-fleet exists" in proc.stderr
+
+
+def test_fleet_delete_removes_group_template_table_and_the_rest(account: Account) -> None:
+    group = fleet_group(account)
+    assert group is not None
+    members = [i["InstanceId"] for i in group["Instances"]]
+    proc = account.run("--delete", name=FLEET)
+    assert proc.returncode == 0, proc.stderr
+    assert fleet_group(account) is None
+    ec2 = account.client("ec2")
+    left = ec2.describe_launch_templates(Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [FLEET]}])
+    assert left["LaunchTemplates"] == []
+    assert f"{FLEET}-fleet" not in account.client("dynamodb").list_tables()["TableNames"]
+    states = ec2.describe_instances(InstanceIds=members)["Reservations"]
+    assert all(i["State"]["Name"] == "terminated" for r in states for i in r["Instances"])
+    assert account.live_instances(FLEET) == [] and account.tagged_groups(FLEET) == []
+    assert f"{FLEET}-role" not in [r["RoleName"] for r in account.client("iam").list_roles()["Roles"]]

@@ -92,7 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Exit status 0 when every step succeeded, 1 otherwise."
         ),
     )
-    p.add_argument("instance_id", metavar="INSTANCE_ID", help="the instance, e.g. i-0123456789abcdef0")
+    p.add_argument(
+        "instance_id",
+        metavar="INSTANCE_ID",
+        nargs="?",
+        help="the instance (none: every member of -E's fleet)",
+    )
     p.add_argument("--region", help="AWS region (default: the environment's)")
     p.add_argument("--profile", help="AWS profile (default: the environment's)")
     p.add_argument(
@@ -218,6 +223,10 @@ def ssh_notes(config: SandboxConfig) -> list[str]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    if args.instance_id is None:
+        from .fleet.prepare import cmd_prepare_fleet
+
+        return cmd_prepare_fleet(args)
     if not INSTANCE_ID_RE.match(args.instance_id):
         raise InvalidInputError(f"{args.instance_id!r} is not an instance id (i- and 8 or 17 hex digits)")
     if not 60 <= args.timeout <= 172800:

@@ -228,6 +228,10 @@ class SandboxConfig(BaseModel):
         le=3600,
         description="Fleet: how long a run waits for a free slot in a full fleet before it is refused.",
     )
+    fleet_member_transport: Literal["ssm", "eic"] = Field(
+        default="ssm",
+        description="Fleet: how members are reached: 'ssm' (Run Command) or 'eic' (SSH, EIC keys).",
+    )
     fleet_discovery_seconds: int = Field(
         default=10,
         ge=1,

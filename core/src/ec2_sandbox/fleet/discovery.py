@@ -47,10 +47,13 @@ class Member(BaseModel):
     lifecycle: str | None = None
     #: SSM PingStatus (None: not registered with SSM).
     ping: str | None = None
+    #: Whether the member is reached through its SSM agent (an SSH/EIC fleet needs no agent).
+    agent_required: bool = True
 
     @property
     def healthy(self) -> bool:
-        return self.state == "running" and self.ping == "Online" and self.lifecycle in (None, "InService")
+        agent = self.ping == "Online" or not self.agent_required
+        return self.state == "running" and agent and self.lifecycle in (None, "InService")
 
     @property
     def gone(self) -> bool:
@@ -61,7 +64,8 @@ class Member(BaseModel):
         parts = [self.state]
         if self.lifecycle is not None:
             parts.append(f"lifecycle {self.lifecycle}")
-        parts.append(f"SSM agent {self.ping}" if self.ping else "not registered with SSM")
+        if self.agent_required:
+            parts.append(f"SSM agent {self.ping}" if self.ping else "not registered with SSM")
         return f"{self.instance_id} ({', '.join(parts)})"
 
 
@@ -164,7 +168,8 @@ class Discovery:
         types = sorted({i["InstanceType"] for i in instances if i.get("InstanceType")})
         self._learn_vcpus(types)
         running = [i["InstanceId"] for i in instances if i["State"]["Name"] == "running"]
-        pings = self._pings(running)
+        over_ssm = self.config.fleet_member_transport == "ssm"
+        pings = self._pings(running) if over_ssm else {}
         members = []
         for inst in instances:
             iid = inst["InstanceId"]
@@ -176,6 +181,7 @@ class Discovery:
                     vcpus=self._vcpus.get(inst.get("InstanceType", "")),
                     lifecycle=None if lifecycle is None else lifecycle.get(iid),
                     ping=pings.get(iid),
+                    agent_required=over_ssm,
                 )
             )
         return sorted(members, key=lambda m: m.instance_id)

@@ -8,8 +8,10 @@ transport's. Routing:
   on the healthy member with the most free slots; the session holds one slot, a lease each use renews.
 * ``run`` without a session: a slot on the healthy member with the most free slots, for the run's length.
 * ``read``/``list``: the member the task ran on (recorded in the table).
-* ``probe``: one healthy member (``instance_status`` reports the fleet's own health beside it).
-* ``inventory``/``remove`` (cleanup): refused for now - fleet-wide cleanup is the next increment.
+* ``probe``: one healthy member (the runtimes' check); :meth:`FleetTransport.status_parts` adds a table of
+  every member (health, slots, sessions, load, disk) from one fan-out command.
+* ``inventory``/``remove`` (cleanup): every healthy member, through one multi-target command per 50 members
+  (:mod:`.operations`, :mod:`.fanout`).
 
 A full fleet makes a run wait up to ``fleet_wait_seconds`` (asking for the membership again, so that a
 scale-out is seen) and then refuses it; an instance is never given more runs than its slots.
@@ -25,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from botocore.config import Config
+
 from ..aws_session import make_session
 from ..config import SandboxConfig
 from ..errors import ConfigError, TaskNotFoundError
@@ -32,19 +36,41 @@ from ..protocol import RunnerRefusal
 from ..schema import StatusPart
 from ..transports.base import LineCallback, RunnerOutput, Transport
 from ..transports.ssm import SsmTransport
+from . import operations, status
 from .discovery import Discovery, Member, Membership, source_name
+from .fanout import FanOut
+from .members import MemberPool
 from .store import LeaseStore, SessionRecord, SlotLease, session_holder
 
 log = logging.getLogger(__name__)
 
 #: Seconds a run's slot is held beyond the call's own timeout (a client that dies mid-run frees it then).
 RUN_LEASE_MARGIN = 60.0
+#: Seconds a member's connection may stay unused before it is closed (reopened on the next use).
+IDLE_CLOSE_SECONDS = 300.0
 #: While waiting for a slot, the membership is asked for at least this often (a scale-out shows up).
 WAIT_DISCOVERY_SECONDS = 2.0
 #: First and longest pause between looks at a full fleet (with jitter, so waiting clients spread out).
 WAIT_FIRST, WAIT_MAX = 0.05, 1.0
 
+#: botocore's adaptive retry mode: exponential backoff with jitter, and a client-side rate limiter that
+#: slows this process's calls down when AWS throttles them - so that many clients of one account back off
+#: together and keep going (botocore "Retries" guide). Every AWS call of a fleet goes through these clients.
+RETRIES = Config(retries={"mode": "adaptive", "max_attempts": 10}, connect_timeout=10, read_timeout=70)
+
 MemberFactory = Callable[[SandboxConfig], Transport]
+
+
+class MemberSsm(SsmTransport):
+    """The ssm transport for one member, on the fleet's clients: one adaptive rate limiter for all the calls
+    this client makes, whichever member they are for."""
+
+    def __init__(self, config: SandboxConfig, clients: Callable[[str], Any], **options: Any) -> None:
+        super().__init__(config, **options)
+        self._shared = clients
+
+    def client(self, service: str) -> Any:
+        return self._shared(service)
 
 
 class FleetFull(RunnerRefusal):
@@ -62,8 +88,10 @@ class FleetTransport(Transport):
         config: SandboxConfig,
         *,
         member_factory: MemberFactory | None = None,
+        member_options: dict[str, Any] | None = None,
         clients: Callable[[str], Any] | None = None,
         clock: Callable[[], float] = time.time,
+        idle_close: float = IDLE_CLOSE_SECONDS,
     ) -> None:
         if not config.is_fleet or not config.fleet_table:
             raise ConfigError(
@@ -79,8 +107,17 @@ class FleetTransport(Transport):
         self.discovery = Discovery(config, self.client)
         self.store = LeaseStore(self.client("dynamodb"), config.fleet_table, clock=clock)
         self.clock = clock
-        self._member_factory = member_factory or SsmTransport
-        self._members: dict[str, Transport] = {}
+        options = member_options or {}
+        self.over_ssm = config.fleet_member_transport == "ssm"
+        if member_factory is None:
+            member_factory = (
+                (lambda c: MemberSsm(c, self.client, **options)) if self.over_ssm else _ssh_member(options)
+            )
+        self.members = MemberPool(self._member_config, member_factory, idle_close=idle_close)
+        #: Fan-out through SSM's multi-target SendCommand (None: SSH/EIC members, each asked on its own).
+        self.fanout = FanOut(self.client) if self.over_ssm else None
+        #: Which members held each entry of the last fleet-wide inventory (where ``remove`` goes).
+        self._where: dict[operations.EntryKey, set[str]] = {}
         #: Where tasks this client started ran (the table has them too, for other clients).
         self._tasks: dict[str, str] = {}
         self._background: set[asyncio.Future[Any]] = set()
@@ -93,22 +130,18 @@ class FleetTransport(Transport):
         if service not in self._clients:
             if self._session is None:
                 self._session = make_session(self.config)
-            # Adaptive retries: many clients of one account back off together when AWS throttles them.
-            from botocore.config import Config
-
-            self._clients[service] = self._session.client(
-                service, config=Config(retries={"mode": "adaptive", "max_attempts": 8})
-            )
+            self._clients[service] = self._session.client(service, config=RETRIES)
         return self._clients[service]
 
+    def _member_config(self, instance_id: str) -> SandboxConfig:
+        update: dict[str, Any] = {"instance_id": instance_id, "transport": self.config.fleet_member_transport}
+        for name in ("fleet_auto_scaling_group", "fleet_tags", "fleet_instance_ids"):
+            update[name] = None
+        return self.config.model_copy(update=update)
+
     def member(self, instance_id: str) -> Transport:
-        """The transport that reaches one member (made once, kept)."""
-        if instance_id not in self._members:
-            update = {"instance_id": instance_id, "transport": "ssm"}
-            for name in ("fleet_auto_scaling_group", "fleet_tags", "fleet_instance_ids"):
-                update[name] = None
-            self._members[instance_id] = self._member_factory(self.config.model_copy(update=update))
-        return self._members[instance_id]
+        """The transport that reaches one member (opened on demand, closed when idle)."""
+        return self.members.get(instance_id)
 
     def capacity(self, member: Member) -> int:
         if self.config.fleet_slots_per_instance:
@@ -131,11 +164,46 @@ class FleetTransport(Transport):
             if not healthy:
                 raise await self._no_member_error()
             return await self._on(healthy[0].instance_id, payload, timeout, on_stdout_line)
-        raise RunnerRefusal(
-            "unsupported",
-            f"'{op}' across a fleet is not built yet (fleet-wide cleanup comes next); clean one member "
-            "with an environment that names its instance_id, or let the instances' own cleanup timer run",
+        if op == "inventory":
+            return _envelope(await self._inventory(request, timeout))
+        if op == "remove":
+            return _envelope(await self._remove(request, timeout))
+        raise RunnerRefusal("unsupported", f"'{op}' is not an operation a fleet can route")
+
+    # ------------------------------------------------------------------ fleet-wide
+    async def on_members(
+        self, request: dict[str, Any], instance_ids: list[str], timeout: float
+    ) -> dict[str, operations.MemberResult]:
+        return await operations.on_members(
+            request, instance_ids, timeout=timeout, fanout=self.fanout, member=self.member
         )
+
+    async def _healthy_ids(self) -> list[str]:
+        healthy = (await self.discovery.members(max_age=0)).healthy()
+        if not healthy:
+            raise await self._no_member_error()
+        return [m.instance_id for m in healthy]
+
+    async def _inventory(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        answers = await self.on_members(request, await self._healthy_ids(), timeout)
+        failed = {i: a.error for i, a in answers.items() if a.error is not None}
+        if len(failed) == len(answers):
+            raise RunnerRefusal(
+                "unreachable", "no member of the fleet answered the cleanup inventory: " + _named(failed)
+            )
+        if failed:
+            log.warning("fleet cleanup: members that did not answer are left as they are: %s", _named(failed))
+        inventory, self._where = operations.merge_inventories(answers, self.clock())
+        return inventory
+
+    async def _remove(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        wanted = list(request.get("entries") or [])
+        holders = set().union(
+            *(self._where.get((str(e.get("kind")), str(e.get("id"))), set()) for e in wanted)
+        )
+        targets = sorted(holders) if holders else await self._healthy_ids()
+        answers = await self.on_members(request, targets, timeout)
+        return operations.merge_removals(answers, wanted, self._where)
 
     async def _on(
         self, instance_id: str, payload: bytes, timeout: float, on_stdout_line: LineCallback | None
@@ -369,48 +437,31 @@ class FleetTransport(Transport):
 
     # ------------------------------------------------------------------ status
     async def status_parts(self) -> list[StatusPart]:
-        try:
-            membership = await self.discovery.members(max_age=0)
-            leases = await asyncio.to_thread(self.store.slots)
-        except Exception as exc:
-            return [StatusPart(name="fleet", ok=False, message=f"cannot read the fleet's state: {exc}")]
-        now = self.clock()
-        healthy = membership.healthy()
-        members = []
-        for member in membership.members:
-            held = sum(
-                1
-                for lease in leases
-                if lease.instance_id == member.instance_id and lease.expires >= now and lease.holder
-            )
-            members.append(
-                {
-                    "instance_id": member.instance_id,
-                    "healthy": member.healthy,
-                    "state": member.state,
-                    "ping": member.ping,
-                    "lifecycle": member.lifecycle,
-                    "slots": self.capacity(member),
-                    "slots_held": held,
-                }
-            )
-        total = sum(self.capacity(m) for m in healthy)
-        used = sum(m["slots_held"] for m in members if m["healthy"])
-        return [
-            StatusPart(
-                name="fleet",
-                ok=bool(healthy),
-                message=f"{len(healthy)} of {len(membership.members)} member(s) healthy; {used} of {total} "
-                "slots held" + ("" if healthy else f"; no member can take commands: {membership.summary()}"),
-                details={"source": source_name(self.config), "members": members},
-            )
-        ]
+        return [await status.fleet_part(self)]
 
     async def aclose(self) -> None:
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
-        for transport in list(self._members.values()):
-            await transport.aclose()
+        await self.members.aclose()
+
+
+def _envelope(result: dict[str, Any]) -> RunnerOutput:
+    """A fleet-wide answer as the runner would print it."""
+    line = json.dumps({"envelope": {"ok": True, "result": result}}, separators=(",", ":"))
+    return RunnerOutput(0, line.encode() + b"\n", b"")
+
+
+def _named(errors: dict[str, str | None]) -> str:
+    return "; ".join(f"{instance_id}: {error}" for instance_id, error in sorted(errors.items()))
+
+
+def _ssh_member(options: dict[str, Any]) -> MemberFactory:
+    def make(config: SandboxConfig) -> Transport:
+        from ..transports.eic import EICTransport
+
+        return EICTransport(config, **options)
+
+    return make
 
 
 def create_fleet_transport(config: SandboxConfig) -> FleetTransport:

@@ -11,7 +11,14 @@ in the service model botocore ships, ``ssm/2014-11-06/service-2.json``):
 
 * ``SendCommand`` reaches up to 50 ``InstanceIds`` ("you can specify up to 50 IDs", SendCommand API
   reference); more is refused with ``ValidationException``, as the service does for a list longer than its
-  constraint. Each instance gets its own invocation, run by its own agent, on its own disk.
+  constraint. Each instance gets its own invocation, run by its own agent, on its own disk, with its own
+  status (:mod:`.ssm_rate_controls` applies ``MaxConcurrency`` and ``MaxErrors`` and keeps the command's
+  ``TargetCount``/``CompletedCount``/``ErrorCount``/``DeliveryTimedOutCount`` and status, which
+  ``ListCommands`` reports).
+* Throttling by rate, as many clients of one account meet it: :attr:`FleetStandIn.rate_limits` gives
+  operations a token bucket (calls per second, a burst of one second's worth); a call beyond it is refused
+  with ``ThrottlingException`` ("Rate exceeded"), as the service answers. SSM publishes no rate for
+  SendCommand or GetCommandInvocation, so the rate is the test's to choose.
 * ``DescribeInstanceInformation`` pages its answer: ``MaxResults`` must be 5 to 50 (else
   ``ValidationException``) and a filter holds 1 to 100 values; without ``MaxResults`` a page holds 10 items
   (AWS does not document its default page size: a small one makes callers that ignore ``NextToken`` fail
@@ -35,17 +42,19 @@ import os
 import shutil
 import tempfile
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from moto.core.responses import ActionResult
 from moto.dynamodb.models import DynamoDBBackend
-from moto.ssm.models import SimpleSystemManagerBackend
+from moto.ssm.models import Command, SimpleSystemManagerBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
 
-from . import ssm_standin
-from .ssm_standin import STANDIN, Invocation, SSMError
+from . import ssm_rate_controls, ssm_standin
+from .ssm_standin import STANDIN, Invocation, SSMError, StandIn
 
 #: SendCommand: "you can specify up to 50 IDs".
 MAX_INSTANCE_IDS = 50
@@ -62,7 +71,38 @@ class FleetStandIn:
     root: str = ""
     #: Paths that are each instance's own (bind-mounted from its disk for every command it runs).
     instance_paths: list[str] = field(default_factory=list)
+    #: Calls per second each operation admits (token bucket, a burst of one second's worth); beyond it,
+    #: ThrottlingException. Empty: no rate limit.
+    rate_limits: dict[str, float] = field(default_factory=dict)
+    #: Calls refused by a rate limit, by operation.
+    throttled: Counter[str] = field(default_factory=Counter)
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admit(self, operation: str) -> None:
+        """Take a token for ``operation``, or refuse the call as the service does past its rate."""
+        with self._lock:
+            rate = self.rate_limits.get(operation)
+            if not rate:
+                return
+            now = time.monotonic()
+            tokens, then = self._buckets.get(operation, (rate, now))
+            tokens = min(rate, tokens + (now - then) * rate)
+            if tokens < 1.0:
+                self._buckets[operation] = (tokens, now)
+                self.throttled[operation] += 1
+                refused = True
+            else:
+                self._buckets[operation] = (tokens - 1.0, now)
+                refused = False
+        if refused:
+            raise SSMError("ThrottlingException", "Rate exceeded")
+
+    def unthrottle(self) -> None:
+        with self._lock:
+            self.rate_limits.clear()
+            self._buckets.clear()
+            self.throttled.clear()
 
     def disk(self, instance_id: str, path: str) -> str:
         """The directory that ``path`` is on ``instance_id``, made on first use with mode 0711: runs drop to
@@ -83,6 +123,7 @@ class FleetStandIn:
                 shutil.rmtree(self.root, ignore_errors=True)
             self.root = ""
             self.instance_paths = []
+        self.unthrottle()
 
 
 FLEET = FleetStandIn()
@@ -122,7 +163,7 @@ def _launch(inv: Invocation, argv: list[str]) -> list[str]:
     ]
 
 
-_base_send_command = None
+_base_send_command = _base_gate = _base_list_commands = None
 #: Every DynamoDB write of the stand-in, one at a time (the correction above).
 _dynamodb_writes = threading.Lock()
 DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item")
@@ -141,6 +182,7 @@ def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -
     instance_ids = kwargs.get("instance_ids")
     if instance_ids is None and len(args) > 3:
         instance_ids = args[3]
+    ssm_rate_controls.check(kwargs.get("max_concurrency"), kwargs.get("max_errors"))
     if instance_ids and len(instance_ids) > MAX_INSTANCE_IDS:
         STANDIN.gate("SendCommand")
         raise SSMError(
@@ -149,6 +191,16 @@ def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -
             f"have length less than or equal to {MAX_INSTANCE_IDS}",
         )
     return _base_send_command(self, *args, **kwargs)  # type: ignore[misc]
+
+
+def _gate(self: StandIn, operation: str) -> None:
+    _base_gate(self, operation)  # type: ignore[misc]
+    FLEET.admit(operation)
+
+
+def _list_commands(self: SimpleSystemManagerBackend, command_id: str | None, instance_id: str | None) -> Any:
+    STANDIN.gate("ListCommands")
+    return _base_list_commands(self, command_id, instance_id)  # type: ignore[misc]
 
 
 def _resp_describe_instance_information(self: SimpleSystemManagerResponse) -> ActionResult:
@@ -188,12 +240,18 @@ def _resp_describe_instance_information(self: SimpleSystemManagerResponse) -> Ac
 
 def install() -> FleetStandIn:
     """Install the single-instance stand-in, then the fleet's additions (idempotent)."""
-    global _installed, _base_send_command
+    global _installed, _base_send_command, _base_gate, _base_list_commands
     ssm_standin.install()
     with _install_lock:
         if not _installed:
             _base_send_command = SimpleSystemManagerBackend.send_command
             SimpleSystemManagerBackend.send_command = _send_command  # type: ignore[method-assign]
+            _base_list_commands = SimpleSystemManagerBackend.list_commands
+            SimpleSystemManagerBackend.list_commands = _list_commands  # type: ignore[method-assign]
+            _base_gate = StandIn.gate
+            StandIn.gate = _gate  # type: ignore[method-assign]
+            Command.response_object = ssm_rate_controls.response_object(Command.response_object)  # type: ignore[method-assign]
+            STANDIN.dispatcher = ssm_rate_controls.dispatch
             SimpleSystemManagerResponse.describe_instance_information = _resp_describe_instance_information  # type: ignore[attr-defined]
             ssm_standin._clear_method_cache()
             STANDIN.launcher = _launch

@@ -200,6 +200,9 @@ class StandIn:
     #: Extension point (kept by :meth:`reset`): maps the argv the agent would run for an invocation to the
     #: argv actually started, so that a stand-in of several instances can give each its own filesystem.
     launcher: Callable[[Invocation, list[str]], list[str]] | None = None
+    #: Extension point (kept by :meth:`reset`): hands a new command's invocations to their agents (default:
+    #: all at once), so that a stand-in of several instances can apply MaxConcurrency and MaxErrors.
+    dispatcher: Callable[[Command, list[Invocation]], None] | None = None
     _faults: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     _workers: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -540,6 +543,7 @@ def _send_command(
     total = timeout_seconds + execution_timeout
     command.expires_after = command.requested_date_time + datetime.timedelta(seconds=total)
     delivery = STANDIN.delivery_timeout or float(total)
+    sent: list[Invocation] = []
     for instance_id in instance_ids:
         inv = Invocation(
             command_id=command.command_id,
@@ -557,11 +561,22 @@ def _send_command(
         if not _deliverable(instance_id, self.region_name, self.account_id):
             _waiting(inv)
         STANDIN.invocations[(command.command_id, instance_id)] = inv
-        threading.Thread(
-            target=_agent, args=(inv, self.region_name, self.account_id), daemon=True, name="ssm-agent"
-        ).start()
+        sent.append(inv)
     self._commands.append(command)
+    (STANDIN.dispatcher or _start_agents)(command, sent)
     return command
+
+
+def start_agent(inv: Invocation) -> None:
+    """The instance's agent takes the invocation (in a thread of its own)."""
+    threading.Thread(
+        target=_agent, args=(inv, inv.region, inv.account_id), daemon=True, name="ssm-agent"
+    ).start()
+
+
+def _start_agents(command: Command, invocations: list[Invocation]) -> None:
+    for inv in invocations:
+        start_agent(inv)
 
 
 def _invocation(command_id: str, instance_id: str) -> Invocation:
