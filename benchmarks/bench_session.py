@@ -139,7 +139,7 @@ async def dataframe(sandbox: AsyncSandbox, args: argparse.Namespace) -> str:
 
 
 async def ssh(args: argparse.Namespace) -> bool:
-    from bench_ssh import neutral_sshd
+    from bench_ssh import neutral_sshd, ssh_config
     from support.sshd import sshd_available
 
     reason = sshd_available()
@@ -147,17 +147,7 @@ async def ssh(args: argparse.Namespace) -> bool:
         print(f"ssh: skipped ({reason})")
         return True
     with neutral_sshd() as server:
-        base = tempfile.mkdtemp(prefix="ec2sb-bench-", dir="/tmp")
-        os.chmod(base, 0o711)
-        config = SandboxConfig(
-            transport="ssh",
-            ssh_host="127.0.0.1",
-            ssh_port=server.port,
-            ssh_user="root",
-            ssh_key_file=str(server.client_key_path),
-            ssh_known_hosts=os.path.join(base, "known_hosts"),
-            base_sandbox_dir=base,
-        )
+        config = ssh_config(server)
         async with AsyncSandbox(config) as sandbox:
             sides, warm, session = sides_for(sandbox)
             await warm()

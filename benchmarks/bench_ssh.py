@@ -62,19 +62,25 @@ def neutral_sshd():  # type: ignore[no-untyped-def]
         yield server
 
 
-async def measure(server, runs: int) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
+def ssh_config(server) -> SandboxConfig:  # type: ignore[no-untyped-def]
+    """The ssh transport to the private sshd, with a fresh base dir and known_hosts file."""
     base = tempfile.mkdtemp(prefix="ec2sb-bench-", dir="/tmp")
     os.chmod(base, 0o711)
-    known_hosts = os.path.join(base, "known_hosts")
-    config = SandboxConfig(
+    return SandboxConfig(
         transport="ssh",
         ssh_host="127.0.0.1",
         ssh_port=server.port,
         ssh_user="root",
         ssh_key_file=str(server.client_key_path),
-        ssh_known_hosts=known_hosts,
+        ssh_known_hosts=os.path.join(base, "known_hosts"),
         base_sandbox_dir=base,
     )
+
+
+async def measure(server, runs: int) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
+    config = ssh_config(server)
+    known_hosts = config.ssh_known_hosts
+    assert known_hosts is not None
     per_process = create_ssh_transport(config)
     per_process.persistent_runner = False
     times: dict[str, list[float]] = {"service": [], "raw": [], "fresh": [], "per_process": [], "shell": []}

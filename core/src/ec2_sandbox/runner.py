@@ -1699,23 +1699,13 @@ def run_task(req, emit):
     ws.open(os.geteuid() == 0)
     try:
         before = snapshot_files(ws.workdir)
-        for entry in req.get("files") or []:
-            data = entry["raw"] if isinstance(entry.get("raw"), bytes) else base64.b64decode(entry["b64"])
-            write_file_in(ws.workdir, entry["path"], data, ws.owner)  # raw: from an in-process caller only
+        write_inputs(ws.workdir, req.get("files"), ws.owner)
         source_path = write_record(ws, req["runtime"], base64.b64decode(req["code_b64"]))
         plan = RunPlan(req, ws, source_path)
-        result = execute(req, emit, ws, plan)
-        after = snapshot_files(ws.workdir)
-        created = sorted(name for name, sig in after.items() if before.get(name) != sig)
+        result = with_workspace(execute(req, emit, ws, plan), ws, before)
         result.update(
             {
-                "task_hash": ws.task_hash,
-                "session_id": ws.session_id,
-                "working_directory": ws.workdir,
-                "files_created": created[:MAX_FILES_LISTED],
-                "files_created_truncated": len(created) > MAX_FILES_LISTED,
                 "isolation": "bwrap" if plan.bwrap else "none",
-                "run_as_uid": ws.uid if ws.uid is not None else os.geteuid(),
                 "imds_guard": plan.imds_guarded,
                 "warnings": plan.warnings,
             }
@@ -1723,6 +1713,34 @@ def run_task(req, emit):
         return result
     finally:
         ws.close()
+
+
+def write_inputs(workdir, entries, owner):
+    """Write a request's files into a work dir; each is ``raw`` bytes (from an in-process caller only) or
+    ``b64``. Returns their paths and sizes."""
+    written = []
+    for entry in entries or []:
+        data = entry["raw"] if isinstance(entry.get("raw"), bytes) else base64.b64decode(entry["b64"])
+        write_file_in(workdir, entry["path"], data, owner)
+        written.append({"path": entry["path"], "size": len(data)})
+    return written
+
+
+def with_workspace(result, ws, before):
+    """``result`` with where the run was and what it made (files that differ from ``before``)."""
+    after = snapshot_files(ws.workdir)
+    created = sorted(name for name, sig in after.items() if before.get(name) != sig)
+    result.update(
+        {
+            "task_hash": ws.task_hash,
+            "session_id": ws.session_id,
+            "working_directory": ws.workdir,
+            "files_created": created[:MAX_FILES_LISTED],
+            "files_created_truncated": len(created) > MAX_FILES_LISTED,
+            "run_as_uid": ws.uid if ws.uid is not None else os.geteuid(),
+        }
+    )
+    return result
 
 
 def choose_bwrap(isolation, run_uid, base):
@@ -3054,11 +3072,7 @@ def write_files(req):
     base = prepare_base(req.get("base_dir"))
     session = SessionDir(base, req.get("session_id"))
     try:
-        written = []
-        for entry in req.get("files") or []:
-            data = entry["raw"] if isinstance(entry.get("raw"), bytes) else base64.b64decode(entry["b64"])
-            write_file_in(session.workdir, entry["path"], data, session.owner)
-            written.append({"path": entry["path"], "size": len(data)})
+        written = write_inputs(session.workdir, req.get("files"), session.owner)
         return {"session_id": req["session_id"], "written": written}
     finally:
         session.close()
@@ -4097,9 +4111,7 @@ def run_cell(req, emit):
     ws.open(os.geteuid() == 0)
     conn = None
     try:
-        for entry in req.get("files") or []:
-            data = entry["raw"] if isinstance(entry.get("raw"), bytes) else base64.b64decode(entry["b64"])
-            write_file_in(ws.workdir, entry["path"], data, ws.owner)
+        write_inputs(ws.workdir, req.get("files"), ws.owner)
         write_record(ws, req["runtime"], code.encode("utf-8"))
         paths = {}
         for name in ("stdout", "stderr"):
@@ -4133,20 +4145,7 @@ def run_cell(req, emit):
                 streamer.stop()
         if reply is None:
             reply = {"ok": False, "error": "the session's interpreter did not answer in time"}
-        result = cell_result(req, ws, reply, previous, paths)
-        after = snapshot_files(ws.workdir)
-        created = sorted(name for name, sig in after.items() if before.get(name) != sig)
-        result.update(
-            {
-                "task_hash": ws.task_hash,
-                "session_id": ws.session_id,
-                "working_directory": ws.workdir,
-                "files_created": created[:MAX_FILES_LISTED],
-                "files_created_truncated": len(created) > MAX_FILES_LISTED,
-                "run_as_uid": ws.uid if ws.uid is not None else os.geteuid(),
-            }
-        )
-        return result
+        return with_workspace(cell_result(req, ws, reply, previous, paths), ws, before)
     finally:
         if conn is not None:
             conn.close()
