@@ -188,7 +188,12 @@ def test_the_shipped_runner_is_python38_and_carries_its_companions() -> None:
     exec(compile(shipped, "ec2_sandbox_runner.py", "exec"), module)
     companions = module["COMPANIONS"]
     assert isinstance(companions, dict) and set(companions) == {"kernel.py"}
-    ast.parse(companions["kernel.py"], feature_version=(3, 8))
+    long_lived: dict[str, object] = {"__name__": "ec2_sandbox_runner"}
+    exec(compile(protocol.runner_source(long_lived=True), "ec2_sandbox_runner.py", "exec"), long_lived)
+    assert set(long_lived["COMPANIONS"]) == {"kernel.py", "zygote.py"}  # type: ignore[call-overload]
+    companions = dict(companions, **long_lived["COMPANIONS"])  # type: ignore[arg-type]
+    for source in companions.values():
+        ast.parse(source, feature_version=(3, 8))
     assert module["PROTOCOL"] == runner.PROTOCOL
     # It fits one SSM command with room for a request (the first request to a new instance carries it).
     packed = len(base64.b64encode(zlib.compress(shipped, 6)))

@@ -104,7 +104,7 @@ def test_no_user_data_in_the_command_line() -> None:
     assert transport._command("/root/.cache/ec2-sandbox/runner-ab12.py") == (
         "exec python3 -I -S /root/.cache/ec2-sandbox/runner-ab12.py"
     )
-    digest = hashlib.sha256(protocol.runner_source()).hexdigest()
+    digest = hashlib.sha256(protocol.runner_source(long_lived=True)).hexdigest()
     assert shlex.split(transport._command()) == [
         "exec",
         "python3",

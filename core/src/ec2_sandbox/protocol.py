@@ -25,19 +25,22 @@ EventCallback = Callable[[dict[str, Any]], None]
 
 #: The runner's line that a shipped copy fills with its companions' sources.
 COMPANIONS_LINE = b"COMPANIONS = {}\n"
-#: Files shipped inside the runner: the session interpreter runs from its own file on the target.
+#: Files shipped inside the runner: the session interpreter runs from its own file on the target; a runner
+#: that lives on between requests (the SSH service) also carries the zygote, for warm starts.
 COMPANIONS = ("kernel.py",)
+LONG_LIVED_COMPANIONS = ("kernel.py", "zygote.py")
 
 
 @cache
-def runner_source() -> bytes:
+def runner_source(long_lived: bool = False) -> bytes:
     """The runner program's bytes, as shipped to remote targets: one file, its companions inside, without
     docstrings and comments (the first request to a new target must carry it in one SSM command)."""
     source = Path(runner.__file__).read_bytes()
     if source.count(COMPANIONS_LINE) != 1:
         raise RuntimeError("runner.py must have exactly one COMPANIONS line to fill")
     here = Path(runner.__file__).parent
-    filled = {name: shipped_form((here / name).read_text("utf-8")) for name in COMPANIONS}
+    names = LONG_LIVED_COMPANIONS if long_lived else COMPANIONS
+    filled = {name: shipped_form((here / name).read_text("utf-8")) for name in names}
     whole = source.replace(COMPANIONS_LINE, b"COMPANIONS = " + repr(filled).encode("utf-8") + b"\n")
     return shipped_form(whole.decode("utf-8")).encode("utf-8")
 
@@ -59,9 +62,9 @@ def shipped_form(source: str) -> str:
 
 
 @cache
-def runner_sha256() -> str:
+def runner_sha256(long_lived: bool = False) -> str:
     """The runner's digest: the name of its cached copy on a target, and what the copy is checked against."""
-    return hashlib.sha256(runner_source()).hexdigest()
+    return hashlib.sha256(runner_source(long_lived)).hexdigest()
 
 
 def b64(data: bytes) -> str:

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import warnings
 
 PROTOCOL = 1
@@ -1951,7 +1952,11 @@ def start_and_watch(req, emit, ws, plan, cg_dir, rlimit_memory, fds, budget):
     stdout_path, stderr_path = os.path.join(ws.rdir, "stdout"), os.path.join(ws.rdir, "stderr")
     rlimits = rlimit_table(plan.limits, rlimit_memory) + nproc_limit(plan.limits, ws.uid)
     # A warm start needs the sandbox to be bubblewrap's alone: a cgroup would have to take the program in.
-    warm = warm_zygote(req, plan.runtime, plan.argv, ws.workdir) if plan.bwrap and cg_dir is None else None
+    warm = (
+        warm_zygote(req, plan.runtime, plan.argv, ws.workdir, ws.base)
+        if plan.bwrap and cg_dir is None
+        else None
+    )
     if warm is not None:
         zyg, how = warm
         warm_req = dict(
@@ -2497,13 +2502,38 @@ _ZYGOTES_REFUSED = set()
 _ZYGOTE_LOCK = threading.Lock()
 
 
-def warm_zygote(req, runtime, argv, workdir):
+def zygote_module(base):
+    """The zygote's module: imported beside the runner, or - a runner shipped alone, as the SSH service runs
+    it - made from its companion source, kept for the zygote process in the root-only kernels dir."""
+    global _zygote_module
+    if _zygote_module is not None or "zygote.py" not in COMPANIONS:
+        return _zygote_module
+    with _ZYGOTE_LOCK:
+        if _zygote_module is None:
+            source = COMPANIONS["zygote.py"].encode("utf-8")
+            path = os.path.join(base, KERNELS, "zygote-%s.py" % hashlib.sha256(source).hexdigest()[:16])
+            if not os.path.exists(path):
+                tmp = "%s.%d" % (path, os.getpid())
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(source)
+                os.rename(tmp, path)
+            module = types.ModuleType("ec2_sandbox_zygote")
+            module.__file__ = path
+            exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102 - the runner's own companion
+            # Its set-up failures must be the ones this runner catches.
+            module.SetupError = WarmSetupError
+            _zygote_module = module
+    return _zygote_module
+
+
+def warm_zygote(req, runtime, argv, workdir, base):
     """How a long-lived runner starts this run from a zygote: ``(zygote, how)``, where ``how`` is
     ``{"program": path}`` for a Python program the zygote runs itself, or ``{"exec": argv}`` for any other
     runtime, which the zygote's program process executes once its sandbox, uid and limits are set. Either
     way the zygote is the program's parent's parent, and reports its real wait status and usage. ``None``
     when the run must start cold (not asked for, start-up-sensitive environment, or no zygote here)."""
-    if _zygote_module is None or not req.get("warm"):
+    if not req.get("warm") or zygote_module(base) is None:
         return None
     if runtime.get("warm_start") != "python" or runtime["argv"][-1:] != ["{file}"]:
         python = resolve_executable("python3")

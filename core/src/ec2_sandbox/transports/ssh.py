@@ -342,6 +342,11 @@ class SSHTransport(Transport):
     name = "ssh"
     supports_streaming = True
 
+    @property
+    def supports_warm_start(self) -> bool:  # type: ignore[override]
+        """The connection's runner service lives on between runs: it keeps a zygote (see zygote.py)."""
+        return self.persistent_runner
+
     def __init__(
         self,
         host: str,
@@ -563,7 +568,7 @@ class SSHTransport(Transport):
     def _command(self, runner_path: str | None = None) -> str:
         """The runner (a file on the target) or, without a path, the runner service. Fixed text only."""
         if runner_path is None:
-            digest = runner_sha256()
+            digest = runner_sha256(long_lived=True)
             argv = ["python3", "-I", "-S", "-c", SERVICE, SERVICE_MARK, digest]
         else:
             argv = ["python3", "-I", "-S", runner_path]
@@ -617,7 +622,7 @@ class SSHTransport(Transport):
                 if state.service is not None:
                     state.service.close()
                 process = await self._open_channel(state, self._command())
-                source = runner_source()
+                source = runner_source(long_lived=True)
                 process.stdin.write(b"%d\n" % len(source))
                 process.stdin.write(source)
                 state.service = _RunnerService(state.conn, process, self._lost, self.target)
