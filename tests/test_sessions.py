@@ -89,3 +89,18 @@ async def test_session_ids_and_paths_are_checked_before_anything_runs(sandbox: A
             await session.remove_files(bad)
     with pytest.raises(InvalidInputError, match="Python"):
         await session.run_code("console.log(1)", language="node")
+
+
+async def test_a_cells_output_streams_while_it_runs(sandbox: AsyncSandbox) -> None:
+    session = sandbox.session("stream-" + uuid.uuid4().hex[:6])
+    seen: list[tuple[float, bytes]] = []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    code = "import time\nfor i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.5)"
+    result = await session.run_code(code, on_output=lambda stream, data: seen.append((loop.time(), data)))
+    ended = loop.time()
+    assert result.success and result.stdout == "tick 0\ntick 1\ntick 2\n", result
+    assert b"".join(data for _, data in seen) == result.stdout.encode()
+    # The first tick arrived while the cell was still running, not with its result.
+    assert seen and seen[0][0] - started < ended - started - 0.5, (seen, ended - started)
+    await session.close()
