@@ -437,6 +437,11 @@ class EC2CodeInterpreter(CodeInterpreter):
             raise ValueError(f"path {given!r}: {exc}") from None
         return path
 
+    def _paths(self, session: str, given: list[str], verb: str) -> list[str]:
+        if not given:
+            raise ValueError(f"paths: give at least one file to {verb}")
+        return [self._relative(session, path) for path in given]
+
     @_guarded
     def write_files(self, action: WriteFilesAction) -> ToolResult:
         session = self._ensure_session(action.session_name)
@@ -478,9 +483,7 @@ class EC2CodeInterpreter(CodeInterpreter):
     @_guarded
     def read_files(self, action: ReadFilesAction) -> ToolResult:
         session = self._ensure_session(action.session_name)
-        paths = [self._relative(session.id, path) for path in action.paths]
-        if not paths:
-            return _error("paths: give at least one file to read")
+        paths = self._paths(session.id, action.paths, "read")
         budget = self.sandbox.config.max_output_chars
         content: list[dict[str, Any]] = []
         failed = False
@@ -563,9 +566,7 @@ class EC2CodeInterpreter(CodeInterpreter):
     @_guarded
     def remove_files(self, action: RemoveFilesAction) -> ToolResult:
         session = self._ensure_session(action.session_name)
-        paths = [self._relative(session.id, path) for path in action.paths]
-        if not paths:
-            return _error("paths: give at least one file to remove")
+        paths = self._paths(session.id, action.paths, "remove")
         if "" in paths:
             return _error("paths: refusing to remove the work dir itself; name what is in it")
         removed = session.remove_files(*paths)
