@@ -11,6 +11,7 @@ import asyncio
 import base64
 import importlib
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,6 +270,31 @@ def test_write_read_list_remove(interpreter: EC2CodeInterpreter) -> None:
     assert missing["status"] == "error" and "no such file" in text(missing)
     empty = call(interpreter, {"type": "listFiles", "path": "nothing/here"})
     assert empty["status"] == "error"
+
+
+def test_read_attaches_at_most_four_images(interpreter: EC2CodeInterpreter) -> None:
+    names = [f"p{i}.png" for i in range(6)]
+    interpreter.session().write_files({name: base64.b64decode(PIXEL) for name in names})
+    read = call(interpreter, {"type": "readFiles", "paths": names})
+    assert read["status"] == "success"
+    assert len(images(read)) == 4 and text(read).count("binary") == 2
+
+
+def test_exit_without_cleanup_does_not_hang(config: SandboxConfig) -> None:
+    # Strands' base class cleans up in __del__, which may run while the interpreter shuts down.
+    program = f"""
+from ec2_sandbox import SandboxConfig
+from ec2_sandbox_strands import EC2CodeInterpreter
+platform = EC2CodeInterpreter(
+    SandboxConfig(base_sandbox_dir={config.base_sandbox_dir!r}), session_name="exit", persist_sessions=False
+)
+action = {{"type": "executeCode", "code": "x = 1"}}
+result = platform.code_interpreter(code_interpreter_input={{"action": action}})
+assert result["status"] == "success", result
+print("ran")
+"""
+    done = subprocess.run([sys.executable, "-c", program], timeout=60, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "ran\n", done.stderr
 
 
 def test_large_files_are_cut_for_the_model_and_whole_for_the_app(interpreter: EC2CodeInterpreter) -> None:

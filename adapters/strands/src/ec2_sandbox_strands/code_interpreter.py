@@ -216,6 +216,11 @@ class EC2CodeInterpreter(CodeInterpreter):
 
     def cleanup_platform(self) -> None:
         """Stop this instance's interpreters when sessions do not persist; close a sandbox made here."""
+        if sys.is_finalizing():
+            # Called from __del__ at interpreter exit: the sandbox's loop thread may be gone, and waiting on
+            # it would hang the exit. The OS closes the connection; an interpreter left behind idles out on
+            # the target after session_idle_timeout.
+            return
         if not self.persist_sessions:
             for name in list(self._sessions):
                 try:
@@ -505,7 +510,8 @@ class EC2CodeInterpreter(CodeInterpreter):
                 continue
             data = page.data()
             mime = detect_image(data) if not page.truncated else None
-            if mime is not None and len(data) <= MAX_IMAGE_BYTES:
+            attached = sum("image" in block for block in content)
+            if mime is not None and len(data) <= MAX_IMAGE_BYTES and attached < MAX_ATTACHED_IMAGES:
                 content.append({"text": f"== {path} ({page.size} bytes, {mime}) ==\n[image attached]"})
                 content.append({"image": {"format": mime.split("/")[1], "source": {"bytes": data}}})
                 continue
