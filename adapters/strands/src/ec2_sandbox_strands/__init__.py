@@ -9,6 +9,9 @@ input schema (with the allowed runtimes as an enum) are never written here. Stra
 tool input against the schema, so every call is validated with the core's pydantic model; a bad call
 comes back to the model as an error result that says how to fix it. Results carry text, JSON and, for
 images a run saved, Strands image blocks.
+
+``EC2CodeInterpreter`` (extra ``code-interpreter``) is Strands' own ``code_interpreter`` tool on the same
+target: ``Agent(tools=[EC2CodeInterpreter(config).code_interpreter])``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,23 @@ from ec2_sandbox import AsyncSandbox, Sandbox, SandboxConfig
 from ec2_sandbox.presentation import Rendered, call_tool, sandbox_for
 from ec2_sandbox.tools import TOOLS, ToolSpec
 
-__all__ = ["EC2SandboxStrandsTool", "create_strands_tool", "create_strands_tools", "to_tool_result"]
+__all__ = [
+    "EC2CodeInterpreter",
+    "EC2SandboxStrandsTool",
+    "create_strands_tool",
+    "create_strands_tools",
+    "to_tool_result",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the code_interpreter platform needs the optional strands-agents-tools, and the
+    # four tools must import without it. Without it, this raises ImportError naming the extra to install.
+    if name == "EC2CodeInterpreter":
+        from .code_interpreter import EC2CodeInterpreter
+
+        return EC2CodeInterpreter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def to_tool_result(tool_use_id: str, rendered: Rendered) -> ToolResult:
