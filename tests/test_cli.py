@@ -90,13 +90,20 @@ def test_status_cleanup_and_plugins(cli_env: dict[str, str]) -> None:
 
 
 async def test_cleanup_names_what_it_kept_because_a_run_holds_it(cli_env: dict[str, str]) -> None:
-    code = "print('started', flush=True)\nimport time\ntime.sleep(2)\nprint('finished')"
+    # The run goes on until the test lets it end (a file in its work dir), however slow the cleanup is.
+    code = (
+        "import os, time\nprint('started', flush=True)\n"
+        "while not os.path.exists('go'):\n    time.sleep(0.05)\nprint('finished')"
+    )
     run = await start_cli(cli_env, "exec", "--session", "busy", "-c", code)
     assert run.stdout is not None
     assert await asyncio.wait_for(run.stdout.readline(), 60) == b"started\n"
     cleaned = cli(cli_env, "cleanup", "--hours", "0")
     assert cleaned.returncode == 0, cleaned.stderr
     assert "kept     session busy: a run is in progress" in cleaned.stdout.decode(), cleaned.stdout
+    base = cli_env["EC2_SANDBOX_BASE_SANDBOX_DIR"]
+    with open(os.path.join(base, "sessions", "busy", "go"), "w"):
+        pass
     assert await asyncio.wait_for(run.stdout.read(), 60) == b"finished\n"
     assert await run.wait() == 0
 

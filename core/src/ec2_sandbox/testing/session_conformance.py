@@ -65,10 +65,10 @@ class SessionSuite:
         self, sandbox: AsyncSandbox
     ) -> None:
         session = sandbox.session(_sid())
-        await session.run_code("kept = 1")
-        stuck = await session.run_code(
-            "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", timeout=1
-        )
+        # The interrupt is ignored from a cell before the stuck one: however slow the machine, the stuck
+        # cell cannot be interrupted before it has made itself deaf.
+        await session.run_code("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nkept = 1")
+        stuck = await session.run_code("while True:\n    pass", timeout=1)
         assert not stuck.success and stuck.state == "lost"
         assert stuck.state_lost is not None and stuck.state_lost.reason == "interrupt"
         fresh = await session.run_code("'kept' in globals()")
