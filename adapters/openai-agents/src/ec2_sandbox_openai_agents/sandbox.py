@@ -149,13 +149,10 @@ class EC2SandboxSession(BaseSandboxSession):
         self._shut_down = False
 
     async def _shutdown_backend(self) -> None:
-        # The interpreter is the one process that outlives a call; the session's files stay for a resume
-        # (EC2SandboxClient.delete removes them).
+        # Nothing of the session is torn down here: its files, /tmp and any interpreter (which
+        # ec2_code_execution may share under the same id) stay for a resume from another process, and
+        # the interpreter idles out by itself. EC2SandboxClient.delete removes the session.
         self._shut_down = True
-        try:
-            await self.session.close()
-        except EC2Error as exc:
-            log.debug("closing the interpreter of session %s: %s", self.state.ec2_session_id, exc)
 
     async def running(self) -> bool:
         """Whether the target answers and the session's work dir is there."""
