@@ -26,6 +26,7 @@ from agents.sandbox.errors import (
 )
 from agents.sandbox.session.sandbox_session import SandboxSession
 from support.sshd import Sshd, requires_sshd, running_sshd
+from test_ssh import ssh_config  # the suite's SSH settings for its private sshd
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox_openai_agents import (
@@ -145,6 +146,17 @@ async def test_limits_are_the_environments(base_dir: str, sandbox: AsyncSandbox)
         assert caught.value.context["killed_after_s"] == 5
     await client.delete(session)
     await tight.aclose()
+
+
+async def test_a_run_the_target_refuses_is_a_result(base_dir: str, sandbox: AsyncSandbox) -> None:
+    full = AsyncSandbox(
+        SandboxConfig(base_sandbox_dir=base_dir, disk_reserve_mb=16 << 20), registry=sandbox.registry
+    )
+    session = await EC2SandboxClient(full).create()
+    result = await session.exec("echo never")
+    assert (result.exit_code, result.stdout) == (126, b"")
+    assert b"did not start" in result.stderr and b"reserve" in result.stderr
+    await full.aclose()
 
 
 async def test_acting_as_another_user_is_refused(session: SandboxSession) -> None:
@@ -337,16 +349,8 @@ def sshd() -> Iterator[Sshd]:
 
 @requires_sshd
 async def test_over_ssh(sshd: Sshd, base_dir: str, tmp_path: Path) -> None:
-    config = SandboxConfig(
-        transport="ssh",
-        ssh_host="127.0.0.1",
-        ssh_port=sshd.port,
-        ssh_user="root",
-        ssh_key_file=str(sshd.client_key_path),
-        ssh_known_hosts=str(tmp_path / "known_hosts"),
-        base_sandbox_dir=base_dir,
-        max_output_chars=4000,
-        max_execution_time=30,
+    config = ssh_config(
+        sshd, base_dir, str(tmp_path / "known_hosts"), max_output_chars=4000, max_execution_time=30
     )
     async with AsyncSandbox(config) as sandbox:
         client = EC2SandboxClient(sandbox)

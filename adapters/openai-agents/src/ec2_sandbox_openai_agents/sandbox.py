@@ -124,6 +124,15 @@ def _unsupported_manifest(manifest: Manifest) -> None:
         )
 
 
+def _file_error(
+    kind: type[WorkspaceArchiveReadError | WorkspaceArchiveWriteError], path: Path | str, exc: EC2Error
+) -> WorkspaceArchiveReadError | WorkspaceArchiveWriteError:
+    """The SDK's error for a file the session's file API refused (a link, a dir, a bad name: retrying
+    cannot help) or could not reach (the transport: it may)."""
+    retryable = False if isinstance(exc, InvalidInputError) else None
+    return kind(path=Path(str(path)), context={"reason": str(exc)}, cause=exc, retryable=retryable)
+
+
 class EC2SandboxSession(BaseSandboxSession):
     """One ec2-sandbox session as an ``agents.sandbox`` session (made by :class:`EC2SandboxClient`)."""
 
@@ -210,12 +219,10 @@ class EC2SandboxSession(BaseSandboxSession):
                 command=argv, message=f"the target did not run the command: {exc}", cause=exc
             ) from exc
         if result.termination_reason == "not_started":
-            raise ExecTransportError(
-                command=argv,
-                message=f"the target refused the command: {result.error_message}",
-                context={"backend": BACKEND_ID},
-                retryable=False,
-            )
+            # The target answered and refused to start it (its disk below the reserve, for example): a
+            # result the model can act on, with a shell's "cannot execute" status.
+            message = f"ec2-sandbox did not start the command: {result.error_message}\n"
+            return ExecResult(stdout=b"", stderr=message.encode(), exit_code=126)
         if result.termination_reason == "timeout":
             raise ExecTimeoutError(
                 command=argv,
@@ -284,14 +291,8 @@ class EC2SandboxSession(BaseSandboxSession):
             )
         except TaskNotFoundError as exc:
             raise WorkspaceReadNotFoundError(path=Path(str(path)), cause=exc) from exc
-        except InvalidInputError as exc:
-            raise WorkspaceArchiveReadError(
-                path=Path(str(path)), context={"reason": str(exc)}, cause=exc, retryable=False
-            ) from exc
         except EC2Error as exc:
-            raise WorkspaceArchiveReadError(
-                path=Path(str(path)), context={"reason": str(exc)}, cause=exc
-            ) from exc
+            raise _file_error(WorkspaceArchiveReadError, path, exc) from exc
         return bytes(buffer)
 
     async def write(self, path: Path | str, data: io.IOBase, *, user: str | User | None = None) -> None:
@@ -305,14 +306,8 @@ class EC2SandboxSession(BaseSandboxSession):
         name = self._work_path(path, for_write=True)
         try:
             await self.session.write_files({name: bytes(payload)})
-        except InvalidInputError as exc:
-            raise WorkspaceArchiveWriteError(
-                path=Path(str(path)), context={"reason": str(exc)}, cause=exc, retryable=False
-            ) from exc
         except EC2Error as exc:
-            raise WorkspaceArchiveWriteError(
-                path=Path(str(path)), context={"reason": str(exc)}, cause=exc
-            ) from exc
+            raise _file_error(WorkspaceArchiveWriteError, path, exc) from exc
 
     # ------------------------------------------------------------------ workspace archives
     async def _checked(
