@@ -236,7 +236,8 @@ class EC2SandboxSession(BaseSandboxSession):
             # A limit of the environment ended it: say which, as a shell would say "Killed".
             why = result.error_message or result.termination_reason
             stderr += f"\n[ec2-sandbox: the command was stopped: {why}]\n".encode()
-        if exit_code is None or exit_code < 0:
+        if exit_code is None or exit_code < 0 or (exit_code == 0 and result.termination_reason != "exited"):
+            # A shell's status for a killed process; a run a limit stopped never reads as a success.
             exit_code = 128 + (result.signal or 9)
         return ExecResult(stdout=stdout, stderr=stderr, exit_code=exit_code)
 
