@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 
 import pytest
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
+from ec2_sandbox.errors import SandboxError
 
 
 @pytest.fixture
@@ -36,3 +38,15 @@ async def test_delete_removes_interpreter_files_and_tmp(sandbox: AsyncSandbox) -
     assert [f["path"] for f in await kept.list_files()] == ["keep.txt"]
 
     assert await sandbox.session("never-opened").delete() is False
+
+
+async def test_a_session_in_use_is_not_deleted(sandbox: AsyncSandbox) -> None:
+    busy = sandbox.session("busy")
+    await busy.write_files({"keep.txt": "k"})
+    running = asyncio.create_task(busy.run_command("sleep 3"))
+    await asyncio.sleep(1)
+    with pytest.raises(SandboxError, match="'busy' was not removed"):
+        await busy.delete()
+    assert (await running).success
+    assert [f["path"] for f in await busy.list_files()] == ["keep.txt"]
+    assert await busy.delete() is True
