@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, SandboxError
 from .schema import ExecutionResult, FileContent, check_filename, check_session_id
 
 if TYPE_CHECKING:
@@ -121,6 +121,17 @@ class AsyncSession:
         """Whether the interpreter is up, and how many cells it ran."""
         return await self.sandbox._call("session", session_id=self.id, action="status")
 
+    async def delete(self) -> bool:
+        """Remove the session now: its interpreter, work dir and /tmp (what cleanup does once it is old).
+
+        True if it was removed, False if there was nothing to remove. A session in use (a call in
+        progress, a live process of its uid) is left alone and :class:`SandboxError` says why.
+        """
+        result = await self.sandbox._call("remove", timeout=600, entries=[{"kind": "session", "id": self.id}])
+        for skipped in result["skipped"]:
+            raise SandboxError(f"session {self.id!r} was not removed: {skipped['reason']}")
+        return bool(result["removed"])
+
     async def __aenter__(self) -> AsyncSession:
         return self
 
@@ -168,6 +179,9 @@ class Session:
 
     def status(self) -> dict[str, Any]:
         return self._sync._run(self.aio.status())
+
+    def delete(self) -> bool:
+        return self._sync._run(self.aio.delete())
 
     def __enter__(self) -> Session:
         return self

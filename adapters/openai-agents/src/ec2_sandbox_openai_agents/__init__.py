@@ -16,6 +16,9 @@ and optional properties, so for this framework:
 An exception raised in a FunctionTool would fail the whole run, so every failure — a bad call, an
 unreachable target — comes back to the model as the tool's output, saying how to fix the call.
 Images a run saved come back as image outputs.
+
+:class:`EC2SandboxClient` (module :mod:`.sandbox`) is the other way in: an ec2-sandbox session as the
+sandbox of a ``SandboxAgent`` (``agents.sandbox``), whose shell, file and patch tools then work in it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,19 @@ from ec2_sandbox.errors import InvalidInputError
 from ec2_sandbox.presentation import Rendered, call_tool, render_error, sandbox_for
 from ec2_sandbox.tools import TOOLS, ToolSpec
 
-__all__ = ["create_openai_tools", "from_strict_arguments", "map_fields", "strict_schema", "to_tool_output"]
+from .sandbox import EC2SandboxClient, EC2SandboxClientOptions, EC2SandboxSession, EC2SandboxSessionState
+
+__all__ = [
+    "EC2SandboxClient",
+    "EC2SandboxClientOptions",
+    "EC2SandboxSession",
+    "EC2SandboxSessionState",
+    "create_openai_tools",
+    "from_strict_arguments",
+    "map_fields",
+    "strict_schema",
+    "to_tool_output",
+]
 
 
 def _map_values(prop: dict[str, Any]) -> dict[str, Any] | None:
