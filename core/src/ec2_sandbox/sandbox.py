@@ -265,8 +265,9 @@ class AsyncSandbox:
         out, err = raw["stdout"], raw["stderr"]
         return ExecutionResult(
             success=raw["success"],
-            stdout=_inline(out, "@stdout", raw["task_hash"]),
-            stderr=_inline(err, "@stderr", raw["task_hash"]),
+            # The runner's cut travels as fields: head and tail joined, with nothing written between.
+            stdout=out["text"],
+            stderr=err["text"],
             return_code=raw["return_code"],
             execution_time=raw["execution_time"],
             task_hash=raw["task_hash"],
@@ -282,6 +283,10 @@ class AsyncSandbox:
             stderr_truncated=err["truncated"],
             stdout_bytes=out["bytes"],
             stderr_bytes=err["bytes"],
+            stdout_head_chars=out.get("head_chars") if out["truncated"] else None,
+            stderr_head_chars=err.get("head_chars") if err["truncated"] else None,
+            stdout_omitted_bytes=out["omitted_bytes"],
+            stderr_omitted_bytes=err["omitted_bytes"],
             cpu_time=raw["cpu_time"],
             peak_memory_mb=round(raw["peak_memory_kb"] / 1024, 1),
             isolation=raw["isolation"],
@@ -582,18 +587,6 @@ def _file_owner(task_hash: str | None, session_id: str | None) -> dict[str, str]
         return {"task_hash": task_hash}
     _field_error("session_id", check_session_id, session_id)
     return {"session_id": session_id}  # type: ignore[dict-item]
-
-
-def _inline(stream: dict[str, Any], name: str, task_hash: str) -> str:
-    if not stream["truncated"]:
-        return stream["text"]
-    head = stream["text"][: stream["head_chars"]]
-    tail = stream["text"][stream["head_chars"] :]
-    note = (
-        f"\n[... {stream['omitted_bytes']} bytes of {stream['bytes']} omitted; read the full output with "
-        f"get_task_files({task_hash!r}, {name!r}) ...]\n"
-    )
-    return head + note + tail
 
 
 def _file_content(path: str, data: bytes, size: int, offset: int) -> FileContent:

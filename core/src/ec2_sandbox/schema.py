@@ -266,8 +266,16 @@ class ExecutionResult(BaseModel):
     """What one run did. A failed or killed run is a result too, with whatever output it made."""
 
     success: bool = Field(description="True only when the program exited with status 0 within its limits.")
-    stdout: str = Field(default="", description="Standard output (head and tail when truncated).")
-    stderr: str = Field(default="", description="Standard error (head and tail when truncated).")
+    stdout: str = Field(
+        default="",
+        description=(
+            "Standard output, as UTF-8 text; when stdout_truncated, its first stdout_head_chars characters "
+            "followed directly by its last ones, with nothing written between them."
+        ),
+    )
+    stderr: str = Field(
+        default="", description="Standard error, as stdout is (see stderr_truncated, stderr_head_chars)."
+    )
     return_code: int | None = Field(
         default=None,
         description="Exit status; negative N when killed by signal N; None if it never ran.",
@@ -288,6 +296,24 @@ class ExecutionResult(BaseModel):
     stderr_truncated: bool = Field(default=False, description="Inline stderr is only head and tail.")
     stdout_bytes: int = Field(default=0, description="Full size of stdout in bytes (kept on the target).")
     stderr_bytes: int = Field(default=0, description="Full size of stderr in bytes (kept on the target).")
+    stdout_head_chars: int | None = Field(
+        default=None,
+        description="When stdout_truncated: how many characters of stdout are its head (the rest: its tail).",
+    )
+    stderr_head_chars: int | None = Field(
+        default=None,
+        description="When stderr_truncated: how many characters of stderr are its head (the rest: its tail).",
+    )
+    stdout_omitted_bytes: int = Field(
+        default=0,
+        description=(
+            "Bytes of stdout between its head and its tail that are not inline; all of it is one "
+            "ec2_get_files call away (filename '@stdout')."
+        ),
+    )
+    stderr_omitted_bytes: int = Field(
+        default=0, description="Bytes of stderr between its head and its tail (filename '@stderr')."
+    )
     cpu_time: float = Field(default=0.0, description="CPU seconds (user + system) the run used.")
     peak_memory_mb: float = Field(
         default=0.0,
@@ -331,6 +357,14 @@ class ExecutionResult(BaseModel):
     def output(self) -> str:
         """stdout and stderr together, for quick printing."""
         return self.stdout + self.stderr
+
+    def head_and_tail(self, stream: Literal["stdout", "stderr"]) -> tuple[str, str]:
+        """``stream``'s inline text as (head, tail): the tail is empty unless the stream was cut."""
+        text: str = getattr(self, stream)
+        head_chars = getattr(self, f"{stream}_head_chars")
+        if not getattr(self, f"{stream}_truncated") or head_chars is None:
+            return text, ""
+        return text[:head_chars], text[head_chars:]
 
 
 class FileContent(BaseModel):
