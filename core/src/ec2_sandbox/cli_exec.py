@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", nargs="?", help="file with the program, or '-' to read it from stdin")
     p.add_argument("-c", dest="code", metavar="CODE", help="program text given inline")
-    p.add_argument("-r", "--runtime", default="python3", help="runtime (default: python3)")
+    p.add_argument(
+        "-r", "--runtime", help="runtime (default: the environment's, python3 where it is allowed)"
+    )
     p.add_argument(
         "--file",
         action="append",
@@ -93,7 +95,7 @@ class Program:
     """What to run, as the command line gave it."""
 
     code: str
-    runtime: str
+    runtime: str | None  # None: the environment's default
     files: dict[str, bytes]
     env: dict[str, str]
     session: str | None
