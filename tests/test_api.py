@@ -162,3 +162,14 @@ async def test_a_cut_stdout_is_the_programs_head_and_tail_and_fields_say_where(t
     assert full.startswith(head) and full.endswith(tail) and len(tail) == 100
     assert result.stdout_omitted_bytes == 4800 and "get_task_files" not in result.stdout
     assert result.head_and_tail("stderr") == ("", "") and result.stderr_head_chars is None
+
+
+def test_execute_code_takes_exactly_the_fields_of_a_run_request() -> None:
+    """execute_code passes its arguments to RunRequest by name: a field missing from either side fails."""
+    import inspect
+
+    from ec2_sandbox.schema import RunRequest
+
+    for method in (AsyncSandbox.execute_code, Sandbox.execute_code):
+        params = set(inspect.signature(method).parameters) - {"self", "on_output", "on_start"}
+        assert params == set(RunRequest.model_fields), method

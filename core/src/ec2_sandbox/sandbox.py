@@ -163,20 +163,9 @@ class AsyncSandbox:
         ``on_start(task_hash)`` is called just before the run is sent: a caller that gives up (Ctrl-C) can
         still name the run whose output and files stay on the target.
         """
-        try:
-            request = RunRequest(
-                code=code,
-                runtime=runtime,
-                session_id=session_id,
-                files=files,  # type: ignore[arg-type]  # any mapping: the model makes it a dict
-                env_vars=env_vars,  # type: ignore[arg-type]
-                create_filesystem=create_filesystem,
-                timeout=timeout,
-                stateful=stateful,
-            )
-        except ValidationError as exc:
-            raise InvalidInputError(validation_message(exc)) from None
-        return await self.execute(request, on_output=on_output, on_start=on_start)
+        # The arguments are named as the request's fields: the model checks them all, here and nowhere else.
+        arguments = {name: value for name, value in locals().items() if name in RunRequest.model_fields}
+        return await self.execute(run_request(**arguments), on_output=on_output, on_start=on_start)
 
     async def execute(
         self,
@@ -742,6 +731,15 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_request(**fields: Any) -> RunRequest:
+    """A :class:`RunRequest` from a caller's arguments (any mappings for files and env vars), or
+    :class:`InvalidInputError` naming each field that breaks a rule."""
+    try:
+        return RunRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidInputError(validation_message(exc)) from None
 
 
 def validation_message(exc: ValidationError) -> str:
