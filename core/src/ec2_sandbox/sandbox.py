@@ -184,7 +184,7 @@ class AsyncSandbox:
             )
         limit = self.config.max_execution_time
         timeout = limit if request.timeout is None else request.timeout
-        if timeout > limit:
+        if not 1 <= timeout <= limit:
             raise InvalidInputError(
                 f"timeout: {timeout!r} s must be between 1 and this environment's max_execution_time "
                 f"({limit}), in seconds"

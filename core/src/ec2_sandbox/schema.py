@@ -105,9 +105,10 @@ class RunRequest(_Input):
             "False: use a scratch dir that is deleted when the run ends."
         ),
     )
-    timeout: int | float | None = Field(  # an int stays one, as the caller wrote it
+    # An int stays one, as the caller wrote it. Its range (1 s to max_execution_time) is the
+    # environment's, checked by the sandbox.
+    timeout: int | float | None = Field(
         default=None,
-        ge=1,
         description="Wall-clock limit in seconds; defaults to the environment's max_execution_time.",
     )
     stateful: bool = Field(
