@@ -148,3 +148,28 @@ async def test_cancelling_a_local_run_kills_its_program(tmp_base_dir: str, mode:
         )
         assert follow.stdout == "True\n", "the cancelled program kept running"
         assert asyncio.get_running_loop().time() - started < 30
+
+
+async def test_a_cut_stdout_is_the_programs_head_and_tail_and_fields_say_where(tmp_base_dir: str) -> None:
+    """No words of ec2-sandbox in ``result.stdout``: the cut is told by fields, the rest read by task hash."""
+    config = SandboxConfig(base_sandbox_dir=tmp_base_dir, max_output_chars=200)
+    async with AsyncSandbox(config) as sandbox:
+        result = await sandbox.execute_code("for i in range(1000):\n    print(f'{i:04d}')")
+        full = await sandbox.get_task_files(result.task_hash, "@stdout")
+    assert isinstance(full, str) and len(full) == result.stdout_bytes == 5000
+    head, tail = result.head_and_tail("stdout")
+    assert result.stdout_truncated and result.stdout == head + tail and result.stdout_head_chars == 100
+    assert full.startswith(head) and full.endswith(tail) and len(tail) == 100
+    assert result.stdout_omitted_bytes == 4800 and "get_task_files" not in result.stdout
+    assert result.head_and_tail("stderr") == ("", "") and result.stderr_head_chars is None
+
+
+def test_execute_code_takes_exactly_the_fields_of_a_run_request() -> None:
+    """execute_code passes its arguments to RunRequest by name: a field missing from either side fails."""
+    import inspect
+
+    from ec2_sandbox.schema import RunRequest
+
+    for method in (AsyncSandbox.execute_code, Sandbox.execute_code):
+        params = set(inspect.signature(method).parameters) - {"self", "on_output", "on_start"}
+        assert params == set(RunRequest.model_fields), method

@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 from support.scripted_target import Outcome, ScriptedTarget
 
-from ec2_sandbox import AsyncSandbox, Sandbox, SandboxConfig
+from ec2_sandbox import AsyncSandbox, Sandbox, SandboxConfig, runner
 from ec2_sandbox.errors import ConfigError, TransportError
 from ec2_sandbox.presentation import (
     BINARY_MARKER,
@@ -55,10 +55,29 @@ def test_detect_image(data: bytes, mime: str | None) -> None:
 def test_cap_text_says_what_was_cut() -> None:
     text = "a" * 700 + "b" * 300
     capped = cap_text(text, 300, "ab" * 8, "@stdout")
-    assert capped.startswith("a" * 200) and capped.endswith("b" * 100)
+    assert capped.startswith("a" * 150 + "\n[") and capped.endswith("]\n" + "b" * 150)
     assert "700 of 1000 characters cut" in capped
     assert 'ec2_get_files(task_hash="abababababababab", filename="@stdout")' in capped
     assert cap_text("short", 300, None, "x") == "short"
+
+
+@pytest.mark.parametrize("limit", [0, 1, 7, 300, 999])
+def test_one_rule_cuts_every_text(limit: int, tmp_path: Path) -> None:
+    """What presentation caps (a cell's results) and what the runner cuts (a stream, then again to fit
+    a transport's cap) keep the same head and tail of the same text."""
+    text = "".join(f"{i:04d}é" for i in range(400))
+    stream = tmp_path / "stdout"
+    stream.write_text(text)
+    inline = runner.inline_text(str(stream), limit)
+    head, tail = inline["text"][: inline["head_chars"]], inline["text"][inline["head_chars"] :]
+    assert (head, tail) == runner.cut_text(text, limit)
+    capped = cap_text(text, limit, None, "")
+    assert capped.startswith(head + "\n[... ") and capped.endswith(" ...]\n" + tail)
+    wider = runner.inline_text(str(stream), limit + 500)
+    runner.shrink_stream(wider, limit)
+    assert wider["text"] == head + tail and wider["head_chars"] == len(head)
+    omitted = len(text.encode()) - len((head + tail).encode())
+    assert wider["omitted_bytes"] == inline["omitted_bytes"] == omitted
 
 
 Scripted = Callable[..., AsyncSandbox]
@@ -85,14 +104,14 @@ async def test_long_output_is_capped_with_a_way_to_read_the_rest(scripted: Scrip
     box = scripted(Outcome(stdout=lines, stderr="err-tail\n"), max_output_chars=500)
     out = await call_tool(box, EXEC, {"code": "print(lines)"})
     stdout = out.text.split("--- stdout ---\n", 1)[1].split("--- stderr ---")[0]
-    assert stdout.startswith("line 00000") and "line 01999" in stdout
-    match = re.search(
-        r"\[\.\.\. (\d+) of (\d+) bytes cut here; read it all with ec2_get_files\(([^)]*)\)", stdout
+    head, note, tail = stdout.split("\n[... ", 1)[0], *stdout.split("\n[... ", 1)[1].split(" ...]\n")
+    assert lines.startswith(head) and len(head) == 250 and lines.rstrip("\n").endswith(tail.rstrip("\n"))
+    assert note == (
+        f"{2000 * 11 - 500} of {2000 * 11} bytes cut here; read it all with "
+        f'ec2_get_files(task_hash="{out.data["task_hash"]}", filename="@stdout")'
     )
-    assert match, stdout
-    assert int(match.group(2)) == 2000 * 11
-    assert f'task_hash="{out.data["task_hash"]}", filename="@stdout"' in match.group(3)
-    assert len(stdout) < 500 + 200
+    assert out.data["stdout_head_chars"] == 250 and out.data["stdout_omitted_bytes"] == 2000 * 11 - 500
+    assert out.data["stdout"] == stdout.rstrip("\n") + "\n"
     assert "err-tail" in out.text
     # following the note: page through @stdout
     page = await call_tool(box, FILES, {"task_hash": out.data["task_hash"], "filename": "@stdout"})
@@ -102,6 +121,18 @@ async def test_long_output_is_capped_with_a_way_to_read_the_rest(scripted: Scrip
         box, FILES, {"task_hash": out.data["task_hash"], "filename": "@stdout", "offset": nxt}
     )
     assert page2.data["files"][0]["offset"] == nxt
+
+
+async def test_output_that_reads_like_a_note_is_shown_as_written(scripted: Scripted) -> None:
+    """Words in the program's own output are the program's: only the result's fields say what was cut."""
+    written = (
+        "before\n[... 5 bytes of 10 omitted; read the full output with get_task_files('ab', '@stdout') ...]\n"
+        "after\n"
+    )
+    box = scripted(Outcome(stdout=written), max_output_chars=500)
+    out = await call_tool(box, EXEC, {"code": "print(a note)"})
+    assert f"--- stdout ---\n{written}--- stderr ---" in out.text
+    assert out.data["stdout"] == written and not out.data["stdout_truncated"]
 
 
 async def test_binary_and_images(scripted: Scripted) -> None:

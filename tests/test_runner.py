@@ -85,6 +85,30 @@ def test_envelope_fits_a_small_output_cap() -> None:
     assert result["stdout"]["truncated"] and result["stdout"]["text"].startswith("é")
 
 
+def test_a_stream_of_few_wide_characters_is_not_cut(tmp_path: Path) -> None:
+    """More bytes than the limit but no more characters: whole, not a head and tail that overlap."""
+    path = tmp_path / "stdout"
+    path.write_text("é" * 8)
+    assert runner.inline_text(str(path), 10) == {
+        "text": "é" * 8,
+        "bytes": 16,
+        "truncated": False,
+        "omitted_bytes": 0,
+        "valid_utf8": True,
+    }
+
+
+@pytest.mark.parametrize("skew", [0, 1, 2, 3])
+def test_a_cut_stream_starts_its_tail_at_a_character(tmp_path: Path, skew: int) -> None:
+    path = tmp_path / "stdout"
+    data = b"a" * skew + "😀".encode() * 5000
+    path.write_bytes(data)
+    cut = runner.inline_text(str(path), 100)
+    head, tail = cut["text"][: cut["head_chars"]], cut["text"][cut["head_chars"] :]
+    assert head == (data.decode()[:50]) and tail == "😀" * 50 and "\ufffd" not in cut["text"]
+    assert cut["omitted_bytes"] == len(data) - len(cut["text"].encode())
+
+
 def test_reserved_exit_statuses_are_never_used() -> None:
     assert runner.RESERVED_EXIT == {137: 3, 194: 3}
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 from support.scripted_target import Outcome, ScriptedTarget
 
-from ec2_sandbox import AsyncSandbox, SandboxConfig
+from ec2_sandbox import AsyncSandbox, InvalidInputError, SandboxConfig
 from ec2_sandbox.schema import ExecutionResult, GetFilesResult
 from ec2_sandbox.tools import TOOLS, TOOLS_BY_NAME
 from ec2_sandbox.transports import MockTransport
@@ -94,3 +94,58 @@ async def test_get_files_for_models_stops_reading_when_the_budget_is_spent() -> 
     assert out.not_shown[-1] == "f39.txt"
     target = sandbox.transport.handler  # type: ignore[attr-defined]
     assert [r["op"] for r in target.requests].count("read") == 10  # the rest were named, never read
+
+
+async def test_a_call_is_checked_once_on_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tool's model is the run request: the sandbox takes it as it is, and the Python API builds the
+    same model, so each file name is checked once before the runner (the trust boundary) checks it again."""
+    from ec2_sandbox import runner
+
+    checked: list[str] = []
+    real = runner.check_relative_path
+
+    def counting(name: str, *args: object, **kwargs: object) -> object:
+        checked.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "check_relative_path", counting)
+    sandbox = scripted(Outcome(), max_output_chars=1000)
+    tool = TOOLS_BY_NAME["ec2_code_execution"]
+    result = await tool.invoke(sandbox, {"code": "x", "files": {"a/b.txt": "x"}, "session_id": "s1"})
+    assert isinstance(result, ExecutionResult) and checked == ["a/b.txt"]
+    checked.clear()
+    sandbox = scripted(Outcome(), max_output_chars=1000)
+    await sandbox.execute_code("x", files={"c.bin": b"\xff"})
+    assert checked == ["c.bin"]
+    target = sandbox.transport.handler  # type: ignore[attr-defined]
+    assert target.requests[-1]["files"] == [{"path": "c.bin", "b64": "/w=="}]
+
+
+async def test_the_python_api_runs_the_environments_default_runtime() -> None:
+    config = SandboxConfig(allowed_runtimes=["bash", "node"])
+    sandbox = AsyncSandbox(config, transport=MockTransport(ScriptedTarget(Outcome(), Outcome())))
+    assert (await sandbox.execute_code("echo hi")).runtime == "bash"
+    assert (await sandbox.execute_code("1", "node")).runtime == "node"
+    requests = sandbox.transport.handler.requests  # type: ignore[attr-defined]
+    assert [r["runtime"]["name"] for r in requests] == ["bash", "node"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"code": " \n"}, "code: must be a non-empty program"),
+        ({"code": "x", "stateful": True}, "stateful: a stateful call needs a session_id"),
+        ({"code": "x", "stateful": True, "session_id": "s", "runtime": "bash"}, "runtime: the persistent"),
+        ({"code": "x", "timeout": 301}, "timeout: 301 s must be between 1 and"),
+    ],
+)
+async def test_the_python_api_and_the_tool_refuse_alike(kwargs: dict[str, object], message: str) -> None:
+    """One set of rules for both paths: the model's, then the environment's, each in one place."""
+    from ec2_sandbox.presentation import call_tool
+
+    sandbox = scripted(Outcome(), max_output_chars=1000)
+    with pytest.raises(InvalidInputError) as info:
+        await sandbox.execute_code(**kwargs)  # type: ignore[arg-type]
+    assert str(info.value).startswith(message), info.value
+    rendered = await call_tool(sandbox, TOOLS_BY_NAME["ec2_code_execution"], kwargs)
+    assert rendered.is_error and message.split(": ", 1)[1] in rendered.text, rendered.text

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from . import cli
 from .errors import InvalidInputError, SandboxError
-from .sandbox import AsyncSandbox, OutputCallback
-from .schema import ExecutionResult
+from .sandbox import AsyncSandbox, run_request
+from .schema import ExecutionResult, RunRequest
 
 STREAMS = ("stdout", "stderr")
 #: Seconds Ctrl-C waits for the output a stopped run wrote but had not yet delivered.
@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", nargs="?", help="file with the program, or '-' to read it from stdin")
     p.add_argument("-c", dest="code", metavar="CODE", help="program text given inline")
-    p.add_argument("-r", "--runtime", default="python3", help="runtime (default: python3)")
+    p.add_argument(
+        "-r", "--runtime", help="runtime (default: the environment's, python3 where it is allowed)"
+    )
     p.add_argument(
         "--file",
         action="append",
@@ -88,40 +90,8 @@ def duration(text: str) -> float:
     return value * DURATION_UNITS[unit]
 
 
-@dataclass(frozen=True)
-class Program:
-    """What to run, as the command line gave it."""
-
-    code: str
-    runtime: str
-    files: dict[str, bytes]
-    env: dict[str, str]
-    session: str | None
-    timeout: float | None
-    ephemeral: bool
-    stateful: bool = False
-
-    async def run(
-        self,
-        sandbox: AsyncSandbox,
-        on_output: OutputCallback | None = None,
-        on_start: Callable[[str], object] | None = None,
-    ) -> ExecutionResult:
-        return await sandbox.execute_code(
-            self.code,
-            runtime=self.runtime,
-            session_id=self.session,
-            files=self.files,
-            env_vars=self.env,
-            create_filesystem=not self.ephemeral,
-            timeout=self.timeout,
-            stateful=self.stateful,
-            on_output=on_output,
-            on_start=on_start,
-        )
-
-
-def program_from(args: argparse.Namespace) -> Program:
+def program_from(args: argparse.Namespace) -> RunRequest:
+    """The run the command line asks for, checked before the sandbox is opened."""
     if args.code is not None and args.source is not None:
         raise InvalidInputError("give the program with -c or as a file, not both")
     if args.code is not None:
@@ -143,14 +113,14 @@ def program_from(args: argparse.Namespace) -> Program:
         if not name:
             raise InvalidInputError(f"--file {item!r}: give NAME=PATH, or a PATH that names a file")
         files[name] = cli.read_path(path)
-    return Program(
+    return run_request(
         code=code,
-        runtime=args.runtime,
+        runtime=args.runtime,  # None: the environment's default
+        session_id=args.session,
         files=files,
-        env=env_pairs(args.env),
-        session=args.session,
+        env_vars=env_pairs(args.env),
+        create_filesystem=not args.ephemeral,
         timeout=args.timeout,
-        ephemeral=args.ephemeral,
         stateful=args.stateful,
     )
 
@@ -239,7 +209,7 @@ def files_hint(task_hash: str) -> str:
 def cmd_exec(args: argparse.Namespace) -> int:
     program = program_from(args)
     if args.json:
-        result = cli.with_sandbox(args, program.run)
+        result = cli.with_sandbox(args, lambda sandbox: sandbox.execute(program))
         print(result.model_dump_json(indent=2))
         return exit_status(result)
     started: list[str] = []
@@ -259,7 +229,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 async def _pass_through(
-    args: argparse.Namespace, program: Program, started: list[str]
+    args: argparse.Namespace, program: RunRequest, started: list[str]
 ) -> ExecutionResult | None:
     """Run the program, relaying its output; None when stdout's reader went away (the run is stopped)."""
     main = asyncio.current_task()
@@ -273,7 +243,7 @@ async def _pass_through(
 
     async with cli.open_sandbox(args) as sandbox:
         try:
-            result = await program.run(sandbox, on_output=live, on_start=started.append)
+            result = await sandbox.execute(program, on_output=live, on_start=started.append)
         except asyncio.CancelledError:
             if relay.broken:
                 main.uncancel()

@@ -3,8 +3,9 @@
 Every framework adapter calls :func:`call_tool` and renders the :class:`Rendered` it gets back into its
 framework's own result type, so the wording a model reads is written once, here:
 
-- a run: status, exit code, task hash, files created, then stdout and stderr capped at
-  ``max_output_chars`` with a note saying how much was cut and how to read the rest with ``ec2_get_files``;
+- a run: status, exit code, task hash, files created, then stdout and stderr as the runner cut them to
+  ``max_output_chars`` (head and tail, as fields of the result), with a note between them saying how much
+  was cut and how to read the rest with ``ec2_get_files`` — the only place those words are written;
 - files: text as text, binary as base64 behind a clear marker, and images (PNG, JPEG, GIF, WebP, detected
   by their magic bytes) as :class:`Image` objects the adapter passes on as the framework's image content;
 - a bad call: what was wrong, field by field, and how to fix it, built from the pydantic
@@ -16,13 +17,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from . import runner
 from .errors import ConfigError, InvalidInputError, SandboxError, TaskNotFoundError, TransportError
 from .schema import (
     CleanupResult,
@@ -102,41 +103,35 @@ def detect_image(data: bytes) -> str | None:
 
 
 # --------------------------------------------------------------------------------------- text caps
-_CORE_NOTE = re.compile(
-    r"\n\[\.\.\. (\d+) bytes of (\d+) omitted; read the full output with get_task_files\([^)]*\) \.\.\.\]\n"
-)
-
-
 def _read_more(task_hash: str | None, filename: str, key: str = "task_hash") -> str:
     if not task_hash:
         return "the full text was not kept"
     return f'read it all with ec2_get_files({key}="{task_hash}", filename="{filename}")'
 
 
+def _cut_note(cut: int, total: int, unit: str, more: str) -> str:
+    """The words between a head and a tail: how much is left out, and how to read it."""
+    return f"\n[... {cut} of {total} {unit} cut here; {more} ...]\n"
+
+
 def cap_text(text: str, limit: int, task_hash: str | None, filename: str, key: str = "task_hash") -> str:
-    """``text`` with at most ``limit`` characters shown: head and tail around a note on what was cut."""
+    """``text`` with at most ``limit`` characters shown, cut by the runner's one rule (head and tail),
+    around a note on what was cut. For texts the runner does not cut: a cell's results and traceback."""
     if len(text) <= limit:
         return text
-    head = limit * 2 // 3
-    tail = limit - head
-    cut = len(text) - head - tail
+    head, tail = runner.cut_text(text, limit)
     more = _read_more(task_hash, filename, key)
-    note = f"\n[... {cut} of {len(text)} characters cut here; {more} ...]\n"
-    return f"{text[:head]}{note}{text[len(text) - tail :]}"
+    return f"{head}{_cut_note(len(text) - len(head) - len(tail), len(text), 'characters', more)}{tail}"
 
 
-def _stream_text(text: str, limit: int, task_hash: str | None, filename: str) -> str:
-    """stdout/stderr as the model reads it: the core's head/tail note rewritten to name ec2_get_files."""
-
-    def note(match: re.Match[str]) -> str:
-        return (
-            f"\n[... {match.group(1)} of {match.group(2)} bytes cut here; "
-            f"{_read_more(task_hash, filename)} ...]\n"
-        )
-
-    if _CORE_NOTE.search(text):  # already head and tail, capped by the runner
-        return _CORE_NOTE.sub(note, text, count=1)
-    return cap_text(text, limit, task_hash, filename)
+def stream_text(result: ExecutionResult, stream: Literal["stdout", "stderr"]) -> str:
+    """A run's stdout or stderr as a reader sees it: whole, or as the runner cut it, its head and tail
+    around a note saying how many bytes are left out and how to read them all with ec2_get_files."""
+    head, tail = result.head_and_tail(stream)
+    if not getattr(result, f"{stream}_truncated"):
+        return head
+    omitted, total = getattr(result, f"{stream}_omitted_bytes"), getattr(result, f"{stream}_bytes")
+    return f"{head}{_cut_note(omitted, total, 'bytes', _read_more(result.task_hash, '@' + stream))}{tail}"
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -196,8 +191,7 @@ def render_execution(result: ExecutionResult, limit: int, images: list[Image] | 
         lines += _cell_lines(result, limit)
     for img in images:
         lines.append(f"Image {img.path} ({img.mime_type}, {len(img.data)} bytes) is attached.")
-    stdout = _stream_text(result.stdout, limit, result.task_hash, "@stdout")
-    stderr = _stream_text(result.stderr, limit, result.task_hash, "@stderr")
+    stdout, stderr = stream_text(result, "stdout"), stream_text(result, "stderr")
     lines.append("--- stdout ---")
     lines.append(stdout.rstrip("\n") if stdout else "(empty)")
     lines.append("--- stderr ---")

@@ -2930,40 +2930,58 @@ def tail_mentions(path, markers):
     return any(m in tail for m in markers)
 
 
-def inline_text(path, limit):
-    """Head and tail of a captured stream, at most ``limit`` characters, with what was left out."""
-    size = size_of(path)
-    with open(path, "rb") as fh:
-        if size <= limit:
-            data = fh.read()
-            text = data.decode("utf-8", "replace")
-            if len(text) <= limit:
-                return {
-                    "text": text,
-                    "bytes": size,
-                    "truncated": False,
-                    "omitted_bytes": 0,
-                    "valid_utf8": is_utf8(data),
-                }
-            fh.seek(0)
-        head_len = limit // 2
-        tail_len = limit - head_len
-        # UTF-8 is at most 4 bytes a character: reading 4x the characters is always enough.
-        head_raw = fh.read(head_len * 4)
-        fh.seek(max(0, size - tail_len * 4))
-        tail_raw = fh.read()
-    head = head_raw.decode("utf-8", "replace")[:head_len]
-    tail = tail_raw.decode("utf-8", "replace")[-tail_len:] if tail_len else ""
+def cut_text(text, limit, head_chars=None):
+    """The one rule that cuts output: at most ``limit`` characters, up to half of them from the start and
+    the rest from the end. ``head_chars``: ``text`` is already a head (its first ``head_chars``
+    characters) and a tail of a longer output, and the new cut keeps within each. Returns (head, tail)."""
+    if head_chars is None:
+        head_chars = min(len(text), limit // 2)
+    head = text[: min(head_chars, limit // 2)]
+    rest = text[head_chars:]
+    tail = rest[max(0, len(rest) - (limit - len(head))) :]
+    return head, tail
+
+
+def cut_stream(text, size, limit, head_chars=None):
+    """The inline form of a captured stream of ``size`` bytes: its whole ``text`` when that fits ``limit``
+    characters and nothing was cut before, else head and tail by :func:`cut_text`, with the bytes between
+    them counted. Only the client's presentation puts words between head and tail."""
+    if head_chars is None and len(text) <= limit:
+        return {"text": text, "bytes": size, "truncated": False, "omitted_bytes": 0}
+    head, tail = cut_text(text, limit, head_chars)
     shown = len(head.encode("utf-8", "replace")) + len(tail.encode("utf-8", "replace"))
-    omitted = max(0, size - shown)
     return {
         "text": head + tail,
         "head_chars": len(head),
         "bytes": size,
         "truncated": True,
-        "omitted_bytes": omitted,
-        "valid_utf8": is_utf8(head_raw) and is_utf8(tail_raw),
+        "omitted_bytes": max(0, size - shown),
     }
+
+
+def inline_text(path, limit):
+    """Head and tail of a captured stream, at most ``limit`` characters, with what was left out."""
+    size = size_of(path)
+    # UTF-8 is at most 4 bytes a character: a stream up to 4x ``limit`` bytes is read whole, a longer
+    # one as its first and last 2x ``limit`` bytes (the tail a few more, to start at a character), which
+    # hold every character the cut keeps.
+    with open(path, "rb") as fh:
+        if size <= 4 * limit + 8:
+            data = fh.read()
+            stream = cut_stream(data.decode("utf-8", "replace"), size, limit)
+            stream["valid_utf8"] = is_utf8(data)
+            return stream
+        head_raw = fh.read(2 * limit)
+        fh.seek(size - 2 * limit - 8)
+        tail_raw = fh.read()
+    skip = 0  # bytes that end a character begun before the tail (3 at most)
+    while skip < 3 and 0x80 <= tail_raw[skip] < 0xC0:
+        skip += 1
+    tail_raw = tail_raw[skip:]
+    head = head_raw.decode("utf-8", "replace")
+    stream = cut_stream(head + tail_raw.decode("utf-8", "replace"), size, limit, len(head))
+    stream["valid_utf8"] = is_utf8(head_raw) and is_utf8(tail_raw)
+    return stream
 
 
 def is_utf8(data):
@@ -4373,20 +4391,11 @@ def respond(req, emit=None):
 
 
 def shrink_stream(stream, limit):
-    """Cut an inline stream to ``limit`` characters, keeping its head and tail, and account for the cut."""
-    text = stream["text"]
-    if len(text) <= limit:
+    """Cut an inline stream to ``limit`` characters by the same rule, keeping within its head and tail."""
+    if len(stream["text"]) <= limit:
         return
-    head_chars = stream.get("head_chars", len(text)) if stream["truncated"] else len(text)
-    head = text[: min(head_chars, limit // 2)]
-    tail_len = limit - len(head)
-    tail_src = text[head_chars:] if stream["truncated"] else text[len(head) :]
-    tail = tail_src[-tail_len:] if tail_len else ""
-    stream["text"] = head + tail
-    stream["head_chars"] = len(head)
-    stream["truncated"] = True
-    shown = len(head.encode("utf-8", "replace")) + len(tail.encode("utf-8", "replace"))
-    stream["omitted_bytes"] = max(0, stream["bytes"] - shown)
+    head_chars = stream.get("head_chars") if stream["truncated"] else None
+    stream.update(cut_stream(stream["text"], stream["bytes"], limit, head_chars))
 
 
 def fit_envelope(envelope, max_chars):

@@ -34,14 +34,13 @@ from .schema import (
     LiveInterpreter,
     RemovedEntry,
     RichResult,
+    RunRequest,
     RuntimeStatus,
     SkippedEntry,
     SkippedFile,
     StateLoss,
     StatusPart,
-    check_env_name,
     check_file_to_read,
-    check_filename,
     check_session_id,
     check_task_hash,
 )
@@ -142,7 +141,7 @@ class AsyncSandbox:
     async def execute_code(
         self,
         code: str,
-        runtime: str = "python3",
+        runtime: str | None = None,
         session_id: str | None = None,
         files: Mapping[str, FileData] | None = None,
         env_vars: Mapping[str, str] | None = None,
@@ -155,45 +154,46 @@ class AsyncSandbox:
     ) -> ExecutionResult:
         """Run ``code`` and return its result; a failing or killed program is a result, not an exception.
 
-        ``stateful``: run it as a cell of ``session_id``'s persistent interpreter (Python), whose variables
-        stay for the session's next stateful call (see :meth:`session`).
+        ``runtime``: None is the environment's default (:meth:`default_runtime`). ``stateful``: run it as
+        a cell of ``session_id``'s persistent interpreter (Python), whose variables stay for the session's
+        next stateful call (see :meth:`session`).
 
         Raises :class:`InvalidInputError` before anything runs when an argument breaks a rule.
         ``on_output(stream, chunk)`` receives output while the run goes on, where the transport streams.
         ``on_start(task_hash)`` is called just before the run is sent: a caller that gives up (Ctrl-C) can
         still name the run whose output and files stay on the target.
         """
-        if not isinstance(code, str) or not code.strip():
-            raise InvalidInputError("code: must be a non-empty program")
+        # The arguments are named as the request's fields: the model checks them all, here and nowhere else.
+        arguments = {name: value for name, value in locals().items() if name in RunRequest.model_fields}
+        return await self.execute(run_request(**arguments), on_output=on_output, on_start=on_start)
+
+    async def execute(
+        self,
+        request: RunRequest,
+        *,
+        on_output: OutputCallback | None = None,
+        on_start: Callable[[str], object] | None = None,
+    ) -> ExecutionResult:
+        """Run a :class:`RunRequest` already checked by its model (the Python API's and the tool's one
+        path): only the rules of this environment are checked here, once."""
+        runtime = request.runtime_or(self.default_runtime())
         rt = self.runtime(runtime)
-        _field_error("session_id", check_session_id, session_id)
-        if stateful and session_id is None:
-            raise InvalidInputError(
-                "stateful: a stateful call needs a session_id (the state is the session's)"
-            )
-        if stateful and rt.warm_start != "python":
+        if request.stateful and rt.warm_start != "python":
             raise InvalidInputError(
                 f"runtime: the persistent interpreter runs Python; {runtime!r} runs only statelessly"
             )
-        file_entries = []
-        for name, content in (files or {}).items():
-            _field_error(f"files[{name!r}]", check_filename, name)
-            data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
-            file_entries.append({"path": name, "data": data})  # bytes until the wire (protocol.call)
-        env = {}
-        for name, value in (env_vars or {}).items():
-            _field_error("env_vars", check_env_name, name)
-            if not isinstance(value, str) or "\x00" in value:
-                raise InvalidInputError(f"env_vars[{name!r}]: value must be a string without NUL")
-            env[name] = value
         limit = self.config.max_execution_time
-        if timeout is None:
-            timeout = limit
-        if not isinstance(timeout, int | float) or not 1 <= timeout <= limit:
+        timeout = limit if request.timeout is None else request.timeout
+        if not 1 <= timeout <= limit:
             raise InvalidInputError(
                 f"timeout: {timeout!r} s must be between 1 and this environment's max_execution_time "
                 f"({limit}), in seconds"
             )
+        session_id, stateful = request.session_id, request.stateful
+        file_entries = [  # bytes until the wire (protocol.call)
+            {"path": name, "data": content.encode("utf-8") if isinstance(content, str) else content}
+            for name, content in (request.files or {}).items()
+        ]
         task_hash = uuid.uuid4().hex
         stream = on_output is not None and self.transport.supports_streaming
         req = protocol.request(
@@ -201,11 +201,11 @@ class AsyncSandbox:
             self.config.base_sandbox_dir,
             task_hash=task_hash,
             session_id=session_id,
-            ephemeral=not create_filesystem,
+            ephemeral=not request.create_filesystem,
             runtime=rt.to_runner(),
-            code_b64=protocol.b64(code.encode("utf-8")),
+            code_b64=protocol.b64(request.code.encode("utf-8")),
             files=file_entries,
-            env=env,
+            env=request.env_vars or {},
             limits={
                 "memory_mb": self.config.max_memory_mb,
                 "file_size_mb": self.config.max_file_size_mb,
@@ -265,8 +265,9 @@ class AsyncSandbox:
         out, err = raw["stdout"], raw["stderr"]
         return ExecutionResult(
             success=raw["success"],
-            stdout=_inline(out, "@stdout", raw["task_hash"]),
-            stderr=_inline(err, "@stderr", raw["task_hash"]),
+            # The runner's cut travels as fields: head and tail joined, with nothing written between.
+            stdout=out["text"],
+            stderr=err["text"],
             return_code=raw["return_code"],
             execution_time=raw["execution_time"],
             task_hash=raw["task_hash"],
@@ -282,6 +283,10 @@ class AsyncSandbox:
             stderr_truncated=err["truncated"],
             stdout_bytes=out["bytes"],
             stderr_bytes=err["bytes"],
+            stdout_head_chars=out.get("head_chars") if out["truncated"] else None,
+            stderr_head_chars=err.get("head_chars") if err["truncated"] else None,
+            stdout_omitted_bytes=out["omitted_bytes"],
+            stderr_omitted_bytes=err["omitted_bytes"],
             cpu_time=raw["cpu_time"],
             peak_memory_mb=round(raw["peak_memory_kb"] / 1024, 1),
             isolation=raw["isolation"],
@@ -584,18 +589,6 @@ def _file_owner(task_hash: str | None, session_id: str | None) -> dict[str, str]
     return {"session_id": session_id}  # type: ignore[dict-item]
 
 
-def _inline(stream: dict[str, Any], name: str, task_hash: str) -> str:
-    if not stream["truncated"]:
-        return stream["text"]
-    head = stream["text"][: stream["head_chars"]]
-    tail = stream["text"][stream["head_chars"] :]
-    note = (
-        f"\n[... {stream['omitted_bytes']} bytes of {stream['bytes']} omitted; read the full output with "
-        f"get_task_files({task_hash!r}, {name!r}) ...]\n"
-    )
-    return head + note + tail
-
-
 def _file_content(path: str, data: bytes, size: int, offset: int) -> FileContent:
     end = offset + len(data)
     try:
@@ -678,7 +671,7 @@ class Sandbox:
     def execute_code(
         self,
         code: str,
-        runtime: str = "python3",
+        runtime: str | None = None,
         session_id: str | None = None,
         files: Mapping[str, FileData] | None = None,
         env_vars: Mapping[str, str] | None = None,
@@ -740,10 +733,20 @@ class Sandbox:
         self.close()
 
 
+def run_request(**fields: Any) -> RunRequest:
+    """A :class:`RunRequest` from a caller's arguments (any mappings for files and env vars), or
+    :class:`InvalidInputError` naming each field that breaks a rule."""
+    try:
+        return RunRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidInputError(validation_message(exc)) from None
+
+
 def validation_message(exc: ValidationError) -> str:
-    """One line per problem: 'field: rule'."""
+    """One line per problem: 'field: rule' (a rule over several fields names its field itself)."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "input"
-        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)

@@ -70,13 +70,18 @@ class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CodeExecutionInput(_Input):
-    """Input of ec2_code_execution."""
+class RunRequest(_Input):
+    """One run of code, as the Python API and the ec2_code_execution tool both ask for it.
+
+    Built once, on the client, and checked here by every rule that needs no environment; the sandbox
+    adds the environment's own (which runtimes are allowed, the longest timeout) and the runner, on the
+    target, checks the request again as the trust boundary.
+    """
 
     code: str = Field(min_length=1, description="The complete program to run, as source text.")
-    runtime: str = Field(
-        default="python3",
-        description="Language to run the code with (see the allowed values).",
+    runtime: str | None = Field(
+        default=None,
+        description="Language to run the code with; None: the environment's default (python3 where allowed).",
     )
     session_id: str | None = Field(
         default=None,
@@ -85,12 +90,9 @@ class CodeExecutionInput(_Input):
             f"Omit for a fresh dir. Form: {SESSION_ID_RULE}."
         ),
     )
-    files: dict[str, str] | None = Field(
+    files: dict[str, str | bytes] | None = Field(
         default=None,
-        description=(
-            "Input files to create in the work dir before the code runs: relative path -> text content, "
-            "e.g. {'data/in.csv': 'a,b\\n1,2'}."
-        ),
+        description="Input files to create in the work dir before the code runs: relative path -> content.",
     )
     env_vars: dict[str, str] | None = Field(
         default=None,
@@ -103,10 +105,10 @@ class CodeExecutionInput(_Input):
             "False: use a scratch dir that is deleted when the run ends."
         ),
     )
-    timeout: int | None = Field(
+    # An int stays one, as the caller wrote it. Its range (1 s to max_execution_time) is the
+    # environment's, checked by the sandbox.
+    timeout: int | float | None = Field(
         default=None,
-        ge=1,
-        le=86400,
         description="Wall-clock limit in seconds; defaults to the environment's max_execution_time.",
     )
     stateful: bool = Field(
@@ -120,10 +122,17 @@ class CodeExecutionInput(_Input):
     )
 
     @model_validator(mode="after")
-    def _stateful_needs_session(self) -> CodeExecutionInput:
+    def _stateful_needs_session(self) -> RunRequest:
         if self.stateful and self.session_id is None:
             raise ValueError("stateful: a stateful call needs a session_id (the state is the session's)")
         return self
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a non-empty program")
+        return value
 
     @field_validator("session_id")
     @classmethod
@@ -132,7 +141,7 @@ class CodeExecutionInput(_Input):
 
     @field_validator("files")
     @classmethod
-    def _files(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+    def _files(cls, value: dict[str, str | bytes] | None) -> dict[str, str | bytes] | None:
         for name in value or {}:
             check_filename(name)
         return value
@@ -145,6 +154,37 @@ class CodeExecutionInput(_Input):
             if "\x00" in item:
                 raise ValueError(f"env var {name} has a NUL character in its value")
         return value
+
+    def runtime_or(self, default: str) -> str:
+        """The runtime asked for, or ``default`` (the environment's) when none was: a tool call that
+        leaves ``runtime`` out means the default its schema advertised."""
+        if self.runtime is None or "runtime" not in self.model_fields_set:
+            return default
+        return self.runtime
+
+
+class CodeExecutionInput(RunRequest):
+    """Input of ec2_code_execution."""
+
+    # A run request as a model writes it: text files, whole seconds, a runtime the schema names.
+
+    runtime: str = Field(  # type: ignore[assignment]  # never None: the schema names the default
+        default="python3",
+        description="Language to run the code with (see the allowed values).",
+    )
+    files: dict[str, str] | None = Field(  # type: ignore[assignment]  # JSON carries text only
+        default=None,
+        description=(
+            "Input files to create in the work dir before the code runs: relative path -> text content, "
+            "e.g. {'data/in.csv': 'a,b\\n1,2'}."
+        ),
+    )
+    timeout: int | None = Field(  # type: ignore[assignment]  # whole seconds, as the schema says
+        default=None,
+        ge=1,
+        le=86400,
+        description="Wall-clock limit in seconds; defaults to the environment's max_execution_time.",
+    )
 
 
 class GetFilesInput(_Input):
@@ -266,8 +306,16 @@ class ExecutionResult(BaseModel):
     """What one run did. A failed or killed run is a result too, with whatever output it made."""
 
     success: bool = Field(description="True only when the program exited with status 0 within its limits.")
-    stdout: str = Field(default="", description="Standard output (head and tail when truncated).")
-    stderr: str = Field(default="", description="Standard error (head and tail when truncated).")
+    stdout: str = Field(
+        default="",
+        description=(
+            "Standard output, as UTF-8 text; when stdout_truncated, its first stdout_head_chars characters "
+            "followed directly by its last ones, with nothing written between them."
+        ),
+    )
+    stderr: str = Field(
+        default="", description="Standard error, as stdout is (see stderr_truncated, stderr_head_chars)."
+    )
     return_code: int | None = Field(
         default=None,
         description="Exit status; negative N when killed by signal N; None if it never ran.",
@@ -288,6 +336,24 @@ class ExecutionResult(BaseModel):
     stderr_truncated: bool = Field(default=False, description="Inline stderr is only head and tail.")
     stdout_bytes: int = Field(default=0, description="Full size of stdout in bytes (kept on the target).")
     stderr_bytes: int = Field(default=0, description="Full size of stderr in bytes (kept on the target).")
+    stdout_head_chars: int | None = Field(
+        default=None,
+        description="When stdout_truncated: how many characters of stdout are its head (the rest: its tail).",
+    )
+    stderr_head_chars: int | None = Field(
+        default=None,
+        description="When stderr_truncated: how many characters of stderr are its head (the rest: its tail).",
+    )
+    stdout_omitted_bytes: int = Field(
+        default=0,
+        description=(
+            "Bytes of stdout between its head and its tail that are not inline; all of it is one "
+            "ec2_get_files call away (filename '@stdout')."
+        ),
+    )
+    stderr_omitted_bytes: int = Field(
+        default=0, description="Bytes of stderr between its head and its tail (filename '@stderr')."
+    )
     cpu_time: float = Field(default=0.0, description="CPU seconds (user + system) the run used.")
     peak_memory_mb: float = Field(
         default=0.0,
@@ -331,6 +397,14 @@ class ExecutionResult(BaseModel):
     def output(self) -> str:
         """stdout and stderr together, for quick printing."""
         return self.stdout + self.stderr
+
+    def head_and_tail(self, stream: Literal["stdout", "stderr"]) -> tuple[str, str]:
+        """``stream``'s inline text as (head, tail): the tail is empty unless the stream was cut."""
+        text: str = getattr(self, stream)
+        head_chars = getattr(self, f"{stream}_head_chars")
+        if not getattr(self, f"{stream}_truncated") or head_chars is None:
+            return text, ""
+        return text[:head_chars], text[head_chars:]
 
 
 class FileContent(BaseModel):

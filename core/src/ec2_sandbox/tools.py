@@ -59,17 +59,8 @@ class ToolSpec:
 
 
 async def _execute(sandbox: AsyncSandbox, data: CodeExecutionInput) -> ExecutionResult:
-    return await sandbox.execute_code(
-        data.code,
-        # A model that leaves runtime out means the environment's default, which the schema advertised.
-        runtime=data.runtime if "runtime" in data.model_fields_set else sandbox.default_runtime(),
-        session_id=data.session_id,
-        files=data.files,
-        env_vars=data.env_vars,
-        create_filesystem=data.create_filesystem,
-        timeout=data.timeout,
-        stateful=data.stateful,
-    )
+    # The tool's input is a RunRequest, already checked by its model: it goes through as it is.
+    return await sandbox.execute(data)
 
 
 async def _get_files(sandbox: AsyncSandbox, data: GetFilesInput) -> GetFilesResult:
