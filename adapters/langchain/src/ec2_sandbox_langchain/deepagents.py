@@ -22,6 +22,7 @@ Nothing here raises into the agent's run: an unreachable target or a refused req
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import posixpath
@@ -195,6 +196,7 @@ class EC2SandboxBackend(BaseSandbox):
         self._sync = _sync_facade(config)
         self._session = AsyncSession(self._sync.aio, session_id or f"deepagents-{secrets.token_hex(6)}")
         self.max_output_bytes = max_output_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ identity and the session
     @property
@@ -218,14 +220,21 @@ class EC2SandboxBackend(BaseSandbox):
         # sync tools run in worker threads), and a transport's connection outlives the call.
         return self._sync.run(coro)
 
+    async def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` run on the facade's loop. Async calls share the sync calls' loop, hence one
+        connection per backend (SSH, EIC) whichever loops its callers run on: a connection opened on a
+        caller's loop would stay open, unused, once that loop ends."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = self._run(_running_loop())
+        if loop is asyncio.get_running_loop():
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
     async def aclose(self) -> None:
         """Stop the session's interpreter (its files stay until cleanup) and, if the backend made its own
         sandbox, close its transport."""
-        try:
-            await self._session.close()
-        finally:
-            if self._owns_sandbox:
-                await self._sync.aio.aclose()
+        await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         """The synchronous :meth:`aclose`."""
@@ -244,6 +253,9 @@ class EC2SandboxBackend(BaseSandbox):
 
     async def aexecute(self, command: str, *, timeout: int | None = None) -> ExecuteResponse:
         """Run ``command`` with bash in the session's work dir; output is stdout and stderr as written."""
+        return await self._on_loop(self._execute(command, timeout))
+
+    async def _execute(self, command: str, timeout: int | None) -> ExecuteResponse:
         try:
             result = await self._session.run_command(PREAMBLE + command, timeout=self._timeout(timeout))
             return await self._response(result)
@@ -253,7 +265,7 @@ class EC2SandboxBackend(BaseSandbox):
             )
 
     def execute(self, command: str, *, timeout: int | None = None) -> ExecuteResponse:
-        return self._run(self.aexecute(command, timeout=timeout))
+        return self._run(self._execute(command, timeout))
 
     async def _response(self, result: ExecutionResult) -> ExecuteResponse:
         output, cut = await self._full_stdout(result)
@@ -293,6 +305,12 @@ class EC2SandboxBackend(BaseSandbox):
     # ------------------------------------------------------------------ files
     async def aupload_files(self, files: list[tuple[str, bytes]]) -> list[FileUploadResponse]:
         """Write each file at its absolute path in the sandbox (parents made; an existing file replaced)."""
+        return await self._on_loop(self._upload(files))
+
+    def upload_files(self, files: list[tuple[str, bytes]]) -> list[FileUploadResponse]:
+        return self._run(self._upload(files))
+
+    async def _upload(self, files: list[tuple[str, bytes]]) -> list[FileUploadResponse]:
         errors: dict[int, str] = {}
         wanted: list[tuple[int, str, bytes]] = []
         # Input files reach the work dir without the run's file-size limit; a file the agent's own commands
@@ -325,11 +343,14 @@ class EC2SandboxBackend(BaseSandbox):
             FileUploadResponse(path=path, error=errors.get(index)) for index, (path, _) in enumerate(files)
         ]
 
-    def upload_files(self, files: list[tuple[str, bytes]]) -> list[FileUploadResponse]:
-        return self._run(self.aupload_files(files))
-
     async def adownload_files(self, paths: list[str]) -> list[FileDownloadResponse]:
         """Read each file at its absolute path in the sandbox, byte for byte."""
+        return await self._on_loop(self._download(paths))
+
+    def download_files(self, paths: list[str]) -> list[FileDownloadResponse]:
+        return self._run(self._download(paths))
+
+    async def _download(self, paths: list[str]) -> list[FileDownloadResponse]:
         errors: dict[int, str] = {}
         contents: dict[int, bytes] = {}
         wanted: list[tuple[int, str]] = []
@@ -361,9 +382,6 @@ class EC2SandboxBackend(BaseSandbox):
             FileDownloadResponse(path=path, content=contents.get(index), error=errors.get(index))
             for index, path in enumerate(paths)
         ]
-
-    def download_files(self, paths: list[str]) -> list[FileDownloadResponse]:
-        return self._run(self.adownload_files(paths))
 
     async def _transfer(
         self, program: str, token: str, inputs: dict[str, bytes], count: int
@@ -410,3 +428,7 @@ def _path_problem(path: str) -> str | None:
     if posixpath.normpath(path) != "/" + "/".join(parts):
         return INVALID_PATH
     return None
+
+
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
