@@ -31,7 +31,10 @@ def backend(config: SandboxConfig) -> Iterator[EC2SandboxBackend]:
 
 
 def work_dir(backend: EC2SandboxBackend) -> str:
-    return backend.execute("pwd").output.strip()
+    """Where commands start, by the sandbox's own word; the backend's ``working_directory`` must agree."""
+    seen = backend.execute("pwd").output.strip()
+    assert backend.working_directory == seen
+    return seen
 
 
 # ---------------------------------------------------------------- the contract the suite asserts the old way

@@ -197,6 +197,7 @@ class EC2SandboxBackend(BaseSandbox):
         self._session = AsyncSession(self._sync.aio, session_id or f"deepagents-{secrets.token_hex(6)}")
         self.max_output_bytes = max_output_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._workdir: str | None = None
 
     # ------------------------------------------------------------------ identity and the session
     @property
@@ -209,6 +210,15 @@ class EC2SandboxBackend(BaseSandbox):
         """The ec2-sandbox session under the backend, for what Deep Agents has no tool for: ``run_code`` in
         its persistent interpreter, ``list_files``, ``restart``, ``status`` (awaitable)."""
         return self._session
+
+    @property
+    def working_directory(self) -> str:
+        """The session's work dir, as the sandbox sees it: where commands start, and (with /tmp) where the
+        agent can write. Worth a line in the agent's system prompt: the rest of the root is read-only."""
+        if self._workdir is None:
+            listing = self._run(self._sync.aio.list_files(session_id=self._session.id))
+            self._workdir = str(listing["working_directory"])
+        return self._workdir
 
     @property
     def sandbox(self) -> Sandbox:
