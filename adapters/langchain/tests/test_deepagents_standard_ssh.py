@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from deepagents_support import class_base_dir, with_stale_tests_marked
 from langchain_tests.integration_tests import SandboxIntegrationTests
 from support.sshd import requires_sshd, running_sshd
+from test_langchain_ssh import ssh_config  # the LangChain tools' SSH tests build their config so too
 
-from ec2_sandbox import SandboxConfig
 from ec2_sandbox_langchain import EC2SandboxBackend
 
 __all__ = ["class_base_dir"]
@@ -28,15 +29,7 @@ class TestEC2SandboxBackendSSH(SandboxIntegrationTests):
     @classmethod
     def sandbox(cls, class_base_dir: str) -> Iterator[EC2SandboxBackend]:
         with running_sshd() as server, tempfile.TemporaryDirectory(prefix="ec2sb-known-") as known:
-            config = SandboxConfig(
-                transport="ssh",
-                ssh_host="127.0.0.1",
-                ssh_port=server.port,
-                ssh_user="root",
-                ssh_key_file=str(server.client_key_path),
-                ssh_known_hosts=f"{known}/known_hosts",
-                base_sandbox_dir=class_base_dir,
-            )
+            config = ssh_config(server, class_base_dir, Path(known) / "known_hosts")
             backend = EC2SandboxBackend(config, session_id="standard-ssh")
             try:
                 assert backend.sandbox.config.transport == "ssh"
@@ -49,15 +42,7 @@ def test_sync_and_async_calls_from_any_loop_share_one_connection(class_base_dir:
     """Deep Agents calls a backend from the graph's loop (async tools) and from worker threads (sync
     tools); every caller loop is served by the backend's own, so one SSH login serves them all."""
     with running_sshd() as server, tempfile.TemporaryDirectory(prefix="ec2sb-known-") as known:
-        config = SandboxConfig(
-            transport="ssh",
-            ssh_host="127.0.0.1",
-            ssh_port=server.port,
-            ssh_user="root",
-            ssh_key_file=str(server.client_key_path),
-            ssh_known_hosts=f"{known}/known_hosts",
-            base_sandbox_dir=class_base_dir,
-        )
+        config = ssh_config(server, class_base_dir, Path(known) / "known_hosts")
         backend = EC2SandboxBackend(config, session_id="one-connection")
         try:
             assert backend.write("/tmp/shared.txt", "from sync").error is None
