@@ -17,6 +17,9 @@ Synchronous calls (``invoke``) run on the private event loop of a :class:`Sandbo
 four tools (the caller's own ``Sandbox`` when one was given): a transport that keeps a connection (SSH,
 EIC) opens it on the first sync call and every later one reuses it, where a throwaway loop per call would
 open a new one each time and leave the old one open.
+
+:class:`EC2SandboxBackend` (``pip install 'ec2-sandbox-langchain[deepagents]'``) is a Deep Agents sandbox
+backend on one session of the same sandbox.
 """
 
 from __future__ import annotations
@@ -31,7 +34,23 @@ from ec2_sandbox import AsyncSandbox, Sandbox, SandboxConfig
 from ec2_sandbox.presentation import Rendered, call_tool, sandbox_for
 from ec2_sandbox.tools import TOOLS, ToolSpec
 
-__all__ = ["EC2SandboxTool", "EC2SandboxToolkit", "create_langchain_tools", "to_content_and_artifact"]
+__all__ = [
+    "EC2SandboxBackend",
+    "EC2SandboxTool",
+    "EC2SandboxToolkit",
+    "create_langchain_tools",
+    "to_content_and_artifact",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The Deep Agents backend is imported on first use: the tools work without Deep Agents installed, and
+    # the backend's module names the extra to install when it is missing.
+    if name == "EC2SandboxBackend":
+        from .deepagents import EC2SandboxBackend
+
+        return EC2SandboxBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def to_content_and_artifact(rendered: Rendered) -> tuple[list[dict[str, Any]], dict[str, Any]]:
