@@ -334,7 +334,8 @@ async def test_many_clients_throttled_by_the_account_back_off_and_all_finish(mak
     rate-limited: many of their calls are refused with ThrottlingException, and every run still succeeds."""
     fleet = make_fleet(2)
     limits = ssm_fleet_standin.FLEET
-    limits.rate_limits.update({"SendCommand": 4.0, "GetCommandInvocation": 8.0, "ListCommands": 4.0})
+    # Tight enough that 21 commands sent at once collide however the machine's load spreads them.
+    limits.rate_limits.update({"SendCommand": 2.0, "GetCommandInvocation": 8.0, "ListCommands": 4.0})
     try:
         sandboxes = [fleet.sandbox(fleet_wait_seconds=120) for _ in range(3)]
         try:
@@ -351,4 +352,6 @@ async def test_many_clients_throttled_by_the_account_back_off_and_all_finish(mak
     runs, statuses = results[:18], results[18:]
     assert [r.stdout for r in runs] == [f"{n}\n" for _ in range(3) for n in range(6)], runs
     assert all(s.healthy for s in statuses), statuses
-    assert throttled.get("SendCommand", 0) + throttled.get("GetCommandInvocation", 0) >= 5, throttled
+    # The positive control: the account really refused calls (adaptive clients slow down, so how many
+    # varies with the machine's load).
+    assert throttled.get("SendCommand", 0) + throttled.get("GetCommandInvocation", 0) >= 3, throttled

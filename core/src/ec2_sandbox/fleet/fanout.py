@@ -31,7 +31,7 @@ from ..protocol import runner_sha256, runner_source
 from ..transports.ssm import THROTTLING, _script
 from .discovery import _chunks
 
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 
 #: SendCommand: "you can specify up to 50 IDs".
 MAX_TARGETS = 50

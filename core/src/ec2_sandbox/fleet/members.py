@@ -20,7 +20,7 @@ from ..config import SandboxConfig
 from ..schema import StatusPart
 from ..transports.base import LineCallback, RunnerOutput, Transport
 
-log = logging.getLogger("ec2_sandbox")
+log = logging.getLogger(__name__)
 
 
 @dataclass
