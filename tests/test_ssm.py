@@ -156,7 +156,9 @@ async def test_commands_faster_than_the_first_poll_do_not_reset_the_poll_schedul
     standin.delivery_latency = 0.4
     before = standin.calls["GetCommandInvocation"]
     await transport._run(["true"], deadline)
-    assert standin.calls["GetCommandInvocation"] - before <= 4
+    # An estimate reset to zero polls at 0, 30, 60, 100, 250 and 475 ms: 6 polls for a 0.4 s command. Stepped
+    # down, the first poll comes near 0.4 s: 3 or 4, and 5 when the machine's load slows the command itself.
+    assert standin.calls["GetCommandInvocation"] - before <= 5
 
 
 async def test_runner_is_cached_on_the_instance_and_resent_when_gone(
