@@ -7,6 +7,7 @@ cannot forge what the host reports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -184,5 +185,39 @@ async def test_a_cell_cannot_forge_the_next_results(box: Box) -> None:
         # The host's facts hold against a cell that lies about ending: it still times out.
         slow = await session.run_code("import time\ntime.sleep(30)", timeout=1)
         assert slow.timed_out and not slow.success and slow.execution_count == 3
+    finally:
+        await session.close()
+
+
+async def test_a_cell_cannot_flood_the_root_host_through_its_channel(box: Box) -> None:
+    session = box.sb.session(box.session)
+    try:
+        # Positive control: an honest interpreter's cells go on, state kept.
+        await session.run_code("kept = 1")
+        assert (await session.run_code("kept")).state == "kept"
+        # A thread left behind writes well-formed frames into the channel to the host, without end.
+        flood = (
+            "import json, struct, threading\n"
+            "sock = display.__self__.channel.sock\n"
+            "frame = json.dumps({'op': 'done', 'id': -1, 'pad': 'x' * 60000}).encode()\n"
+            "def spam():\n"
+            "    while True:\n"
+            "        sock.sendall(struct.pack('!I', len(frame)) + frame)\n"
+            "threading.Thread(target=spam, daemon=True).start()\n"
+        )
+        await session.run_code(flood)
+        for _ in range(200):  # the host ends the interpreter once more than 1 MB arrives unasked
+            if not (await session.status())["live"]:
+                break
+            await asyncio.sleep(0.05)
+        after = await session.run_code("'kept' in globals()")
+        assert after.state == "new" and after.state_lost is not None, after
+        assert after.state_lost.reason == "channel", after.state_lost
+        # One frame larger than the host takes ends it too, and says so.
+        big = await session.run_code(
+            "import struct\nsock = display.__self__.channel.sock\n"
+            "sock.sendall(struct.pack('!I', 64 << 20))\nimport time\ntime.sleep(5)"
+        )
+        assert big.state == "lost" and big.state_lost is not None and big.state_lost.reason == "channel", big
     finally:
         await session.close()

@@ -40,6 +40,8 @@ FRAME = struct.Struct("!I")
 MAX_FRAME = 64 << 20
 #: Bytes of one MIME value a result may carry (a larger one is replaced by a note saying so).
 MAX_MIME_BYTES = 8 << 20
+#: Bytes of a cell's whole reply (the host takes no larger frame): beyond it, results keep only their text.
+MAX_REPLY_BYTES = 24 << 20
 #: Characters of ``text/plain`` kept of a value's repr.
 MAX_REPR_CHARS = 100000
 #: Display methods, in IPython's order of preference; each returns data of its MIME type (or None).
@@ -75,6 +77,12 @@ class Channel(object):
 
     def send(self, message):
         data = _dumps(message, separators=(",", ":")).encode("utf-8")
+        if _len(data) > MAX_REPLY_BYTES and message.get("results"):
+            for item in message["results"]:
+                kept = {"text/plain": item["data"].get("text/plain", "")}
+                kept["_omitted"] = sorted(m for m in item["data"] if m not in kept)
+                item["data"] = kept
+            data = _dumps(message, separators=(",", ":")).encode("utf-8")
         with self.send_lock:
             self.sock.sendall(FRAME.pack(_len(data)) + data)
 

@@ -3542,7 +3542,11 @@ KERNEL_ENDS = {
 }
 ASKED_ENDS = ("restart", "close")
 FRAME = struct.Struct("!I")
-MAX_KERNEL_FRAME = 256 << 20
+#: The largest frame the host takes from an interpreter (the host is root's, outside the sandbox's memory
+#: limit): a larger one breaks the channel and ends the interpreter.
+MAX_KERNEL_FRAME = 32 << 20
+#: Bytes an interpreter may send between cells, when nothing is asked of it, before that counts as abuse.
+MAX_UNSOLICITED_BYTES = 1 << 20
 #: Extensions of the files a cell's rich results are kept in (in its record, read as @display-N.EXT).
 MIME_FILES = {
     "image/png": "png",
@@ -3659,6 +3663,7 @@ class FrameReader(object):
         self.limit = limit
         self.buffer = b""
         self.closed = False
+        self.received = 0
 
     def pop(self):
         """The next whole frame already received, or None. Raises ValueError on a malformed one."""
@@ -3684,6 +3689,7 @@ class FrameReader(object):
         if not data:
             self.closed = True
             return False
+        self.received += len(data)
         self.buffer += data
         return True
 
@@ -3829,6 +3835,7 @@ class SessionHost(object):
         return "exited"
 
     def serve(self):
+        self.received_at_rest = self.reader.received
         while not self.ended.is_set():
             idle_left = self.idle - (time.time() - self.last_used)
             if idle_left <= 0:
@@ -3844,6 +3851,10 @@ class SessionHost(object):
                     while self.reader.pop() is not None:
                         pass
                 except ValueError:
+                    self.stop("channel")
+                    break
+                # A cell's thread that floods the channel would keep this root process busy: no more.
+                if self.reader.received - self.received_at_rest > MAX_UNSOLICITED_BYTES:
                     self.stop("channel")
                     break
             if self.listener in readable:
@@ -3975,6 +3986,7 @@ class SessionHost(object):
                     break
         elapsed = time.monotonic() - started
         self.last_used = time.time()
+        self.received_at_rest = self.reader.received
         if done is None:
             self.ended.wait(60)
             return dict(
