@@ -3882,11 +3882,12 @@ class SessionHost(object):
         self.listener = None
 
     def finish(self):
-        self.close_socket()
         if self.end is None and not self.ended.is_set():
             self.stop("exited")
         self.ended.wait(60)
+        # The reason first, the socket after: a caller that finds no host must find why it ended.
         self.save_state("ended", self.why_ended())
+        self.close_socket()
 
     def handle(self, conn):
         conn.settimeout(10)
@@ -3904,8 +3905,8 @@ class SessionHost(object):
         elif op in ASKED_ENDS or op == "cleanup":
             self.stop(op)
             self.ended.wait(60)
-            self.close_socket()  # before the reply: the caller's next call must find no host, not this one
             self.save_state("ended", op)
+            self.close_socket()  # before the reply: the caller's next call must find no host, not this one
             reply = {"ok": True, "executions": self.count}
         elif op == "status":
             reply = {"ok": True, "executions": self.count, "python": self.python, "started": self.started}
