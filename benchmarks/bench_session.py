@@ -139,7 +139,7 @@ async def dataframe(sandbox: AsyncSandbox, args: argparse.Namespace) -> str:
 
 
 async def ssh(args: argparse.Namespace) -> bool:
-    from bench_ssh import neutral_sshd, ssh_config
+    from bench_ssh import bench_config, neutral_sshd
     from support.sshd import sshd_available
 
     reason = sshd_available()
@@ -147,7 +147,7 @@ async def ssh(args: argparse.Namespace) -> bool:
         print(f"ssh: skipped ({reason})")
         return True
     with neutral_sshd() as server:
-        config = ssh_config(server)
+        config = bench_config(server)
         async with AsyncSandbox(config) as sandbox:
             sides, warm, session = sides_for(sandbox)
             await warm()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.sshd import running_sshd, sshd_available
+from support.sshd import running_sshd, ssh_config, sshd_available
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox.transports.ssh import SSHTransport, create_ssh_transport
@@ -62,23 +62,15 @@ def neutral_sshd():  # type: ignore[no-untyped-def]
         yield server
 
 
-def ssh_config(server) -> SandboxConfig:  # type: ignore[no-untyped-def]
+def bench_config(server) -> SandboxConfig:  # type: ignore[no-untyped-def]
     """The ssh transport to the private sshd, with a fresh base dir and known_hosts file."""
     base = tempfile.mkdtemp(prefix="ec2sb-bench-", dir="/tmp")
     os.chmod(base, 0o711)
-    return SandboxConfig(
-        transport="ssh",
-        ssh_host="127.0.0.1",
-        ssh_port=server.port,
-        ssh_user="root",
-        ssh_key_file=str(server.client_key_path),
-        ssh_known_hosts=os.path.join(base, "known_hosts"),
-        base_sandbox_dir=base,
-    )
+    return ssh_config(server, base, os.path.join(base, "known_hosts"))
 
 
 async def measure(server, runs: int) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
-    config = ssh_config(server)
+    config = bench_config(server)
     known_hosts = config.ssh_known_hosts
     assert known_hosts is not None
     per_process = create_ssh_transport(config)

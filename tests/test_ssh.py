@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 from support.runs import run_in_flight
-from support.sshd import Sshd, requires_sshd, running_sshd
+from support.sshd import Sshd, requires_sshd, running_sshd, ssh_config
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig, protocol
 from ec2_sandbox.errors import ConfigError, TransportError
@@ -50,20 +50,6 @@ def own_sshd() -> Iterator[Sshd]:
 @pytest.fixture
 def known_hosts(tmp_path: Path) -> str:
     return str(tmp_path / "known_hosts")
-
-
-def ssh_config(server: Sshd, base_dir: str, known_hosts: str, **changes: object) -> SandboxConfig:
-    fields: dict[str, object] = {
-        "transport": "ssh",
-        "ssh_host": "127.0.0.1",
-        "ssh_port": server.port,
-        "ssh_user": "root",
-        "ssh_key_file": str(server.client_key_path),
-        "ssh_known_hosts": known_hosts,
-        "base_sandbox_dir": base_dir,
-    }
-    fields.update(changes)
-    return SandboxConfig(**fields)
 
 
 def ssh_sandbox(config: SandboxConfig, persistent: bool = True) -> AsyncSandbox:

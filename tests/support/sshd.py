@@ -24,9 +24,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncssh
 import pytest
+
+if TYPE_CHECKING:
+    from ec2_sandbox import SandboxConfig
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -256,3 +260,20 @@ def running_sshd(ttl: float = 60.0) -> Iterator[Sshd]:
             server.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def ssh_config(server: Sshd, base_dir: str, known_hosts: str | Path, **changes: object) -> SandboxConfig:
+    """The ssh transport to a private sshd of these tests, as root, over ``base_dir``."""
+    from ec2_sandbox import SandboxConfig
+
+    fields: dict[str, object] = {
+        "transport": "ssh",
+        "ssh_host": "127.0.0.1",
+        "ssh_port": server.port,
+        "ssh_user": "root",
+        "ssh_key_file": str(server.client_key_path),
+        "ssh_known_hosts": str(known_hosts),
+        "base_sandbox_dir": base_dir,
+    }
+    fields.update(changes)
+    return SandboxConfig(**fields)

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 from deepagents_support import class_base_dir, with_stale_tests_marked
 from langchain_tests.integration_tests import SandboxIntegrationTests
-from support.sshd import requires_sshd, running_sshd
-from test_langchain_ssh import ssh_config  # the LangChain tools' SSH tests build their config so too
+from support.sshd import (
+    requires_sshd,
+    running_sshd,
+    ssh_config,  # the suite's SSH settings for its private sshd
+)
 
 from ec2_sandbox_langchain import EC2SandboxBackend
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.sshd import Sshd, requires_sshd, running_sshd
+from support.sshd import Sshd, requires_sshd, running_sshd, ssh_config
 
-from ec2_sandbox import Sandbox, SandboxConfig
+from ec2_sandbox import Sandbox
 from ec2_sandbox_langchain import create_langchain_tools
 
 pytestmark = requires_sshd
@@ -40,18 +40,6 @@ def open_connections(server: Sshd) -> int:
             if state == ESTABLISHED and int(local.rsplit(":", 1)[1], 16) == server.port:
                 count += 1
     return count
-
-
-def ssh_config(server: Sshd, base_dir: str, known_hosts: Path) -> SandboxConfig:
-    return SandboxConfig(
-        transport="ssh",
-        ssh_host="127.0.0.1",
-        ssh_port=server.port,
-        ssh_user="root",
-        ssh_key_file=str(server.client_key_path),
-        ssh_known_hosts=str(known_hosts),
-        base_sandbox_dir=base_dir,
-    )
 
 
 @pytest.mark.parametrize("given", ["config", "sandbox"])

@@ -25,8 +25,12 @@ from agents.sandbox.errors import (
     WorkspaceReadNotFoundError,
 )
 from agents.sandbox.session.sandbox_session import SandboxSession
-from support.sshd import Sshd, requires_sshd, running_sshd
-from test_ssh import ssh_config  # the suite's SSH settings for its private sshd
+from support.sshd import (
+    Sshd,
+    requires_sshd,
+    running_sshd,
+    ssh_config,  # the suite's SSH settings for its private sshd
+)
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox_openai_agents import (
