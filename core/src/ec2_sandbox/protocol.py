@@ -24,7 +24,7 @@ EventCallback = Callable[[dict[str, Any]], None]
 
 
 #: The runner's line that a shipped copy fills with its companions' sources.
-COMPANIONS_LINE = b"COMPANIONS = {}\n"
+COMPANIONS_LINE = b'COMPANIONS: "dict[str, str]" = {}\n'
 #: Files shipped inside the runner: the session interpreter runs from its own file on the target; a runner
 #: that lives on between requests (the SSH service) also carries the zygote, for warm starts.
 COMPANIONS = ("kernel.py",)

@@ -36,6 +36,11 @@ import time
 import types
 import warnings
 
+# The runner imports only what it uses at run time (typing costs milliseconds at every start).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 PROTOCOL = 1
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TASK_HASH_RE = re.compile(r"^[0-9a-f]{12,64}$")
@@ -381,7 +386,7 @@ def default_base_dir():
     return os.path.join(state, "ec2-sandbox")
 
 
-_PREPARED = set()
+_PREPARED: "set[str]" = set()
 
 
 def prepare_base(base_dir):
@@ -791,7 +796,7 @@ def _retire_below(dir_fd, uid, retired, depth):
 # Isolation probing
 # --------------------------------------------------------------------------------------------------
 
-_BWRAP_CACHE = {}
+_BWRAP_CACHE: "dict[tuple[str, int | None], tuple[bool, bool]]" = {}
 _BWRAP_LOCK = threading.Lock()
 # No user namespaces inside the box (a large kernel attack surface), and a session of its own.
 BWRAP_HARDENING = ["--unshare-user", "--disable-userns", "--new-session"]
@@ -1141,7 +1146,7 @@ def _filtered(name):
     raise ValueError(name)
 
 
-_SECCOMP_PROGRAMS = {}
+_SECCOMP_PROGRAMS: "dict[tuple, bytes]" = {}
 
 
 def seccomp_program(machine=None, allowed=()):
@@ -1282,7 +1287,7 @@ def private_network():
         sock.close()
 
 
-_NETNS_CACHE = []
+_NETNS_CACHE: "list[bool]" = []
 
 
 def quiet_fork():
@@ -2383,7 +2388,7 @@ SUBREAPER = False
 PR_SET_CHILD_SUBREAPER = 36
 # Children this process started and waits for itself, which reap_orphans must leave alone; the count of
 # spawns under way keeps it from mistaking a child whose pid is not yet known for an orphan.
-OWN_CHILDREN = set()
+OWN_CHILDREN: "set[int]" = set()
 _SPAWNS = threading.Condition()
 _SPAWNING = [0]
 
@@ -2482,23 +2487,27 @@ def start_streamer(req, stdout_path, stderr_path, emit):
 # Warm starts (zygote.py): only a long-lived runner keeps a zygote, and asks for it with "warm": true
 # --------------------------------------------------------------------------------------------------
 
+
+class _AloneSetupError(Exception):
+    """A zygote's set-up failure where the runner runs alone and makes the zygote's module itself."""
+
+
+_zygote_module: "Any"
 try:
     from . import zygote as _zygote_module
 
-    WarmSetupError = _zygote_module.SetupError
-except ImportError:  # the runner alone on a target, run as a script: no warm starts there
+    WarmSetupError: "type[Exception]" = _zygote_module.SetupError
+except ImportError:  # the runner alone on a target, run as a script
     _zygote_module = None
-
-    class WarmSetupError(Exception):
-        pass
+    WarmSetupError = _AloneSetupError
 
 
 # What CPython, the dynamic loader or libc read once at start-up: a zygote started earlier cannot honour
 # them, so a run that sets any of them starts cold.
 WARM_UNSAFE_ENV = re.compile(r"^(PYTHON|LC_|LD_|MALLOC_|GLIBC_)|^(LANG|LANGUAGE|HOME)$")
 WARM_MAX_FAILURES = 3
-_ZYGOTES = {}
-_ZYGOTES_REFUSED = set()
+_ZYGOTES: "dict[tuple, Any]" = {}
+_ZYGOTES_REFUSED: "set[tuple]" = set()
 _ZYGOTE_LOCK = threading.Lock()
 
 
@@ -2624,7 +2633,7 @@ def holder_argv(plan):
 
 # Runs in progress in this process, by task hash, with how to stop each: a caller that gives up (an
 # in-process transport cancelled, SIGTERM to a runner process) must not leave its program running.
-ACTIVE_RUNS = {}
+ACTIVE_RUNS: "dict[str, Callable[[], None]]" = {}
 ACTIVE_LOCK = threading.Lock()
 
 
@@ -3514,7 +3523,7 @@ def probe_runtime(rt):
 # --------------------------------------------------------------------------------------------------
 
 # Filled in when the runner is shipped alone (protocol.runner_source): its companions' sources by file name.
-COMPANIONS = {}
+COMPANIONS: "dict[str, str]" = {}
 #: After an interrupt, how long a cell may take to stop before its interpreter is killed.
 KERNEL_GRACE_SECONDS = 2.0
 #: How long an interpreter may take to start and say hello.

@@ -24,7 +24,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.config import Config
@@ -81,7 +81,7 @@ class FleetTransport(Transport):
     """Runs the runner on the members of a fleet, one ssm transport per member."""
 
     name = "fleet"
-    max_output_chars = SsmTransport.max_output_chars
+    max_output_chars: int | None = SsmTransport.max_output_chars
 
     def __init__(
         self,
@@ -451,7 +451,7 @@ def _envelope(result: dict[str, Any]) -> RunnerOutput:
     return RunnerOutput(0, line.encode() + b"\n", b"")
 
 
-def _named(errors: dict[str, str | None]) -> str:
+def _named(errors: Mapping[str, str | None]) -> str:
     return "; ".join(f"{instance_id}: {error}" for instance_id, error in sorted(errors.items()))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from ..schema import StatusPart
 
@@ -62,7 +62,7 @@ class Transport(abc.ABC):
     async def aclose(self) -> None:
         """Release connections; the transport may not be used afterwards."""
 
-    async def __aenter__(self) -> Transport:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
