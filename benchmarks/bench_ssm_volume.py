@@ -7,7 +7,14 @@ the floor) and text (log lines, which compress).
 
     uv run python benchmarks/bench_ssm_volume.py [--latency 0.2] [--sizes 1,10] [--repeat 3]
 
-Targets (issue 16, L = 200 ms): read 1 MB in <= 3 s and 10 MB in <= 20 s; send 1 MB of input in <= 2 s.
+Then, with ``s3_bucket``, a task's 50 MB file read back against the S3 transfer alone, two ways: one
+GetObject of the same bytes from the same (moto) S3, and a PutObject plus a GetObject (the instance's
+upload and the client's download that any path through S3 makes); all three alternate and run as often.
+
+    uv run python benchmarks/bench_ssm_volume.py [--s3-mb 50]
+
+Targets (issue 16, L = 200 ms): read 1 MB in <= 3 s and 10 MB in <= 20 s; send 1 MB of input in <= 2 s;
+with ``s3_bucket``, 50 MB in <= 2x the S3 transfer alone.
 """
 
 from __future__ import annotations
@@ -84,6 +91,71 @@ async def measure(instance_id: str, base: str, sizes: list[int], repeat: int, lo
     return lines
 
 
+async def measure_s3(instance_id: str, base: str, mb: int, repeat: int, log: CallLog) -> None:
+    """With ``s3_bucket``: a task's file read back, against the S3 transfer alone (the same bytes fetched
+    with one GetObject from the same S3), alternating and as often."""
+    import boto3
+
+    from ec2_sandbox import AsyncSandbox, SandboxConfig
+
+    bucket = "ec2-sandbox-bench-output"
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    config = SandboxConfig(
+        transport="ssm",
+        instance_id=instance_id,
+        region="us-east-1",
+        base_sandbox_dir=base,
+        max_file_size_mb=mb + 1,
+        s3_bucket=bucket,
+    )
+    n = mb * 1_000_000
+    async with AsyncSandbox(config) as sandbox:
+        made = await sandbox.execute_code(MAKE["random"].format(n=n), timeout=300)
+        assert made.success, made
+        blob = await sandbox.get_task_files(made.task_hash, "data.bin")  # warm: runner cached, clients made
+        assert isinstance(blob, bytes) and len(blob) == n
+        await asyncio.to_thread(s3.put_object, Bucket=bucket, Key="alone/data.bin", Body=blob)
+
+        async def through_sandbox() -> None:
+            assert len(await sandbox.get_task_files(made.task_hash, "data.bin")) == n
+
+        async def get() -> None:
+            reply = await asyncio.to_thread(s3.get_object, Bucket=bucket, Key="alone/data.bin")
+            assert len(await asyncio.to_thread(reply["Body"].read)) == n
+
+        async def put_and_get() -> None:
+            await asyncio.to_thread(s3.put_object, Bucket=bucket, Key="alone/put.bin", Body=blob)
+            reply = await asyncio.to_thread(s3.get_object, Bucket=bucket, Key="alone/put.bin")
+            assert len(await asyncio.to_thread(reply["Body"].read)) == n
+
+        sides = {"sandbox": through_sandbox, "get": get, "put+get": put_and_get}
+        times: dict[str, list[float]] = {side: [] for side in sides}
+        counts = []
+        for i in range(repeat):
+            for side in list(sides) if i % 2 == 0 else list(sides)[::-1]:
+                before = log.mark()
+                started = time.perf_counter()
+                await sides[side]()
+                times[side].append(time.perf_counter() - started)
+                if side == "sandbox":
+                    counts.append(sum(log.since(before).values()))
+
+    def spread(side: str) -> str:
+        return (
+            f"median {statistics.median(times[side]):5.2f} s "
+            f"(min {min(times[side]):.2f}, max {max(times[side]):.2f})"
+        )
+
+    print(f"s3_bucket: read {mb} MB random, {repeat} runs each, alternating", flush=True)
+    print(f"  get_task_files                  {spread('sandbox')}, {statistics.median(counts):.0f} SSM calls")
+    print(f"  GetObject of the same bytes     {spread('get')}")
+    print(f"  PutObject + GetObject (the way the bytes must travel)  {spread('put+get')}")
+    for side in ("get", "put+get"):
+        r = statistics.median(times["sandbox"]) / statistics.median(times[side])
+        print(f"  ratio to {side:<8} {r:5.2f}x (target <= 2x) {'OK' if r <= 2 else 'ABOVE TARGET'}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,11 +163,14 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--sizes", default="1,10", help="MB to read back, comma-separated")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--s3-mb", type=int, default=50, help="MB read back with s3_bucket (0: skip)")
     args = parser.parse_args()
     with ssm_standin(args.latency) as standin:
         print(f"delivery latency L = {args.latency * 1000:.0f} ms")
-        sizes = [int(size) for size in args.sizes.split(",")]
+        sizes = [int(size) for size in args.sizes.split(",") if size]
         asyncio.run(measure(standin.instance_id, standin.base, sizes, args.repeat, standin.log))
+        if args.s3_mb:
+            asyncio.run(measure_s3(standin.instance_id, standin.base, args.s3_mb, args.repeat, standin.log))
     return 0
 
 

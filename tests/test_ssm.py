@@ -11,12 +11,14 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
@@ -25,7 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig, aws_session
-from ec2_sandbox.errors import TransportError
+from ec2_sandbox.errors import TaskNotFoundError, TransportError
 from ec2_sandbox.protocol import RunnerRefusal
 from ec2_sandbox.testing import ssm_standin
 from ec2_sandbox.testing.conformance import ConformanceSuite
@@ -226,8 +228,12 @@ async def test_5mb_of_stdout_comes_back_byte_exact(
 
 
 def _read_pages(standin: ssm_standin.StandIn) -> list[ssm_standin.Invocation]:
-    """The commands that answered a read request (their output is a read page's envelope)."""
-    return [inv for inv in standin.invocations.values() if '"offset":' in inv.stdout]
+    """The commands that answered a read request (a read page's envelope) or sent a spooled page."""
+    return [inv for inv in standin.invocations.values() if '"offset":' in inv.stdout or _spooled(inv)]
+
+
+def _spooled(inv: ssm_standin.Invocation) -> bool:
+    return "/spool-" in inv.script and "cat -- " in inv.script
 
 
 async def test_pages_read_in_parallel_reassemble_under_reordering_and_throttling(
@@ -274,13 +280,152 @@ async def test_compression_carries_more_and_never_grows_incompressible_pages(
     assert isinstance(random_data, bytes) and len(random_data) == 400_000
     assert text == "".join(f"{i:09d}\n" for i in range(200_000))
     plain_page = (ssm_transport.SSM_STDOUT_CAP - 1000) * 3 // 4
-    # Random bytes travel as base64, never packed, and no page carries less than a plain page would.
-    assert all('"z":' not in inv.stdout for inv in random_pages)
-    assert len(random_pages) <= -(-400_000 // plain_page) + 2
+    # Random bytes travel as base64, never packed, and no page carries less than a plain page would (the
+    # first page, the spooling command and its clean-up besides).
+    assert all('"z":' not in inv.stdout and not inv.stdout.startswith("z") for inv in random_pages)
+    assert len(random_pages) <= -(-400_000 // plain_page) + 3
     # Text travels packed: 2 MB in a fraction of the commands plain pages would take.
-    assert any('"z":' in inv.stdout for inv in text_pages)
+    assert any('"z":' in inv.stdout or inv.stdout.startswith("z") for inv in text_pages)
     assert len(text_pages) * 4 <= 2_000_000 // plain_page
     assert all(ssm_standin.TRUNCATION_MARKER not in inv.stdout for inv in standin.invocations.values())
+
+
+async def test_a_long_read_is_spooled_once_and_each_page_is_a_cat(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    """Past its first page a long read is cut into pages once, on the instance, in a root-only spool; each
+    page is then one command that runs no Python (stdout and stderr both carry it), and the spool is gone
+    once the read is done."""
+    blob = os.urandom(1_500_000)
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20)
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        made = await sandbox.execute_code(
+            f"import base64\nopen('b.bin', 'wb').write(base64.b64decode({base64.b64encode(blob).decode()!r}))"
+        )
+        assert made.success, made
+        before = set(standin.invocations)
+        assert await sandbox.get_task_files(made.task_hash, "b.bin") == blob
+        read = [standin.invocations[k] for k in set(standin.invocations) - before]
+    cats = [inv for inv in read if _spooled(inv)]
+    runner_starts = [inv for inv in read if "python3" in inv.script]
+    assert len(runner_starts) == 2  # the first page, and the command that spooled the rest
+    per_page = (ssm_transport.SPOOL_OUT + ssm_transport.SPOOL_ERR) * 3 // 4 - 512
+    assert len(cats) <= -(-1_500_000 // per_page)
+    assert all(inv.stderr and inv.status == "Success" for inv in cats[:-1])  # stderr carries its share
+    staging = os.path.join(tmp_base_dir, "staging")
+    assert os.stat(staging).st_mode & 0o777 == 0o700
+    assert [name for name in os.listdir(staging) if name.startswith("spool-")] == []
+
+
+def _watch_spools(
+    standin: ssm_standin.StandIn, act: Callable[[str], None], stop: threading.Event
+) -> threading.Thread:
+    """Run ``act`` on each spool once the command that made it has finished (as root on the instance
+    could), before the pages are asked for (they have a delivery latency to pass first)."""
+
+    def watch() -> None:
+        seen: set[str] = set()
+        while not stop.is_set():
+            for inv in list(standin.invocations.values()):
+                if inv.command_id not in seen and inv.done.is_set() and '"spool":{"dir":' in inv.stdout:
+                    seen.add(inv.command_id)
+                    act(json.loads(inv.stdout.strip().splitlines()[-1])["envelope"]["result"]["spool"]["dir"])
+            stop.wait(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("harm", ["removed", "altered"])
+async def test_a_spool_lost_or_altered_on_the_way_never_yields_wrong_bytes(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str, harm: str
+) -> None:
+    """A spool removed before its pages are read: the read pages on through the runner, byte-exact. A page
+    altered (same length, other bytes): the read fails loudly rather than hand back other bytes."""
+    blob = os.urandom(400_000)
+    standin.delivery_latency = 0.2  # the pages are asked for after the watcher has acted
+
+    def act(path: str) -> None:
+        if harm == "removed":
+            shutil.rmtree(path)
+        else:
+            with open(os.path.join(path, "1"), "r+") as fh:
+                text = fh.read()
+                fh.seek(0)
+                fh.write(
+                    "b"
+                    + base64.b64encode(os.urandom(len(base64.b64decode(text[1:] + "=="))))[
+                        : len(text) - 1
+                    ].decode()
+                )
+
+    stop = threading.Event()
+    watcher = _watch_spools(standin, act, stop)
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20)
+    try:
+        async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+            encoded = base64.b64encode(blob).decode()
+            made = await sandbox.execute_code(
+                f"import base64\nopen('b.bin','wb').write(base64.b64decode({encoded!r}))"
+            )
+            if harm == "removed":
+                assert await sandbox.get_task_files(made.task_hash, "b.bin") == blob
+            else:
+                with pytest.raises(TransportError, match=r"corrupt|spooled page"):
+                    await sandbox.get_task_files(made.task_hash, "b.bin")
+    finally:
+        stop.set()
+        watcher.join()
+
+
+async def test_a_stale_spool_is_swept_and_a_fresh_one_kept(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    """Spools a client left behind (it died mid-read) go once they are 15 minutes old; younger ones stay."""
+    staging = os.path.join(tmp_base_dir, "staging")
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20)
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        made = await sandbox.execute_code("import os\nopen('b.bin', 'wb').write(os.urandom(300000))")
+        stale, young = (os.path.join(staging, "spool-" + os.urandom(16).hex()) for _ in range(2))
+        for path in (stale, young):
+            os.mkdir(path, 0o700)
+        os.utime(stale, (time.time() - 901, time.time() - 901))
+        assert len(await sandbox.get_task_files(made.task_hash, "b.bin")) == 300_000
+    assert not os.path.exists(stale) and os.path.isdir(young)
+
+
+@pytest.mark.parametrize(
+    "spool",
+    [
+        None,
+        {"dir": "relative/spool-TOKEN", "pages": [1], "sha256": "0" * 64},
+        {"dir": "/x/spool-" + "0" * 32, "pages": [1], "sha256": "0" * 64},  # not the token asked for
+        {"dir": "/x/spool-TOKEN\nrm -rf /", "pages": [1], "sha256": "0" * 64},
+        {"dir": "/x/spool-TOKEN", "pages": [0], "sha256": "0" * 64},
+        {"dir": "/x/spool-TOKEN", "pages": [1], "sha256": "z" * 64},
+    ],
+)
+def test_a_spool_described_wrongly_is_refused(spool: dict[str, object] | None) -> None:
+    token = "ab" * 16
+    if spool is not None:
+        spool = {k: v.replace("TOKEN", token) if isinstance(v, str) else v for k, v in spool.items()}
+    with pytest.raises(TransportError):
+        ssm_transport._Spool.of({"spool": spool}, token)
+
+
+@pytest.mark.parametrize(
+    ("text", "length"),
+    [
+        ("b" + base64.b64encode(b"abc").decode(), 4),
+        ("x" + base64.b64encode(b"abc").decode(), 3),
+        ("z" + base64.b64encode(zlib.compress(b"a" * 100)).decode(), 99),
+        ("b!!!", 3),
+    ],
+)
+def test_a_spooled_page_that_is_not_what_it_says_is_refused(text: str, length: int) -> None:
+    with pytest.raises(TransportError):
+        ssm_transport._spool_data(text, length)
 
 
 async def test_10mb_binary_input_arrives_intact_in_chunks(
@@ -338,6 +483,75 @@ async def test_output_bucket_gives_whole_output_in_few_commands(
     first = next(iter(standin.invocations.values()))
     assert ssm_standin.TRUNCATION_MARKER in first.stdout  # SSM cut it; the transport read S3's copy
     assert s3.list_objects_v2(Bucket="ec2sb-output").get("KeyCount", 0) == 0  # outputs deleted
+
+
+async def test_with_an_output_bucket_a_read_is_one_command_and_the_instance_uploads_it(
+    ssm_server: ssm_standin.Server, standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    """With ``s3_bucket`` a read of any size is one command: the runner PUTs the range to a presigned URL
+    (raw bytes, once) and the client GETs it, checked by size and SHA-256; a small range comes inline; a
+    missing file is refused in that same command; nothing is left in the bucket."""
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=ssm_server.url)
+    s3.create_bucket(Bucket="ec2sb-reads")
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20, s3_bucket="ec2sb-reads")
+    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+        made = await sandbox.execute_code(
+            "import os\nopen('big.bin', 'wb').write(os.urandom(12_000_000))\n"
+            "open('small.bin', 'wb').write(os.urandom(5000))"
+        )
+        assert made.success, made
+        with open(os.path.join(tmp_base_dir, "tasks", made.task_hash, "big.bin"), "rb") as fh:
+            big = fh.read()
+        with open(os.path.join(tmp_base_dir, "tasks", made.task_hash, "small.bin"), "rb") as fh:
+            small = fh.read()
+        for name, expected in (("big.bin", big), ("small.bin", small)):
+            before = standin.calls["SendCommand"]
+            assert await sandbox.get_task_files(made.task_hash, name) == expected
+            assert standin.calls["SendCommand"] - before == 1
+        tail = await sandbox.read_task_file(made.task_hash, "big.bin", offset=11_000_000, max_bytes=500_000)
+        assert base64.b64decode(tail.content) == big[11_000_000:11_500_000]
+        before = standin.calls["SendCommand"]
+        with pytest.raises(TaskNotFoundError):
+            await sandbox.get_task_files(made.task_hash, "missing.bin")
+        assert standin.calls["SendCommand"] - before == 1
+    uploads = [inv for inv in standin.invocations.values() if '"uploaded":' in inv.stdout]
+    assert len(uploads) == 2  # the whole file and its tail; the small one came inline
+    assert s3.list_objects_v2(Bucket="ec2sb-reads").get("KeyCount", 0) == 0
+
+
+async def test_with_an_output_bucket_an_upload_that_fails_pages_on(
+    ssm_server: ssm_standin.Server,
+    standin: ssm_standin.StandIn,
+    instance_id: str,
+    tmp_base_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An instance that cannot PUT to the URL (a bucket policy, an endpoint it cannot reach) still gets the
+    file back, byte-exact, through the command output the agent uploads."""
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=ssm_server.url)
+    s3.create_bucket(Bucket="ec2sb-refusing")
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20, s3_bucket="ec2sb-refusing")
+    transport = quick(config)
+    real = transport.client
+
+    def client(service: str) -> object:
+        made = real(service)
+        if service == "s3":  # URLs for a bucket that does not exist: every PUT to them fails
+            sign = made.generate_presigned_url
+            monkeypatch.setattr(
+                made,
+                "generate_presigned_url",
+                lambda op, Params, **kw: sign(op, Params={**Params, "Bucket": "ec2sb-nowhere"}, **kw),
+            )
+        return made
+
+    monkeypatch.setattr(transport, "client", client)
+    async with AsyncSandbox(config, transport=transport) as sandbox:
+        made = await sandbox.execute_code("import os\nopen('big.bin', 'wb').write(os.urandom(3_000_000))")
+        with open(os.path.join(tmp_base_dir, "tasks", made.task_hash, "big.bin"), "rb") as fh:
+            expected = fh.read()
+        assert await sandbox.get_task_files(made.task_hash, "big.bin") == expected
+    assert any("Traceback" in inv.stderr for inv in standin.invocations.values())  # the failed PUT
 
 
 async def test_reserved_exit_statuses_never_reach_ssm(

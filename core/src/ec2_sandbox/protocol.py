@@ -190,6 +190,9 @@ def page_data(page: dict[str, Any]) -> bytes:
 
 
 Fetch = Callable[[int, int], Awaitable[tuple[bytes, int]]]
+#: ``bulk(position, length) -> (bytes handed to the sink, the file's size or None)``: a transport's own
+#: way to carry a long read.
+Bulk = Callable[[int, int], Awaitable[tuple[int, int | None]]]
 
 
 async def read_pages(
@@ -202,6 +205,8 @@ async def read_pages(
     max_page: int,
     window: int,
     sink: Callable[[bytes], object],
+    bulk: Bulk | None = None,
+    bulk_after: int | None = None,
 ) -> tuple[int, int]:
     """Read ``want`` bytes of a file from ``offset`` with ``fetch(position, length) -> (data, size)`` and
     hand them to ``sink`` in order; return ``(bytes written, size)``.
@@ -212,12 +217,25 @@ async def read_pages(
     anything further. Pages may finish in any order: they are held until every byte before them has gone
     to ``sink``, and no range is asked for more than ``2 * window`` pages ahead of it, so memory stays
     bounded whatever the file's size.
+
+    ``bulk(position, length)`` may carry a range its own way (a transport's): it hands bytes to ``sink`` in
+    order and returns how many and the file's size (None: it carried nothing). It is asked for the whole
+    read first when ``bulk_after`` is 0, else for the rest when more than ``bulk_after`` bytes are left
+    after the first page; paging goes on from wherever it stopped.
     """
-    asked = min(want, first_page)
-    data, size = await fetch(offset, asked)
+    position = offset
+    if bulk is not None and bulk_after == 0:
+        carried, known = await bulk(offset, want)
+        position += carried
+        if known is not None and position >= min(offset + want, known):
+            return carried, known
+    asked = min(offset + want - position, first_page)
+    data, size = await fetch(position, asked)
     sink(data)
-    position = offset + len(data)
+    position += len(data)
     end = min(offset + want, size)
+    if data and bulk is not None and bulk_after and end - position > bulk_after:
+        position += (await bulk(position, end - position))[0]
     if not data or position >= end:
         return position - offset, size
     ask = _next_ask(len(data), asked, min_page, max_page)

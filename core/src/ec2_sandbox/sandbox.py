@@ -328,7 +328,14 @@ class AsyncSandbox:
             page = await self._call("read", **owner, path=filename, offset=position, length=length)
             return protocol.page_data(page), page["size"]
 
+        async def bulk(position: int, length: int) -> tuple[int, int | None]:
+            req = protocol.request(
+                "read", self.config.base_sandbox_dir, **owner, path=filename, offset=position, length=length
+            )
+            return await self.transport.bulk_read(req, sink, timeout=60.0)
+
         page_bytes = self._page_bytes()
+        after = self.transport.bulk_read_after
         return await protocol.read_pages(
             fetch,
             offset,
@@ -338,6 +345,8 @@ class AsyncSandbox:
             max_page=max(page_bytes, self.transport.read_page_bytes or 0),
             window=self.transport.read_window,
             sink=sink,
+            bulk=bulk if after is not None else None,
+            bulk_after=after,
         )
 
     async def download_task_file(

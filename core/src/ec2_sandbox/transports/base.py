@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from ..schema import StatusPart
 
@@ -39,6 +39,9 @@ class Transport(abc.ABC):
     read_page_bytes: int | None = None
     #: ``read`` calls a file's pages may have in flight at once.
     read_window: int = 1
+    #: Bytes a read must have left after its first page before :meth:`bulk_read` carries the rest; 0: it
+    #: carries whole reads; None: the transport has no way of its own, every page is a ``read`` call.
+    bulk_read_after: int | None = None
     #: Whether ``on_stdout_line`` is called while the runner is still running.
     supports_streaming: bool = False
     #: Whether the runner outlives a call, so that it can keep a warm interpreter for Python runs.
@@ -54,6 +57,15 @@ class Transport(abc.ABC):
         self, payload: bytes, *, timeout: float, on_stdout_line: LineCallback | None = None
     ) -> RunnerOutput:
         """Run the runner with ``payload`` as its request; give up after ``timeout`` seconds."""
+
+    async def bulk_read(
+        self, request: dict[str, Any], sink: Callable[[bytes], object], *, timeout: float
+    ) -> tuple[int, int | None]:
+        """Carry the runner ``read`` in ``request`` (a range of a file) a way of the transport's own, handing
+        the bytes to ``sink`` in order; return how many, and the file's size (None if it learnt none).
+        Fewer than asked (0 included) is not an error: the caller pages through ``read`` calls from where
+        this stopped. Called only when ``bulk_read_after`` is set; ``timeout`` applies to each call."""
+        return 0, None
 
     async def status_parts(self) -> list[StatusPart]:
         """Transport-specific health checks (instance state, agent ping, SSH reachability)."""

@@ -30,10 +30,12 @@ import json
 import logging
 import math
 import secrets
+import shlex
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.config import Config
@@ -42,7 +44,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .. import aws_session
 from ..config import SandboxConfig
 from ..errors import ConfigError, TransportError
-from ..protocol import RunnerRefusal, runner_sha256, runner_source
+from ..protocol import RunnerRefusal, call, runner_sha256, runner_source
+from ..protocol import page_data as protocol_page_data
 from ..schema import StatusPart
 from .base import LineCallback, RunnerOutput, Transport
 
@@ -65,6 +68,16 @@ PAGE_WINDOW, PAGE_ASK = 10, 1 << 20
 S3_PAGE_WINDOW, S3_PAGE_BYTES = 4, 8 << 20
 #: SSM's stdout cap is 24,000 characters; the envelope line and its newline stay under it.
 SSM_STDOUT_CAP, SSM_STDERR_CAP = 24_000, 8_000
+#: A spooled read (no output bucket): one runner command cuts a range of at most SPOOL_BYTES into pages
+#: that fill stdout's and stderr's caps (to SPOOL_OUT and SPOOL_ERR characters), kept in the root-only
+#: staging dir; then each page costs one ``cat`` command, SPOOL_WINDOW of them in flight.
+SPOOL_BYTES, SPOOL_WINDOW = 32 << 20, 16
+SPOOL_OUT, SPOOL_ERR = SSM_STDOUT_CAP - 200, SSM_STDERR_CAP - 200
+#: A read spools what is left after its first page when that is more than about four pages.
+SPOOL_AFTER = 64 << 10
+#: With an output bucket, the most one command uploads of a long read (the instance holds it in memory).
+UPLOAD_BYTES = 64 << 20
+SPOOL_PAGE_FAILED = 97
 #: Key prefix of everything this transport puts in ``s3_bucket`` (staged requests, command output).
 S3_PREFIX = "ec2-sandbox"
 #: SendCommand's TimeoutSeconds (AWS's minimum). The agent has TimeoutSeconds *plus* executionTimeout to take
@@ -122,6 +135,75 @@ def get(path):
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as fh:
         return fh.read()
+def pack(raw, pos, room):
+    plain = min(len(raw) - pos, max(0, room) // 4 * 3 // 512 * 512)
+    packer, packed, best, taken, sent, step = zlib.compressobj(6), [], 0, b"", pos, 8192
+    for i in range(pos + plain, len(raw) + step, step) if len(raw) - pos > plain else ():
+        j = min(i, len(raw))
+        packed.append(packer.compress(raw[sent:j]))
+        sent = j
+        tail = packer.copy().flush()
+        if (sum(len(p) for p in packed) + len(tail) + 2) // 3 * 4 > room:
+            break
+        best, taken = j - pos, b"".join(packed) + tail
+        if j >= len(raw):
+            break
+    if best > plain:
+        return best, taken
+    return plain, None
+def spool(req, module, where, fit):
+    import shutil, time
+    ask = req.pop("spool")
+    token, out, err = str(ask.get("token")), int(ask["out"]), int(ask["err"])
+    if len(token) != 32 or token.strip("0123456789abcdef"):
+        raise SystemExit("a spool token is 32 hex digits")
+    req["raw"] = True
+    env = module.handle(req)
+    res = env.get("result") if env.get("ok") else None
+    if not isinstance(res, dict) or not isinstance(res.get("raw"), bytes):
+        print(module.fit_envelope(env, fit))
+        sys.exit(0)
+    raw = res.pop("raw")
+    for name in os.listdir(where):
+        old = os.path.join(where, name)
+        try:
+            if name.startswith("spool-") and time.time() - os.lstat(old).st_mtime > 900:
+                shutil.rmtree(old)
+        except OSError:
+            pass
+    home = os.path.join(where, "spool-" + token)
+    os.mkdir(home, 0o700)
+    pages, pos = [], 0
+    while pos < len(raw):
+        n, packed = pack(raw, pos, out + err - 1)
+        if n < 1:
+            raise SystemExit("a spooled page must carry a byte")
+        text = ("z%s" % base64.b64encode(packed).decode()) if packed else None
+        text = text or "b" + base64.b64encode(raw[pos : pos + n]).decode()
+        put(os.path.join(home, "%d" % len(pages)), text[:out].encode())
+        put(os.path.join(home, "%de" % len(pages)), text[out:].encode())
+        pages.append(n)
+        pos += n
+    res["spool"] = {"dir": home, "pages": pages, "sha256": hashlib.sha256(raw).hexdigest()}
+    print(json.dumps({"envelope": env}, separators=(",", ":")))
+    sys.exit(0)
+def upload(req, module):
+    import urllib.request
+    url = req.pop("upload")
+    req["raw"] = True
+    env = module.handle(req)
+    res = env.get("result") if env.get("ok") else None
+    raw = res.pop("raw") if isinstance(res, dict) else None
+    if isinstance(raw, bytes) and len(raw) <= 16384:
+        res["b64"] = base64.b64encode(raw).decode("ascii")
+    elif isinstance(raw, bytes):
+        put = urllib.request.Request(url, data=raw, method="PUT")
+        put.add_header("Content-Type", "application/octet-stream")
+        with urllib.request.urlopen(put, timeout=600) as reply:
+            reply.read()
+        res["uploaded"] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    print(json.dumps({"envelope": env}, separators=(",", ":")))
+    sys.exit(0)
 lines = sys.stdin.read().split()
 head = json.loads(base64.b64decode(lines[0]))
 data = base64.b64decode("".join(lines[1:]))
@@ -170,11 +252,17 @@ module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
 fit = head.get("fit")
-if fit:
+req = None
+if fit or b"\"op\":\"read\"" in request:
     try:
         req = json.loads(request.decode("utf-8"))
     except ValueError:
-        req = None
+        pass
+if isinstance(req, dict) and req.get("op") == "read" and isinstance(req.get("spool"), dict):
+    spool(req, module, where, fit)
+if isinstance(req, dict) and req.get("op") == "read" and isinstance(req.get("upload"), str):
+    upload(req, module)
+if fit:
     if isinstance(req, dict) and req.get("op") == "read":
         env = module.handle(req)
         res = env.get("result") if env.get("ok") else None
@@ -184,31 +272,23 @@ if fit:
         raw = base64.b64decode(res.pop("b64"))
         res["b64"] = ""
         room = fit - len(json.dumps({"envelope": env}, separators=(",", ":"))) - 40
-        plain = min(len(raw), max(0, room) // 4 * 3 // 512 * 512)
-        packer, packed, best, step = zlib.compressobj(6), [], 0, 8192
-        sent, taken = 0, b""
-        for i in range(plain, len(raw) + step, step) if len(raw) > plain else ():
-            j = min(i, len(raw))
-            packed.append(packer.compress(raw[sent:j]))
-            sent = j
-            tail = packer.copy().flush()
-            size = sum(len(p) for p in packed) + len(tail)
-            if (size + 2) // 3 * 4 > room:
-                break
-            best, taken = j, b"".join(packed) + tail
-            if j >= len(raw):
-                break
-        if best > plain:
+        n, packed = pack(raw, 0, room)
+        if packed:
             del res["b64"]
-            res["z"], res["zlen"] = base64.b64encode(taken).decode("ascii"), best
+            res["z"], res["zlen"] = base64.b64encode(packed).decode("ascii"), n
         else:
-            res["b64"] = base64.b64encode(raw[:plain]).decode("ascii")
+            res["b64"] = base64.b64encode(raw[:n]).decode("ascii")
         print(json.dumps({"envelope": env}, separators=(",", ":")))
         sys.exit(0)
 sys.stdin = io.TextIOWrapper(io.BytesIO(request), encoding="utf-8")
 code = module.main([])
 sys.exit(3 if code in (137, 194) else code)
 """
+
+
+#: The bootstrap as it travels in every command: compressed, which leaves more of a command for data.
+_PACKED_BOOTSTRAP = base64.b64encode(zlib.compress(BOOTSTRAP.strip().encode("utf-8"), 9)).decode("ascii")
+BOOTSTRAP_LINE = f'import base64,zlib;exec(zlib.decompress(base64.b64decode("{_PACKED_BOOTSTRAP}")))'
 
 
 def _script(header: dict[str, Any], data: bytes = b"") -> list[str]:
@@ -219,7 +299,7 @@ def _script(header: dict[str, Any], data: bytes = b"") -> list[str]:
     return [
         "set -u",
         "export LANG=C.UTF-8",
-        "python3 -I -S -c '" + BOOTSTRAP.strip() + "' <<'" + HEREDOC_END + "'",
+        "python3 -I -S -c '" + BOOTSTRAP_LINE + "' <<'" + HEREDOC_END + "'",
         head,
         *lines,
         HEREDOC_END,
@@ -261,6 +341,70 @@ def _started(inv: dict[str, Any]) -> bool:
     return bool(inv.get("ExecutionStartDateTime"))
 
 
+@dataclass(frozen=True)
+class _Spool:
+    """A spooled range on the instance: where its pages are, how many bytes each carries, its SHA-256."""
+
+    dir: str
+    pages: list[int]
+    sha256: str
+
+    @property
+    def total(self) -> int:
+        return sum(self.pages)
+
+    @classmethod
+    def of(cls, result: dict[str, Any], token: str) -> _Spool:
+        spool = result.get("spool")
+        if not isinstance(spool, dict):
+            raise TransportError("the instance did not spool the read (an older bootstrap?)")
+        where, pages, digest = spool.get("dir"), spool.get("pages"), spool.get("sha256")
+        if (
+            not isinstance(where, str)
+            or not where.startswith("/")
+            or any(c in where for c in "\0\n")
+            or where.rsplit("/", 1)[-1] != "spool-" + token
+            or not isinstance(pages, list)
+            or not all(isinstance(n, int) and n > 0 for n in pages)
+            or not isinstance(digest, str)
+            or len(digest) != 64
+            or digest.strip("0123456789abcdef")
+        ):
+            raise TransportError("the instance described its spooled read wrongly")
+        return cls(where, pages, digest)
+
+
+def _size_of(result: dict[str, Any]) -> int:
+    size = result.get("size")
+    if not isinstance(size, int) or size < 0:
+        raise TransportError("the instance answered a read without the file's size")
+    return size
+
+
+def _spool_data(text: str, length: int) -> bytes:
+    """A spooled page's bytes: ``b`` and base64, or ``z`` and base64 of zlib; exactly ``length`` of them."""
+    text = text.strip()
+    try:
+        body = base64.b64decode(text[1:], validate=True)
+    except ValueError as exc:
+        raise TransportError(f"a spooled page is not base64: {exc}") from exc
+    if text[:1] == "z":
+        unpack = zlib.decompressobj()
+        try:
+            data = unpack.decompress(body, length)
+        except zlib.error as exc:
+            raise TransportError(f"a spooled page does not decompress: {exc}") from exc
+        if not unpack.eof or unpack.unconsumed_tail:
+            raise TransportError("a spooled page holds more than it says")
+    elif text[:1] == "b":
+        data = body
+    else:
+        raise TransportError("a spooled page has no kind")
+    if len(data) != length:
+        raise TransportError(f"a spooled page carries {len(data)} bytes, not {length}")
+    return data
+
+
 class CommandTooLarge(TransportError):
     """SSM refused a command as larger than an SSM document may be (MaxDocumentSizeExceeded)."""
 
@@ -272,6 +416,7 @@ class SsmTransport(Transport):
     max_output_chars = SSM_STDOUT_CAP - 100
     read_page_bytes = PAGE_ASK
     read_window = PAGE_WINDOW
+    bulk_read_after: int | None = SPOOL_AFTER
 
     def __init__(
         self,
@@ -306,6 +451,7 @@ class SsmTransport(Transport):
             # The agent uploads each command's complete output: no envelope fitting, large read pages.
             self.max_output_chars = None
             self.read_page_bytes, self.read_window = S3_PAGE_BYTES, S3_PAGE_WINDOW
+            self.bulk_read_after = 0  # every read: the instance uploads the range itself
             self._output_location = {"OutputS3BucketName": config.s3_bucket, "OutputS3KeyPrefix": S3_PREFIX}
         #: Whether the runner was cached on the instance by an earlier command of this transport.
         self._runner_on_target = False
@@ -351,6 +497,159 @@ class SsmTransport(Transport):
         self._runner_on_target = True
         return RunnerOutput(int(inv.get("ResponseCode", 0)), stdout, stderr)
 
+    # ------------------------------------------------------------------ spooled reads
+    async def bulk_read(
+        self, request: dict[str, Any], sink: Callable[[bytes], object], *, timeout: float
+    ) -> tuple[int, int | None]:
+        """A long read without an output bucket, spooled on the instance.
+
+        Paging through the runner costs a runner start per 17 KB page; here one runner command reads the
+        range through the runner (dir fds, the owner's checks) and cuts it into pages of stdout plus stderr
+        (compressed where that carries more) in the root-only staging dir, and every page is then a ``cat``
+        command. The pages are a snapshot of the range, checked against its SHA-256 when all have come.
+        A page that cannot be fetched ends the spool early: the caller pages on from there.
+
+        With an output bucket the instance uploads the range itself (:meth:`_read_uploaded`)."""
+        if self.config.s3_bucket:
+            return await self._read_uploaded(request, sink, timeout=timeout)
+        offset, length = int(request["offset"]), int(request["length"])
+        carried, size = 0, None
+        while carried < length:
+            span = min(SPOOL_BYTES, length - carried)
+            ask = dict(
+                request,
+                offset=offset + carried,
+                length=span,
+                spool={"token": secrets.token_hex(16), "out": SPOOL_OUT, "err": SPOOL_ERR},
+            )
+            try:
+                result = await call(self, ask, timeout=timeout)
+                spool = _Spool.of(result, ask["spool"]["token"])
+                size = _size_of(result)
+            except TransportError as exc:
+                log.debug("could not spool a read on %s (%s): paging on", self.instance_id, exc)
+                break
+            got = await self._fetch_spool(spool, sink, timeout)
+            carried += got
+            if got < spool.total or spool.total < span:
+                break
+        return carried, size
+
+    async def _fetch_spool(self, spool: _Spool, sink: Callable[[bytes], object], timeout: float) -> int:
+        digest = hashlib.sha256()
+        held: dict[int, bytes] = {}
+        running: dict[asyncio.Task[bytes], int] = {}
+        emitted = sent = carried = 0
+        failed = False
+        try:
+            while emitted < len(spool.pages):
+                while (
+                    not failed
+                    and sent < len(spool.pages)
+                    and len(running) < SPOOL_WINDOW
+                    and sent - emitted < 2 * SPOOL_WINDOW
+                ):
+                    running[asyncio.ensure_future(self._spool_page(spool, sent, timeout))] = sent
+                    sent += 1
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    index = running.pop(task)
+                    try:
+                        held[index] = task.result()
+                    except (TransportError, RunnerRefusal) as exc:
+                        log.debug(
+                            "spooled page %d from %s failed (%s): paging on", index, self.instance_id, exc
+                        )
+                        failed = True
+                while emitted in held:
+                    data = held.pop(emitted)
+                    digest.update(data)
+                    sink(data)
+                    carried += len(data)
+                    emitted += 1
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+            self._later(self._run([f"rm -rf -- {shlex.quote(spool.dir)}"], time.monotonic() + 60))
+        if emitted == len(spool.pages) and digest.hexdigest() != spool.sha256:
+            raise TransportError(
+                f"a spooled read from {self.instance_id} came back corrupt (SHA-256 mismatch); read it again"
+            )
+        return carried
+
+    async def _spool_page(self, spool: _Spool, index: int, timeout: float) -> bytes:
+        inv = await self._run(
+            [
+                f"cd -- {shlex.quote(spool.dir)} || exit {SPOOL_PAGE_FAILED}",
+                f"cat -- {index:d} || exit {SPOOL_PAGE_FAILED}",
+                f"cat -- {index:d}e >&2 || exit {SPOOL_PAGE_FAILED}",
+            ],
+            time.monotonic() + timeout,
+        )
+        out, err = inv.get("StandardOutputContent", ""), inv.get("StandardErrorContent", "")
+        if inv.get("Status") != "Success" or _truncated(out.encode()) or _truncated(err.encode()):
+            raise TransportError(f"spooled page {index} on {self.instance_id}: status {inv.get('Status')}")
+        return _spool_data(out + err, spool.pages[index])
+
+    async def _read_uploaded(
+        self, request: dict[str, Any], sink: Callable[[bytes], object], *, timeout: float
+    ) -> tuple[int, int | None]:
+        """A read with an output bucket: the runner reads the range (dir fds, the owner's checks) and PUTs
+        it to a presigned URL for a fresh key, and the client GETs it: the bytes cross once each way, raw,
+        instead of as base64 in command output. A range small enough comes inline instead. A channel
+        failure hands the rest back to paging."""
+        s3, bucket = self.client("s3"), self.config.s3_bucket
+        offset, length = int(request["offset"]), int(request["length"])
+        carried, size = 0, None
+        while carried < length:
+            span = min(UPLOAD_BYTES, length - carried)
+            key = f"{S3_PREFIX}/reads/{secrets.token_hex(16)}"
+            try:
+                expires = await asyncio.to_thread(self._presign_seconds, time.monotonic() + timeout)
+                url = await asyncio.to_thread(
+                    s3.generate_presigned_url,
+                    "put_object",
+                    Params={"Bucket": bucket, "Key": key},
+                    ExpiresIn=expires,
+                )
+                ask = dict(request, offset=offset + carried, length=span, upload=url)
+                result = await call(self, ask, timeout=timeout)
+                size = _size_of(result)
+                uploaded = result.get("uploaded")
+                if isinstance(uploaded, dict):
+                    try:
+                        data = await self._s3_read(s3, bucket, key)
+                    finally:
+                        self._later(asyncio.to_thread(s3.delete_object, Bucket=bucket, Key=key))
+                else:
+                    data = protocol_page_data(result)
+            except TransportError as exc:
+                log.debug("could not read through s3 from %s (%s): paging on", self.instance_id, exc)
+                break
+            if isinstance(uploaded, dict) and (
+                len(data) != uploaded.get("bytes")
+                or hashlib.sha256(data).hexdigest() != uploaded.get("sha256")
+            ):
+                raise TransportError(
+                    f"a read from {self.instance_id} through s3://{bucket}/{key} came back other than the "
+                    "instance sent it (size or SHA-256); read it again"
+                )
+            sink(data)
+            carried += len(data)
+            if len(data) < span:
+                break
+        return carried, size
+
+    def _later(self, work: Awaitable[Any]) -> None:
+        """Work nobody waits for (removing what a command left behind); :meth:`aclose` waits for it."""
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._forget)
+
     async def _full_output(self, inv: dict[str, Any], stdout: bytes, stderr: bytes) -> tuple[bytes, bytes]:
         """With an output bucket the agent uploaded the complete output: read what SSM cut, delete it."""
         s3 = self.client("s3")
@@ -364,21 +663,19 @@ class SsmTransport(Transport):
             if len(stderr) >= SSM_STDERR_CAP or _truncated(stderr):
                 stderr = await self._s3_read(s3, bucket, keys["stderr"])
         finally:
-            task = asyncio.ensure_future(
+            self._later(
                 asyncio.to_thread(
                     s3.delete_objects,
                     Bucket=bucket,
                     Delete={"Objects": [{"Key": k} for k in keys.values()], "Quiet": True},
                 )
             )
-            self._pending.add(task)
-            task.add_done_callback(self._forget)
         return stdout, stderr
 
     def _forget(self, task: asyncio.Future[Any]) -> None:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("could not delete command output from s3: %s", task.exception())
+            log.warning("could not clean up after a command on %s: %s", self.instance_id, task.exception())
 
     async def _s3_read(self, s3: Any, bucket: str | None, key: str) -> bytes:
         try:
