@@ -35,8 +35,9 @@ def make_session(config: SandboxConfig) -> boto3.Session:
     mode = auth_mode(config)
     kwargs: dict[str, Any] = {"region_name": config.region}
     if mode in ("access_keys", "temporary_credentials"):
+        assert config.secret_access_key is not None  # the model takes both keys or neither
         kwargs["aws_access_key_id"] = config.access_key_id
-        kwargs["aws_secret_access_key"] = config.secret_access_key.get_secret_value()  # type: ignore[union-attr]
+        kwargs["aws_secret_access_key"] = config.secret_access_key.get_secret_value()
         if config.session_token:
             kwargs["aws_session_token"] = config.session_token.get_secret_value()
     elif mode == "profile":
