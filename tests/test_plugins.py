@@ -343,3 +343,23 @@ def test_the_original_tools_class_name_is_a_deprecated_alias() -> None:
     assert "EC2SandboxTool" not in ec2_sandbox.__all__
     with pytest.raises(AttributeError):
         ec2_sandbox.NoSuchName  # noqa: B018
+
+
+@pytest.mark.parametrize("transport", ["ssh", "eic"])
+def test_an_ssh_transport_without_its_extra_says_what_to_install(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ec2_sandbox import default_plugins
+    from ec2_sandbox.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "asyncssh", None)  # as if the extra 'ssh' were not installed
+    for module in ("ec2_sandbox.transports.ssh", "ec2_sandbox.transports.eic"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    create = getattr(default_plugins, f"create_{transport}_transport")
+    with pytest.raises(ConfigError) as caught:
+        create(SandboxConfig())
+    assert str(caught.value) == (
+        f"transport {transport!r} needs the optional SSH dependencies (asyncssh is missing): "
+        "pip install 'ec2-sandbox[ssh]'"
+    )
+    assert caught.value.__suppress_context__

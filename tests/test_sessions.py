@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import uuid
 
 import pytest
@@ -73,6 +74,21 @@ async def test_a_stateful_tool_call_renders_value_error_and_images(sandbox: Asyn
     files = await call_tool(sandbox, SPECS["ec2_get_files"], {"session_id": sid})
     assert not files.is_error and f"Session: {sid}" in files.text
     await sandbox.session(sid).close()
+
+
+async def test_an_image_in_a_session_bigger_than_the_text_budget_arrives_whole(tmp_base_dir: str) -> None:
+    """ec2_get_files reads a cut image whole again from where it came: the session's work dir."""
+    webp = b"RIFF" + bytes(4) + b"WEBP" + os.urandom(50000)
+    config = SandboxConfig(base_sandbox_dir=tmp_base_dir, max_output_chars=300)
+    async with AsyncSandbox(config) as sandbox:
+        session = sandbox.session("image-" + uuid.uuid4().hex[:6])
+        await session.write_files({"big.webp": webp})
+        got = await call_tool(
+            sandbox, SPECS["ec2_get_files"], {"session_id": session.id, "filename": "big.webp"}
+        )
+        assert not got.is_error, got.text
+        assert [(i.mime_type, i.data) for i in got.images] == [("image/webp", webp)]
+        await session.close()
 
 
 async def test_session_ids_and_paths_are_checked_before_anything_runs(sandbox: AsyncSandbox) -> None:

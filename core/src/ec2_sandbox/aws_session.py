@@ -17,6 +17,8 @@ from .config import SandboxConfig
 from .errors import ConfigError
 
 AuthMode = Literal["profile", "access_keys", "temporary_credentials", "default_chain"]
+#: The AWS services whose clients :func:`client` makes.
+Service = Literal["ec2", "ec2-instance-connect", "ssm"]
 
 _lock = threading.Lock()
 _clients: dict[tuple[Any, ...], Any] = {}
@@ -35,8 +37,9 @@ def make_session(config: SandboxConfig) -> boto3.Session:
     mode = auth_mode(config)
     kwargs: dict[str, Any] = {"region_name": config.region}
     if mode in ("access_keys", "temporary_credentials"):
+        assert config.secret_access_key is not None  # the model takes both keys or neither
         kwargs["aws_access_key_id"] = config.access_key_id
-        kwargs["aws_secret_access_key"] = config.secret_access_key.get_secret_value()  # type: ignore[union-attr]
+        kwargs["aws_secret_access_key"] = config.secret_access_key.get_secret_value()
         if config.session_token:
             kwargs["aws_session_token"] = config.session_token.get_secret_value()
     elif mode == "profile":
@@ -68,7 +71,7 @@ def credential_lifetime(session: boto3.Session | None) -> float | None:
     return (expiry - datetime.datetime.now(datetime.UTC)).total_seconds()
 
 
-def client(config: SandboxConfig, service: str, **kwargs: Any) -> Any:
+def client(config: SandboxConfig, service: Service, **kwargs: Any) -> Any:
     """A cached boto3 client for ``service`` under the configuration's credentials and region."""
     secret = config.secret_access_key.get_secret_value() if config.secret_access_key else None
     token = config.session_token.get_secret_value() if config.session_token else None

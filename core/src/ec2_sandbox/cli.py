@@ -23,6 +23,7 @@ from typing import Any, NoReturn, TypeVar
 
 from .config import SandboxConfig
 from .errors import ConfigError, InvalidInputError, SandboxError, TaskNotFoundError
+from .hookspecs import Subparsers
 from .plugin_commands import add_commands
 from .plugins import Registry, get_registry
 from .sandbox import AsyncSandbox, load_config
@@ -129,7 +130,7 @@ def build_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def add_core_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_core_commands(subparsers: Subparsers) -> None:
     """The core's own commands; the built-ins' ``register_commands`` calls this."""
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

@@ -28,10 +28,11 @@ from .config_manager import (
     scrub,
 )
 from .errors import ConfigError
+from .hookspecs import Subparsers
 from .plugins import BUILTINS
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "config",
         help="list, validate and show environments; check credentials; write a template",
@@ -41,7 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "< file < environment variables < arguments. See CONFIG_GUIDE.md."
         ),
     )
-    p.set_defaults(handler=lambda args: (p.print_help(), cli.EXIT_FAILED)[1])
+
+    def show_help(args: argparse.Namespace) -> int:
+        p.print_help()
+        return cli.EXIT_FAILED
+
+    p.set_defaults(handler=show_help)
     commands = p.add_subparsers(dest="config_command", metavar="ACTION")
 
     c = commands.add_parser("list", help="environments: name, source, transport, instance", description="")

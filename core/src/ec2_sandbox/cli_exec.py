@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import cli
 from .errors import InvalidInputError, SandboxError
+from .hookspecs import Subparsers
 from .sandbox import AsyncSandbox, run_request
 from .schema import ExecutionResult, RunRequest
 
@@ -28,7 +29,7 @@ CATCH_UP_SECONDS = 10.0
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "exec",
         help="run a program in the sandbox",
@@ -209,9 +210,9 @@ def files_hint(task_hash: str) -> str:
 def cmd_exec(args: argparse.Namespace) -> int:
     program = program_from(args)
     if args.json:
-        result = cli.with_sandbox(args, lambda sandbox: sandbox.execute(program))
-        print(result.model_dump_json(indent=2))
-        return exit_status(result)
+        finished = cli.with_sandbox(args, lambda sandbox: sandbox.execute(program))
+        print(finished.model_dump_json(indent=2))
+        return exit_status(finished)
     started: list[str] = []
     try:
         result = cli.run_async(_pass_through(args, program, started))
@@ -221,6 +222,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return cli.EXIT_INTERRUPTED
     if result is None:  # our reader went away
         return cli.stdout_gone()
+    assert result.task_hash is not None  # AsyncSandbox.execute names every run
     if result.termination_reason != "exited":
         print(f"ec2-sandbox: {result.error_message} ({files_hint(result.task_hash)})", file=sys.stderr)
     elif args.verbose or sys.stderr.isatty():
@@ -256,6 +258,7 @@ async def _pass_through(
             raise
         relay.take_inline(result)
         totals = {stream: getattr(result, f"{stream}_bytes") for stream in STREAMS}
+        assert result.task_hash is not None  # AsyncSandbox.execute names every run
         await relay.catch_up(sandbox, result.task_hash, totals)
         if result.stateful:
             show_cell(result)

@@ -26,6 +26,7 @@ from . import cli
 from .aws_session import client
 from .config import INSTANCE_ID_RE, SandboxConfig
 from .errors import ConfigError, InvalidInputError, SandboxError
+from .hookspecs import Subparsers
 
 #: Seconds the setup may run on the instance (package installs on a fresh instance take a few minutes).
 DEFAULT_TIMEOUT = 1800
@@ -81,7 +82,7 @@ def parse_steps(stdout: str) -> list[Step]:
     return steps
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "prepare-instance",
         help="apply the sandbox's instance-side setup to an existing SSM-managed instance",

@@ -9,10 +9,11 @@ from typing import BinaryIO
 
 from . import cli
 from .errors import InvalidInputError
+from .hookspecs import Subparsers
 from .plugins import get_registry
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "files",
         help="fetch the files a run produced",

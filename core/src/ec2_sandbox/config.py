@@ -420,6 +420,8 @@ class SandboxConfig(BaseModel):
             for options in (self.__pydantic_private__ or {}).get("_options", {}).values():
                 if name in type(options).model_fields:
                     return getattr(options, name)
+        # pydantic defines BaseModel.__getattr__ only when not TYPE_CHECKING (so that a type checker flags
+        # unknown attributes): mypy sees no such method on the base, which has it at run time.
         return super().__getattr__(name)  # type: ignore[misc]
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -14,30 +14,67 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import pluggy
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from .cleanup import CleanupPolicy
+    from .config import SandboxConfig
+    from .runtimes import Runtime
+    from .transports.base import Transport
 
 hookspec = pluggy.HookspecMarker("ec2_sandbox")
 #: Decorator for a plugin's hook functions: ``@ec2_sandbox.hookimpl``.
 hookimpl = pluggy.HookimplMarker("ec2_sandbox")
 
-#: What ``register_commands`` receives: ``subparsers.add_parser(name, help=...)`` adds a command.
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+#: A transport's factory: ``factory(config) -> Transport``.
+TransportFactory: TypeAlias = "Callable[[SandboxConfig], Transport]"
+
+
+class Subparsers(Protocol):
+    """What ``register_commands`` receives: the command line's argparse subparsers, seen through a view
+    that checks each new command's name. ``subparsers.add_parser(name, help=...)`` (``argparse``'s keywords)
+    adds a command and returns its parser."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+class RegisterRuntime(Protocol):
+    """The ``register`` that ``register_runtimes`` receives."""
+
+    def __call__(self, runtime: Runtime | dict[str, Any], /) -> None: ...
+
+
+class RegisterTransport(Protocol):
+    """The ``register`` that ``register_transports`` receives."""
+
+    def __call__(
+        self, name: str, factory: TransportFactory, /, *, options: type[BaseModel] | None = None
+    ) -> None: ...
+
+
+class RegisterCleanupPolicy(Protocol):
+    """The ``register`` that ``register_cleanup_policies`` receives."""
+
+    def __call__(self, policy: CleanupPolicy, /) -> None: ...
 
 
 @hookspec
-def register_runtimes(register: Callable[..., None]) -> None:
+def register_runtimes(register: RegisterRuntime) -> None:
     """Add runtimes: ``register(ec2_sandbox.Runtime(...))`` (or a dict of the same fields) for each."""
 
 
 @hookspec
-def register_transports(register: Callable[..., None]) -> None:
+def register_transports(register: RegisterTransport) -> None:
     """Add transports: ``register("name", factory, options=Model)`` where ``factory(config) -> Transport``;
     the optional pydantic ``Model`` holds the transport's settings (``config.options(Model)`` reads them)."""
 
 
 @hookspec
-def register_cleanup_policies(register: Callable[..., None]) -> None:
+def register_cleanup_policies(register: RegisterCleanupPolicy) -> None:
     """Add cleanup policies: ``register(policy)``; a policy has ``name``, ``needs_sizes`` and ``select``."""
 
 

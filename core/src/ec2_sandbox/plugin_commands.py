@@ -21,13 +21,12 @@ import logging
 from typing import Any, NoReturn
 
 from .errors import PluginError
-from .hookspecs import Subparsers
 from .plugins import PluginInfo, Registry
 
 log = logging.getLogger(__name__)
 
 
-def add_commands(registry: Registry, subparsers: Subparsers) -> None:
+def add_commands(registry: Registry, subparsers: argparse._SubParsersAction[Any]) -> None:
     """Call every ``register_commands`` implementation of ``registry`` with ``subparsers``."""
     for info, impl in registry.command_hooks:
         view = PluginSubparsers(subparsers, registry, info)
@@ -65,7 +64,7 @@ class PluginSubparsers:
     """What one plugin's ``register_commands`` receives: the command line's subparsers, with its
     ``add_parser`` checked; everything else is passed through."""
 
-    def __init__(self, real: Subparsers, registry: Registry, info: PluginInfo) -> None:
+    def __init__(self, real: argparse._SubParsersAction[Any], registry: Registry, info: PluginInfo) -> None:
         self._real = real
         self._registry = registry
         self._info = info

@@ -30,6 +30,7 @@ comma-separated list of entry-point or distribution names. Built-ins always load
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -274,11 +275,12 @@ def _call(registry: Registry, hook: str, impl: pluggy.HookImpl, info: PluginInfo
     if hook == "register_transports":
         pending = _claim_options(registry, info, pending)
     kind = _KINDS[hook]
-    table = {
+    tables: dict[str, dict[str, Any]] = {
         "runtime": registry.runtimes,
         "transport": registry.transports,
         "cleanup_policy": registry.cleanup_policies,
-    }[kind]
+    }
+    table = tables[kind]
     for name, obj in pending:
         key = f"{kind}:{name}"
         owner = registry.owners.get(key)
@@ -359,8 +361,8 @@ def _checked_factory(factory: Callable[..., Any], transport: str, plugin: str) -
             )
         return made
 
-    create.__wrapped__ = factory  # type: ignore[attr-defined]
-    return create
+    # Only __wrapped__ (what inspect.unwrap follows): the wrapper keeps its own name and signature.
+    return functools.update_wrapper(create, factory, assigned=(), updated=())
 
 
 def _register_fn(
@@ -424,11 +426,12 @@ def _register_fn(
         else:
             add(name, policy)
 
-    return {
+    register: dict[str, Callable[..., None]] = {
         "register_runtimes": register_runtime,
         "register_transports": register_transport,
         "register_cleanup_policies": register_policy,
-    }[hook]
+    }
+    return register[hook]
 
 
 def _options_problem(options: Any) -> str | None:

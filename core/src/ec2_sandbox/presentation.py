@@ -455,7 +455,9 @@ async def _whole_images(sandbox: AsyncSandbox, result: GetFilesResult) -> GetFil
             and f.encoding == "base64"
             and detect_image(f.data())
         ):
-            f = await sandbox.read_task_file(result.task_hash, f.path, 0, MAX_IMAGE_BYTES)
+            f = await sandbox.read_file(
+                f.path, task_hash=result.task_hash, session_id=result.session_id, max_bytes=MAX_IMAGE_BYTES
+            )
         files.append(f)
     return result.model_copy(update={"files": files})
 

@@ -117,8 +117,7 @@ async def call(
     log.debug("runner %s via %s: %s", req["op"], transport.name, _redacted(req))
     direct = getattr(transport, "call_in_process", None)
     if direct is not None and getattr(transport, "in_process", False):
-        envelope = await direct(_on_the_wire(req, True), timeout=timeout, on_event=on_event)
-        return _result(envelope, req)
+        return _result(await direct(_on_the_wire(req, True), timeout=timeout, on_event=on_event), req)
     payload = json.dumps(_on_the_wire(req, False), separators=(",", ":")).encode("utf-8")
     envelope: dict[str, Any] | None = None
 

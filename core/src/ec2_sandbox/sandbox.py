@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 from pydantic import ValidationError
 
@@ -587,19 +587,27 @@ def _isolation_warnings(config: SandboxConfig, probe: dict[str, Any], transport:
     return warnings
 
 
-def _file_owner(task_hash: str | None, session_id: str | None) -> dict[str, str]:
+class _FileOwner(TypedDict, total=False):
+    """The request fields naming whose file it is: exactly one of the two."""
+
+    task_hash: str
+    session_id: str
+
+
+def _file_owner(task_hash: str | None, session_id: str | None) -> _FileOwner:
     """The request fields naming whose file it is: a task's or a session's, never both."""
-    if (task_hash is None) == (session_id is None):
-        raise InvalidInputError("give exactly one of task_hash (a task's files) and session_id (a session's)")
-    if task_hash is not None:
+    if task_hash is not None and session_id is None:
         _field_error("task_hash", check_task_hash, task_hash)
         return {"task_hash": task_hash}
-    _field_error("session_id", check_session_id, session_id)
-    return {"session_id": session_id}  # type: ignore[dict-item]
+    if session_id is not None and task_hash is None:
+        _field_error("session_id", check_session_id, session_id)
+        return {"session_id": session_id}
+    raise InvalidInputError("give exactly one of task_hash (a task's files) and session_id (a session's)")
 
 
 def _file_content(path: str, data: bytes, size: int, offset: int) -> FileContent:
     end = offset + len(data)
+    encoding: Literal["utf-8", "base64"]
     try:
         text, encoding = data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:

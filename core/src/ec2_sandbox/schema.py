@@ -168,7 +168,7 @@ class CodeExecutionInput(RunRequest):
 
     # A run request as a model writes it: text files, whole seconds, a runtime the schema names.
 
-    runtime: str = Field(  # type: ignore[assignment]  # never None: the schema names the default
+    runtime: str = Field(  # never None: the schema names the default
         default="python3",
         description="Language to run the code with (see the allowed values).",
     )
@@ -179,7 +179,7 @@ class CodeExecutionInput(RunRequest):
             "e.g. {'data/in.csv': 'a,b\\n1,2'}."
         ),
     )
-    timeout: int | None = Field(  # type: ignore[assignment]  # whole seconds, as the schema says
+    timeout: int | None = Field(  # whole seconds, as the schema says
         default=None,
         ge=1,
         le=86400,

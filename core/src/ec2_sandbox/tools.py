@@ -6,7 +6,7 @@ model), input model, and a handler that takes an :class:`AsyncSandbox` and a val
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ class ToolSpec:
             )
         return schema
 
-    async def invoke(self, sandbox: AsyncSandbox, arguments: dict[str, Any] | BaseModel) -> BaseModel:
+    async def invoke(self, sandbox: AsyncSandbox, arguments: Mapping[str, Any] | BaseModel) -> BaseModel:
         """Validate ``arguments`` with the input model and run the handler."""
         data = (
             arguments

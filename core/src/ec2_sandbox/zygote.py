@@ -378,7 +378,8 @@ def supervise(req, out_fd, err_fd, report_fd):
     os._exit(0)
 
 
-_OWN_NAMESPACES = {}  # the zygote's own, which its children share until they join others
+# The zygote's own namespaces, which its children share until they join others: name -> (st_dev, st_ino).
+_OWN_NAMESPACES: "dict[str, tuple[int, int]]" = {}
 
 
 def same_namespace(fd, name):

@@ -24,7 +24,7 @@ backend on one session of the same sandbox.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.tools import BaseTool, BaseToolkit, ToolException
@@ -78,7 +78,7 @@ class EC2SandboxTool(BaseTool):
     sandbox: AsyncSandbox = Field(exclude=True)
     #: Runs the synchronous calls on its loop; its ``aio`` is ``sandbox``, so both paths share one transport.
     sync_sandbox: Sandbox = Field(exclude=True)
-    response_format: str = "content_and_artifact"
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     handle_tool_error: Any = _error_text
 
     @classmethod

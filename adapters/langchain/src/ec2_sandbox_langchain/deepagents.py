@@ -299,6 +299,7 @@ class EC2SandboxBackend(BaseSandbox):
         from the run's record (``@stdout``) page by page; and whether bytes were left out."""
         if not result.stdout_truncated:
             return result.stdout, False
+        assert result.task_hash is not None  # AsyncSandbox.execute names every run
         buffer = bytearray()
         await self._sync.aio.download_task_file(
             result.task_hash, "@stdout", buffer.extend, max_bytes=self.max_output_bytes

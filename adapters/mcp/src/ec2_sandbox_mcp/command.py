@@ -12,10 +12,11 @@ import contextlib
 import sys
 
 from ec2_sandbox import hookimpl
+from ec2_sandbox.hookspecs import Subparsers
 
 
 @hookimpl
-def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register_commands(subparsers: Subparsers) -> None:
     from ec2_sandbox.cli import EXIT_STATUS_HELP  # the command line is being built: already imported
 
     parser = subparsers.add_parser(

@@ -47,11 +47,17 @@ def to_call_tool_result(rendered: Rendered) -> types.CallToolResult:
     )
 
 
+class SandboxServer(Server[Any]):
+    """The SDK's server, holding the one sandbox its tools use (closed by :func:`serve` when it ends)."""
+
+    sandbox: AsyncSandbox
+
+
 def create_mcp_server(
     config: SandboxConfig | AsyncSandbox | Sandbox | str | None = None,
     *,
     name: str = "ec2-sandbox",
-) -> Server[Any]:
+) -> SandboxServer:
     """An MCP server with the four tools, all using one sandbox.
 
     ``config``: a :class:`SandboxConfig`, an environment name from the configuration file, an existing
@@ -81,14 +87,14 @@ def create_mcp_server(
             )
         return to_call_tool_result(await call_tool(sandbox, spec, params.arguments or {}))
 
-    server: Server[Any] = Server(
+    server = SandboxServer(
         name,
         version=__version__,
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call,
     )
-    server.sandbox = sandbox  # type: ignore[attr-defined]
+    server.sandbox = sandbox
     return server
 
 
@@ -150,4 +156,4 @@ async def serve(
         else:
             raise ValueError(f"transport must be 'stdio' or 'http', not {transport!r}")
     finally:
-        await server.sandbox.aclose()  # type: ignore[attr-defined]
+        await server.sandbox.aclose()

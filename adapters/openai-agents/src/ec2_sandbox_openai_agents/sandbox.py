@@ -245,6 +245,7 @@ class EC2SandboxSession(BaseSandboxSession):
         """A command's whole stdout or stderr: the inline text, or the target's copy when it was cut."""
         if not getattr(result, f"{name}_truncated"):
             return str(getattr(result, name)).encode("utf-8")
+        assert result.task_hash is not None  # AsyncSandbox.execute names every run
         buffer = bytearray()
         try:
             await self.sandbox.download_task_file(result.task_hash, f"@{name}", buffer.extend)

@@ -75,6 +75,7 @@ def _load_interface() -> None:
             return importlib.import_module(f"{name}.code_interpreter").CodeInterpreter
         raise AttributeError(f"module {name!r} has no attribute {attr!r}")
 
+    # A module's __getattr__ (PEP 562) is set on the module itself, which mypy flags as a method assignment.
     package.__getattr__ = agent_core  # type: ignore[method-assign]
     sys.modules[name] = package
 
@@ -370,7 +371,7 @@ class EC2CodeInterpreter(CodeInterpreter):
             lines.append("Files created: " + ", ".join(result.files_created))
         if len(lines) == (1 if result.stateful else 0):
             lines.append("(no output)")
-        data = {
+        data: dict[str, Any] = {
             "sessionName": session,
             "exitCode": result.return_code,
             "executionTime": result.execution_time,

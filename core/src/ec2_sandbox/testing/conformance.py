@@ -26,7 +26,7 @@ import pytest
 
 from ..errors import InvalidInputError, TaskNotFoundError
 from ..sandbox import AsyncSandbox
-from .session_conformance import SessionSuite
+from .session_conformance import SessionSuite, task_of
 
 #: A child that ignores SIGTERM and keeps appending to a file: if it survived the run, the file would grow.
 STUBBORN_CHILD = """
@@ -98,7 +98,11 @@ class ConformanceSuite(SessionSuite):
     # ------------------------------------------------------------------ inputs
     async def test_input_files_text_binary_and_nested(self, sandbox: AsyncSandbox) -> None:
         blob = bytes(range(256)) * 4
-        files = {"data/in.csv": "a,b\n1,2\n", "deep/er/blob.bin": blob, "ünï cødé.txt": "ok"}
+        files: dict[str, str | bytes] = {
+            "data/in.csv": "a,b\n1,2\n",
+            "deep/er/blob.bin": blob,
+            "ünï cødé.txt": "ok",
+        }
         code = (
             "import hashlib\n"
             "print(open('data/in.csv').read().splitlines()[1])\n"
@@ -205,29 +209,29 @@ class ConformanceSuite(SessionSuite):
         result = await sandbox.execute_code(code, files={"given.txt": "in"})
         assert result.success, result.stderr
         assert set(result.files_created) == {"out/sub/r.txt", "img.bin", "given.txt"}
-        files = await sandbox.get_task_files(result.task_hash)
+        files = await sandbox.get_task_files(task_of(result))
         assert files == {
             "given.txt": "in",
             "img.bin": bytes([0x89, 0x50, 0xFF, 0x00, 0xFE]),
             "out/sub/r.txt": "résultat\n",
         }
-        assert await sandbox.get_task_files(result.task_hash, "out/sub/r.txt") == "résultat\n"
+        assert await sandbox.get_task_files(task_of(result), "out/sub/r.txt") == "résultat\n"
 
     async def test_missing_file_in_task_is_not_found(self, sandbox: AsyncSandbox) -> None:
         result = await sandbox.execute_code("print(1)")
         with pytest.raises(TaskNotFoundError):
-            await sandbox.get_task_files(result.task_hash, "nope.txt")
+            await sandbox.get_task_files(task_of(result), "nope.txt")
 
     async def test_symlinks_are_never_followed_when_reading_back(self, sandbox: AsyncSandbox) -> None:
         code = "import os\nos.symlink('/etc/passwd', 'passwd')\nos.symlink('/etc', 'etc')\nprint('ok')"
         result = await sandbox.execute_code(code)
         assert result.success, result.stderr
-        files = await sandbox.get_task_files(result.task_hash)
+        files = await sandbox.get_task_files(task_of(result))
         assert "passwd" not in files
         with pytest.raises(Exception, match=r"symlink|not a directory"):
-            await sandbox.get_task_files(result.task_hash, "passwd")
+            await sandbox.get_task_files(task_of(result), "passwd")
         with pytest.raises(Exception, match=r"symlink|not a directory"):
-            await sandbox.get_task_files(result.task_hash, "etc/passwd")
+            await sandbox.get_task_files(task_of(result), "etc/passwd")
 
     # ------------------------------------------------------------------ output
     async def test_output_flood_is_capped_inline_and_kept_in_full(self, sandbox: AsyncSandbox) -> None:
@@ -242,14 +246,14 @@ class ConformanceSuite(SessionSuite):
         assert full.startswith(head.encode()) and full.endswith(tail.encode()) and head and tail
         assert result.stdout_omitted_bytes == len(full) - len(result.stdout.encode())
         assert len(result.stdout) <= sandbox.config.max_output_chars
-        assert await sandbox.get_task_files(result.task_hash, "@stdout") == full.decode()
+        assert await sandbox.get_task_files(task_of(result), "@stdout") == full.decode()
 
     async def test_invalid_utf8_output_survives_byte_exact(self, sandbox: AsyncSandbox) -> None:
         code = "import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe\\x80 end\\n')"
         result = await sandbox.execute_code(code)
         assert result.success
         assert result.stdout.startswith("ok ") and "\ufffd" in result.stdout
-        assert await sandbox.get_task_files(result.task_hash, "@stdout") == b"ok \xff\xfe\x80 end\n"
+        assert await sandbox.get_task_files(task_of(result), "@stdout") == b"ok \xff\xfe\x80 end\n"
 
     # ------------------------------------------------------------------ limits
     async def test_timeout_kills_the_program_and_its_children(self, sandbox: AsyncSandbox) -> None:
@@ -257,9 +261,9 @@ class ConformanceSuite(SessionSuite):
         assert not result.success and result.timed_out
         assert result.termination_reason == "timeout"
         assert "timed out" in (result.error_message or "")
-        first = await sandbox.get_task_files(result.task_hash, "heartbeat.txt")
+        first = await sandbox.get_task_files(task_of(result), "heartbeat.txt")
         await asyncio.sleep(1.0)
-        second = await sandbox.get_task_files(result.task_hash, "heartbeat.txt")
+        second = await sandbox.get_task_files(task_of(result), "heartbeat.txt")
         assert first == second, "a child survived the timeout and kept writing"
         assert (await sandbox.execute_code("print('next')")).stdout == "next\n"
 
@@ -298,26 +302,26 @@ class ConformanceSuite(SessionSuite):
         assert second.stdout == "kept\n"
         assert first.working_directory == second.working_directory
         assert first.task_hash != second.task_hash
-        assert await sandbox.get_task_files(second.task_hash, "state.txt") == "kept"
+        assert await sandbox.get_task_files(task_of(second), "state.txt") == "kept"
 
     async def test_ephemeral_dir_vanishes_after_the_run(self, sandbox: AsyncSandbox) -> None:
         result = await sandbox.execute_code(
             "open('tmp.txt','w').write('x'); print('done')", create_filesystem=False
         )
         assert result.success and result.stdout == "done\n"
-        assert await sandbox.get_task_files(result.task_hash) == {}
-        listing = await sandbox.list_task_files(result.task_hash)
+        assert await sandbox.get_task_files(task_of(result)) == {}
+        listing = await sandbox.list_task_files(task_of(result))
         assert listing["exists"] is False
 
     async def test_cleanup_removes_by_age_only(self, sandbox: AsyncSandbox) -> None:
         result = await sandbox.execute_code("open('f.txt','w').write('x')")
         kept = await sandbox.cleanup_tasks(hours=1)
         assert result.task_hash not in kept.removed_tasks
-        assert await sandbox.get_task_files(result.task_hash, "f.txt") == "x"
+        assert await sandbox.get_task_files(task_of(result), "f.txt") == "x"
         gone = await sandbox.cleanup_tasks(hours=0)
         assert result.task_hash in gone.removed_tasks, gone
         with pytest.raises(TaskNotFoundError):
-            await sandbox.get_task_files(result.task_hash)
+            await sandbox.get_task_files(task_of(result))
 
     async def test_concurrent_runs_do_not_interfere(self, sandbox: AsyncSandbox) -> None:
         code = (
@@ -339,7 +343,7 @@ class ConformanceSuite(SessionSuite):
             *(sandbox.execute_code(code, create_filesystem=False) for _ in range(20))
         )
         assert all(r.success and r.stdout == "ok\n" for r in results)
-        listings = await asyncio.gather(*(sandbox.list_task_files(r.task_hash) for r in results))
+        listings = await asyncio.gather(*(sandbox.list_task_files(task_of(r)) for r in results))
         assert not any(listing["exists"] for listing in listings)
 
     # ------------------------------------------------------------------ status
@@ -348,6 +352,6 @@ class ConformanceSuite(SessionSuite):
         assert status.healthy, status
         names = {r.name: r for r in status.runtimes}
         assert set(names) == set(sandbox.allowed_runtimes())
-        assert names["python3"].available and names["python3"].version.startswith("Python 3")
-        assert names["node"].version.startswith("v")
+        assert names["python3"].available and (names["python3"].version or "").startswith("Python 3")
+        assert (names["node"].version or "").startswith("v")
         assert status.disk_free_mb and status.disk_free_mb > 0

@@ -211,6 +211,7 @@ def install() -> None:
     with _lock:
         if _installed:
             return
+        # Adding to moto's class is the point: mypy flags each added method.
         EC2Response.create_instance_connect_endpoint = _create  # type: ignore[attr-defined]
         EC2Response.describe_instance_connect_endpoints = _describe  # type: ignore[attr-defined]
         EC2Response.delete_instance_connect_endpoint = _delete  # type: ignore[attr-defined]

@@ -11,11 +11,18 @@ import base64
 import uuid
 
 from ..sandbox import AsyncSandbox
+from ..schema import ExecutionResult
 
 #: A 1x1 PNG (what a `_repr_png_` returns).
 PNG_1x1 = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
+
+
+def task_of(result: ExecutionResult) -> str:
+    """The task hash of a run: every run names its task, whose files and output stay readable."""
+    assert result.task_hash is not None, result
+    return result.task_hash
 
 
 def _sid() -> str:
@@ -133,7 +140,7 @@ class SessionSuite:
         assert table.main and table.text == "Table(1)"
         assert table.data["text/html"].startswith("<table>")
         assert table.data["application/json"] == '{"rows": 1}'
-        page = await sandbox.read_task_file(result.task_hash, picture.files["image/png"])
+        page = await sandbox.read_task_file(task_of(result), picture.files["image/png"])
         assert page.data() == PNG_1x1
         await session.close()
 

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +164,10 @@ def _launch(inv: Invocation, argv: list[str]) -> list[str]:
     ]
 
 
-_base_send_command = _base_gate = _base_list_commands = None
+#: What the fleet's additions wrap, saved by :func:`install` before it puts them in place.
+_base_send_command: Callable[..., Any]
+_base_gate: Callable[[StandIn, str], None]
+_base_list_commands: Callable[..., Any]
 #: Every DynamoDB write of the stand-in, one at a time (the correction above).
 _dynamodb_writes = threading.Lock()
 DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item")
@@ -174,8 +178,7 @@ def _atomic(method: Any) -> Any:
         with _dynamodb_writes:
             return method(*args, **kwargs)
 
-    write.__wrapped__ = method  # type: ignore[attr-defined]
-    return write
+    return functools.update_wrapper(write, method, assigned=(), updated=())  # only __wrapped__
 
 
 def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -> Any:
@@ -190,17 +193,17 @@ def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -
             f"1 validation error detected: Value at 'instanceIds' failed to satisfy constraint: Member must "
             f"have length less than or equal to {MAX_INSTANCE_IDS}",
         )
-    return _base_send_command(self, *args, **kwargs)  # type: ignore[misc]
+    return _base_send_command(self, *args, **kwargs)
 
 
 def _gate(self: StandIn, operation: str) -> None:
-    _base_gate(self, operation)  # type: ignore[misc]
+    _base_gate(self, operation)
     FLEET.admit(operation)
 
 
 def _list_commands(self: SimpleSystemManagerBackend, command_id: str | None, instance_id: str | None) -> Any:
     STANDIN.gate("ListCommands")
-    return _base_list_commands(self, command_id, instance_id)  # type: ignore[misc]
+    return _base_list_commands(self, command_id, instance_id)
 
 
 def _resp_describe_instance_information(self: SimpleSystemManagerResponse) -> ActionResult:
@@ -224,7 +227,7 @@ def _resp_describe_instance_information(self: SimpleSystemManagerResponse) -> Ac
                 "ValidationException",
                 f"a filter holds 1 to {FILTER_VALUES_MAX} values; {flt.get('Key')} has {len(values)}",
             )
-    found = self.ssm_backend.describe_instance_information(filters)
+    found = ssm_standin.patched_backend(self).describe_instance_information(filters)
     start = 0
     token = self._get_param("NextToken")
     if token:
@@ -244,6 +247,7 @@ def install() -> FleetStandIn:
     ssm_standin.install()
     with _install_lock:
         if not _installed:
+            # Patching moto's and the stand-in's classes is the point: mypy flags each replaced method.
             _base_send_command = SimpleSystemManagerBackend.send_command
             SimpleSystemManagerBackend.send_command = _send_command  # type: ignore[method-assign]
             _base_list_commands = SimpleSystemManagerBackend.list_commands

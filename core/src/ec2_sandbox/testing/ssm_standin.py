@@ -86,7 +86,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult, EmptyResult
@@ -433,11 +433,13 @@ def _execute(inv: Invocation, workdir: str) -> None:
         inv.started = datetime.datetime.now(datetime.UTC)
         inv.status = inv.details = "InProgress"
     proc = inv.proc
+    stdout_pipe, stderr_pipe = proc.stdout, proc.stderr
+    assert stdout_pipe is not None and stderr_pipe is not None  # started with both PIPE just above
     out: list[bytes] = []
     err: list[bytes] = []
     readers = [
-        threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
-        threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: out.append(stdout_pipe.read()), daemon=True),
+        threading.Thread(target=lambda: err.append(stderr_pipe.read()), daemon=True),
     ]
     for reader in readers:
         reader.start()
@@ -456,8 +458,8 @@ def _execute(inv: Invocation, workdir: str) -> None:
             for reader in readers:
                 reader.join(2.0)
     rc = proc.wait()
-    proc.stdout.close()  # type: ignore[union-attr]
-    proc.stderr.close()  # type: ignore[union-attr]
+    stdout_pipe.close()
+    stderr_pipe.close()
     stdout, stderr = b"".join(out), b"".join(err)
     if inv.cancelled:
         _finish(inv, "Cancelled", "Cancelled", -1, stdout, stderr)
@@ -661,6 +663,19 @@ def _describe_instance_information(
     return out
 
 
+class PatchedBackend(Protocol):
+    """The operations :func:`install` adds to moto's SSM backend (moto has none of them)."""
+
+    def cancel_command(self, command_id: str, instance_ids: list[str]) -> None: ...
+
+    def describe_instance_information(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+
+def patched_backend(response: SimpleSystemManagerResponse) -> PatchedBackend:
+    """The response's SSM backend, with the operations :func:`install` added to its class."""
+    return cast("PatchedBackend", response.ssm_backend)
+
+
 def _resp_get_command_invocation(self: SimpleSystemManagerResponse) -> ActionResult:
     return ActionResult(
         self.ssm_backend.get_command_invocation(
@@ -670,7 +685,7 @@ def _resp_get_command_invocation(self: SimpleSystemManagerResponse) -> ActionRes
 
 
 def _resp_cancel_command(self: SimpleSystemManagerResponse) -> ActionResult:
-    self.ssm_backend.cancel_command(self._get_param("CommandId"), self._get_param("InstanceIds", []))
+    patched_backend(self).cancel_command(self._get_param("CommandId"), self._get_param("InstanceIds", []))
     return EmptyResult()
 
 
@@ -678,7 +693,7 @@ def _resp_describe_instance_information(self: SimpleSystemManagerResponse) -> Ac
     filters = self._get_param("Filters", []) or []
     for flt in self._get_param("InstanceInformationFilterList", []) or []:
         filters.append({"Key": flt.get("key"), "Values": flt.get("valueSet", [])})
-    found = self.ssm_backend.describe_instance_information(filters)
+    found = patched_backend(self).describe_instance_information(filters)
     return ActionResult({"InstanceInformationList": found})
 
 
@@ -722,6 +737,7 @@ def install() -> StandIn:
     eic_endpoints.install()
     with _install_lock:
         if not _installed:
+            # Patching moto's classes is the point: mypy flags each replaced or added method.
             SimpleSystemManagerBackend.send_command = _send_command  # type: ignore[method-assign]
             SimpleSystemManagerBackend.get_command_invocation = _get_command_invocation  # type: ignore[method-assign]
             SimpleSystemManagerBackend.cancel_command = _cancel_command  # type: ignore[attr-defined]

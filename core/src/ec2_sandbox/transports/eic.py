@@ -72,6 +72,7 @@ def presigned_tunnel_url(
         method="GET", url=f"wss://{dns_name}/openTunnel?{urlencode(query)}", headers={"host": dns_name}
     )
     SigV4QueryAuth(credentials, "ec2-instance-connect", region, expires=expires).add_auth(request)
+    assert request.url is not None  # given above; signing adds the query's signature to it
     return request.url
 
 
@@ -172,7 +173,7 @@ class EICTransport(SSHTransport):
         return self.instance_id
 
     # ------------------------------------------------------------------ AWS calls
-    def _client(self, service: str) -> Any:
+    def _client(self, service: aws_session.Service) -> Any:
         return aws_session.client(self.config, service)
 
     async def describe_instance(self) -> dict[str, Any]:

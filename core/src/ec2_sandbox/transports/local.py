@@ -15,12 +15,13 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .. import runner
 from ..schema import StatusPart
 from .base import LineCallback, RunnerOutput, Transport
 
+T = TypeVar("T")
 # Threads mostly sit in waitpid; many concurrent runs need many threads, not CPU.
 _POOL = ThreadPoolExecutor(max_workers=256, thread_name_prefix="ec2-sandbox-local")
 
@@ -75,7 +76,14 @@ class LocalTransport(Transport):
 
         return await self._in_pool(loop, work, req, timeout, abandoned)
 
-    async def _in_pool(self, loop, work, req, timeout, abandoned):  # type: ignore[no-untyped-def]
+    async def _in_pool(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        work: Callable[[], T],
+        req: object,
+        timeout: float,
+        abandoned: threading.Event,
+    ) -> T:
         try:
             return await asyncio.wait_for(loop.run_in_executor(_POOL, work), timeout)
         except BaseException:

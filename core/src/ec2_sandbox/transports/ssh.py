@@ -336,12 +336,22 @@ class _Connection:
         return not self.conn.is_closed() and self.loop is asyncio.get_running_loop()
 
 
+def _text(output: bytes | str | None) -> str:
+    """A finished command's output as text. Run with ``encoding=None`` it is bytes; asyncssh's type names
+    the str of a command run with an encoding too."""
+    if isinstance(output, str):
+        return output
+    return (output or b"").decode("utf-8", "replace")
+
+
 class SSHTransport(Transport):
     """The runner over a persistent SSH connection to any Linux host with python3."""
 
     name = "ssh"
     supports_streaming = True
 
+    # A property over the base's class attribute, as it follows persistent_runner (which may change):
+    # mypy rejects a read-only property in place of a writable attribute.
     @property
     def supports_warm_start(self) -> bool:  # type: ignore[override]
         """The connection's runner service lives on between runs: it keeps a zygote (see zygote.py)."""
@@ -497,9 +507,9 @@ class SSHTransport(Transport):
             )
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             raise TransportError(f"cannot install the runner on {self.target}: {exc}") from None
-        path = (result.stdout or b"").decode("utf-8", "replace").strip()
+        path = _text(result.stdout).strip()
         if result.exit_status != 0 or not path.startswith("/"):
-            err = (result.stderr or b"").decode("utf-8", "replace").strip()
+            err = _text(result.stderr).strip()
             raise TransportError(
                 f"cannot install the runner on {self.target} (exit {result.exit_status}): {err or path}"
             )

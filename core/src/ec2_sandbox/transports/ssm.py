@@ -413,7 +413,7 @@ class SsmTransport(Transport):
     """Runs the runner on ``instance_id`` with SSM Run Command."""
 
     name = "ssm"
-    max_output_chars = SSM_STDOUT_CAP - 100
+    max_output_chars: int | None = SSM_STDOUT_CAP - 100
     read_page_bytes = PAGE_ASK
     read_window = PAGE_WINDOW
     bulk_read_after: int | None = SPOOL_AFTER

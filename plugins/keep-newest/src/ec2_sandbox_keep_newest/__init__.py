@@ -23,6 +23,7 @@ from collections import defaultdict
 
 from ec2_sandbox import ConfigError, SandboxConfig, hookimpl
 from ec2_sandbox.cleanup import Inventory, InventoryEntry
+from ec2_sandbox.hookspecs import RegisterCleanupPolicy
 
 ENV_VAR = "EC2_SANDBOX_KEEP_NEWEST"
 DEFAULT_KEEP = 10
@@ -87,5 +88,5 @@ def _newest_first(units: dict[str, list[InventoryEntry]]) -> list[tuple[str, lis
 
 
 @hookimpl
-def register_cleanup_policies(register):
+def register_cleanup_policies(register: RegisterCleanupPolicy) -> None:
     register(KeepNewestPolicy())

@@ -7,6 +7,7 @@ The target needs nothing but ``perl`` on its PATH (Debian, Ubuntu and Amazon Lin
 from __future__ import annotations
 
 from ec2_sandbox import Runtime, hookimpl
+from ec2_sandbox.hookspecs import RegisterRuntime
 
 #: What Perl prints when malloc fails (``perldiag``): the bare panic, and the forms newer perls and
 #: large single requests use. With RLIMIT_DATA in force, any of them means the memory limit was hit.
@@ -27,5 +28,5 @@ PERL = Runtime(
 
 
 @hookimpl
-def register_runtimes(register):
+def register_runtimes(register: RegisterRuntime) -> None:
     register(PERL)
