@@ -352,28 +352,32 @@ def _watch_spools(
     return thread
 
 
-@pytest.mark.parametrize("harm", ["removed", "altered"])
+def _alter_page(path: str, index: int) -> None:
+    """Page ``index`` rewritten with other bytes of the same length and kind, its digest kept."""
+    with open(os.path.join(path, str(index)), "r+") as fh:
+        text = fh.read()
+        fh.seek(0)
+        fh.write(text[:17] + base64.b64encode(os.urandom(len(text)))[: len(text) - 17].decode())
+
+
+@pytest.mark.parametrize("harm", ["removed", "altered", "altered and another removed"])
 async def test_a_spool_lost_or_altered_on_the_way_never_yields_wrong_bytes(
     standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str, harm: str
 ) -> None:
-    """A spool removed before its pages are read: the read pages on through the runner, byte-exact. A page
-    altered (same length, other bytes): the read fails loudly rather than hand back other bytes."""
+    """Whatever becomes of a spool between its making and its pages' fetching - removed, a page altered
+    (same length, other bytes), a page altered and a later one removed - the read hands over only checked
+    bytes: each page is checked against its own digest before it reaches the caller, and the rest is read
+    through the runner, byte-exact."""
     blob = os.urandom(400_000)
     standin.delivery_latency = 0.2  # the pages are asked for after the watcher has acted
 
     def act(path: str) -> None:
         if harm == "removed":
             shutil.rmtree(path)
-        else:
-            with open(os.path.join(path, "1"), "r+") as fh:
-                text = fh.read()
-                fh.seek(0)
-                fh.write(
-                    "b"
-                    + base64.b64encode(os.urandom(len(base64.b64decode(text[1:] + "=="))))[
-                        : len(text) - 1
-                    ].decode()
-                )
+            return
+        _alter_page(path, 0 if "another" in harm else 1)
+        if "another" in harm:
+            os.unlink(os.path.join(path, "5"))
 
     stop = threading.Event()
     watcher = _watch_spools(standin, act, stop)
@@ -384,14 +388,46 @@ async def test_a_spool_lost_or_altered_on_the_way_never_yields_wrong_bytes(
             made = await sandbox.execute_code(
                 f"import base64\nopen('b.bin','wb').write(base64.b64decode({encoded!r}))"
             )
-            if harm == "removed":
-                assert await sandbox.get_task_files(made.task_hash, "b.bin") == blob
-            else:
-                with pytest.raises(TransportError, match=r"corrupt|spooled page"):
-                    await sandbox.get_task_files(made.task_hash, "b.bin")
+            before = len(standin.invocations)
+            assert await sandbox.get_task_files(made.task_hash, "b.bin") == blob
+            fell_back = [
+                inv for inv in list(standin.invocations.values())[before:] if '"offset":' in inv.stdout
+            ]
+            assert len(fell_back) > 1  # the first page, and pages through the runner after the harm
     finally:
         stop.set()
         watcher.join()
+
+
+async def test_a_spooled_page_ssm_fails_to_bring_is_asked_for_again(
+    standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str
+) -> None:
+    """A page whose command SSM throttles past the client's retries is asked for again: the spool is still
+    on disk, and the read needs no page through the runner."""
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20)
+    transport = SsmTransport(config, poll_first=0.02, poll_factor=1.3, poll_max=0.2, retry_attempts=1)
+    async with AsyncSandbox(config, transport=transport) as sandbox:
+        made = await sandbox.execute_code("import os\nopen('b.bin', 'wb').write(os.urandom(300000))")
+        with open(os.path.join(tmp_base_dir, "tasks", made.task_hash, "b.bin"), "rb") as fh:
+            expected = fh.read()
+        spooled = threading.Event()
+
+        def throttle_once(path: str) -> None:
+            standin.throttle("SendCommand", 2)
+            spooled.set()
+
+        stop = threading.Event()
+        watcher = _watch_spools(standin, throttle_once, stop)
+        standin.delivery_latency = 0.1
+        try:
+            before = len(standin.invocations)
+            assert await sandbox.get_task_files(made.task_hash, "b.bin") == expected
+        finally:
+            stop.set()
+            watcher.join()
+    assert spooled.is_set()
+    runner_starts = [inv for inv in list(standin.invocations.values())[before:] if "python3" in inv.script]
+    assert len(runner_starts) == 2  # the first page and the spool: no page fell back to the runner
 
 
 async def test_a_stale_spool_is_swept_and_a_fresh_one_kept(
@@ -418,6 +454,7 @@ async def test_a_stale_spool_is_swept_and_a_fresh_one_kept(
         {"dir": "/x/spool-" + "0" * 32, "pages": [1], "sha256": "0" * 64},  # not the token asked for
         {"dir": "/x/spool-TOKEN\nrm -rf /", "pages": [1], "sha256": "0" * 64},
         {"dir": "/x/spool-TOKEN", "pages": [0], "sha256": "0" * 64},
+        {"dir": "/x/spool-TOKEN", "pages": [1 << 20, 1], "sha256": "0" * 64},  # more than was asked
         {"dir": "/x/spool-TOKEN", "pages": [1], "sha256": "z" * 64},
     ],
 )
@@ -426,21 +463,32 @@ def test_a_spool_described_wrongly_is_refused(spool: dict[str, object] | None) -
     if spool is not None:
         spool = {k: v.replace("TOKEN", token) if isinstance(v, str) else v for k, v in spool.items()}
     with pytest.raises(TransportError):
-        ssm_transport._Spool.of({"spool": spool}, token)
+        ssm_transport._Spool.of({"spool": spool}, token, 1 << 20)
+
+
+def _page(kind: str, data: bytes, body: bytes) -> str:
+    return kind + hashlib.sha256(data).hexdigest()[:16] + base64.b64encode(body).decode()
 
 
 @pytest.mark.parametrize(
     ("text", "length"),
     [
-        ("b" + base64.b64encode(b"abc").decode(), 4),
-        ("x" + base64.b64encode(b"abc").decode(), 3),
-        ("z" + base64.b64encode(zlib.compress(b"a" * 100)).decode(), 99),
-        ("b!!!", 3),
+        (_page("b", b"abc", b"abc"), 4),  # shorter than it says
+        (_page("x", b"abc", b"abc"), 3),  # no such kind
+        (_page("z", b"a" * 100, zlib.compress(b"a" * 100)), 99),  # unpacks to more
+        (_page("z", b"abc", b"not zlib"), 3),
+        (_page("b", b"abd", b"abc"), 3),  # not the bytes its digest names
+        ("b" + "0" * 16 + "!!!!", 3),
     ],
 )
 def test_a_spooled_page_that_is_not_what_it_says_is_refused(text: str, length: int) -> None:
     with pytest.raises(TransportError):
         ssm_transport._spool_data(text, length)
+
+
+def test_a_spooled_page_that_is_what_it_says_is_taken() -> None:  # the positive control
+    assert ssm_transport._spool_data(_page("b", b"abc", b"abc"), 3) == b"abc"
+    assert ssm_transport._spool_data(_page("z", b"a" * 100, zlib.compress(b"a" * 100)), 100) == b"a" * 100
 
 
 async def test_10mb_binary_input_arrives_intact_in_chunks(

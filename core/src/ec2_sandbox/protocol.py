@@ -176,13 +176,16 @@ def page_data(page: dict[str, Any]) -> bytes:
     transport packed compressible data to carry more of it per call."""
     if isinstance(page.get("raw"), bytes):  # from a runner in this process
         return page["raw"]
-    if "z" not in page:
-        return base64.b64decode(page["b64"])
-    length = int(page["zlen"])
-    if not 0 <= length <= MAX_PAGE_BYTES:
-        raise TransportError(f"a compressed page claims {length} bytes")
-    unpack = zlib.decompressobj()
-    data = unpack.decompress(base64.b64decode(page["z"]), length)
+    try:
+        if "z" not in page:
+            return base64.b64decode(page["b64"], validate=True)
+        length = int(page["zlen"])
+        if not 0 <= length <= MAX_PAGE_BYTES:
+            raise TransportError(f"a compressed page claims {length} bytes")
+        unpack = zlib.decompressobj()
+        data = unpack.decompress(base64.b64decode(page["z"], validate=True), length)
+    except (ValueError, zlib.error) as exc:  # binascii.Error is a ValueError
+        raise TransportError(f"a page of a read does not decode: {exc}") from exc
     if len(data) != length or unpack.unconsumed_tail or not unpack.eof:
         raise TransportError("a compressed page did not unpack to the length it claims")
     return data

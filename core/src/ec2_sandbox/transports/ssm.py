@@ -71,13 +71,14 @@ SSM_STDOUT_CAP, SSM_STDERR_CAP = 24_000, 8_000
 #: A spooled read (no output bucket): one runner command cuts a range of at most SPOOL_BYTES into pages
 #: that fill stdout's and stderr's caps (to SPOOL_OUT and SPOOL_ERR characters), kept in the root-only
 #: staging dir; then each page costs one ``cat`` command, SPOOL_WINDOW of them in flight.
-SPOOL_BYTES, SPOOL_WINDOW = 32 << 20, 16
+SPOOL_BYTES, SPOOL_WINDOW = 16 << 20, 16
 SPOOL_OUT, SPOOL_ERR = SSM_STDOUT_CAP - 200, SSM_STDERR_CAP - 200
 #: A read spools what is left after its first page when that is more than about four pages.
 SPOOL_AFTER = 64 << 10
 #: With an output bucket, the most one command uploads of a long read (the instance holds it in memory).
 UPLOAD_BYTES = 64 << 20
-SPOOL_PAGE_FAILED = 97
+#: A spooled page's command exits so when the spool is gone; other failures are asked again, so often.
+SPOOL_GONE, SPOOL_PAGE_ATTEMPTS = 97, 3
 #: Key prefix of everything this transport puts in ``s3_bucket`` (staged requests, command output).
 S3_PREFIX = "ec2-sandbox"
 #: SendCommand's TimeoutSeconds (AWS's minimum). The agent has TimeoutSeconds *plus* executionTimeout to take
@@ -106,8 +107,12 @@ RUNNER_MISSING, RUNNER_MISSING_EXIT = "EC2_SANDBOX_RUNNER_MISSING", 93
 # Modes: "part" stores one chunk of staged data; "run" unpacks the runner and the request (inline, from
 # staged chunks, or from a presigned S3 URL), checks the SHA-256 and runs the runner in this interpreter.
 # The runner is cached on the instance (root-only staging dir, checked by SHA-256), so later commands carry
-# only the request.
-# It contains no single quote: the sh script holds it in single quotes.
+# only the request. A "read" request may ask, besides, for its range to be spooled in pages (``spool``) or
+# PUT to a presigned URL (``upload``): see :meth:`SsmTransport.bulk_read`. Every run sweeps spools older
+# than 15 minutes (a client that died mid-read).
+# It travels zlib-compressed and base64-encoded (BOOTSTRAP_LINE): in the SSM console the command shows that
+# blob; ``python3 -c 'import base64,zlib;print(zlib.decompress(base64.b64decode("...")).decode())'`` shows
+# the program. Tracebacks from it name the file ``<string>``.
 BOOTSTRAP = r"""
 import base64, hashlib, io, json, os, stat, sys, zlib
 def staging(base):
@@ -151,19 +156,16 @@ def pack(raw, pos, room):
     if best > plain:
         return best, taken
     return plain, None
-def spool(req, module, where, fit):
-    import shutil, time
-    ask = req.pop("spool")
-    token, out, err = str(ask.get("token")), int(ask["out"]), int(ask["err"])
-    if len(token) != 32 or token.strip("0123456789abcdef"):
-        raise SystemExit("a spool token is 32 hex digits")
+def read_raw(req, module, fit):
     req["raw"] = True
     env = module.handle(req)
     res = env.get("result") if env.get("ok") else None
     if not isinstance(res, dict) or not isinstance(res.get("raw"), bytes):
-        print(module.fit_envelope(env, fit))
+        print(module.fit_envelope(env, fit) if fit else json.dumps({"envelope": env}))
         sys.exit(0)
-    raw = res.pop("raw")
+    return env, res, res.pop("raw")
+def sweep(where):
+    import shutil, time
     for name in os.listdir(where):
         old = os.path.join(where, name)
         try:
@@ -171,35 +173,45 @@ def spool(req, module, where, fit):
                 shutil.rmtree(old)
         except OSError:
             pass
+def spool(req, module, where, fit):
+    import shutil
+    ask = req.pop("spool")
+    token, out, err = str(ask.get("token")), int(ask["out"]), int(ask["err"])
+    if len(token) != 32 or token.strip("0123456789abcdef"):
+        raise SystemExit("a spool token is 32 hex digits")
+    env, res, raw = read_raw(req, module, fit)
     home = os.path.join(where, "spool-" + token)
-    os.mkdir(home, 0o700)
     pages, pos = [], 0
-    while pos < len(raw):
-        n, packed = pack(raw, pos, out + err - 1)
-        if n < 1:
-            raise SystemExit("a spooled page must carry a byte")
-        text = ("z%s" % base64.b64encode(packed).decode()) if packed else None
-        text = text or "b" + base64.b64encode(raw[pos : pos + n]).decode()
-        put(os.path.join(home, "%d" % len(pages)), text[:out].encode())
-        put(os.path.join(home, "%de" % len(pages)), text[out:].encode())
-        pages.append(n)
-        pos += n
+    try:
+        if raw:
+            os.mkdir(home, 0o700)
+        while pos < len(raw):
+            n, packed = pack(raw, pos, out + err - 17)
+            if n < 1:
+                raise SystemExit("a spooled page must carry a byte")
+            text = ("z%s" % base64.b64encode(packed).decode()) if packed else None
+            text = text or "b" + base64.b64encode(raw[pos : pos + n]).decode()
+            text = text[0] + hashlib.sha256(raw[pos : pos + n]).hexdigest()[:16] + text[1:]
+            put(os.path.join(home, "%d" % len(pages)), text[:out].encode())
+            put(os.path.join(home, "%de" % len(pages)), text[out:].encode())
+            pages.append(n)
+            pos += n
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
     res["spool"] = {"dir": home, "pages": pages, "sha256": hashlib.sha256(raw).hexdigest()}
     print(json.dumps({"envelope": env}, separators=(",", ":")))
     sys.exit(0)
 def upload(req, module):
     import urllib.request
     url = req.pop("upload")
-    req["raw"] = True
-    env = module.handle(req)
-    res = env.get("result") if env.get("ok") else None
-    raw = res.pop("raw") if isinstance(res, dict) else None
-    if isinstance(raw, bytes) and len(raw) <= 16384:
+    env, res, raw = read_raw(req, module, None)
+    if len(raw) <= 16384:
         res["b64"] = base64.b64encode(raw).decode("ascii")
-    elif isinstance(raw, bytes):
-        put = urllib.request.Request(url, data=raw, method="PUT")
-        put.add_header("Content-Type", "application/octet-stream")
-        with urllib.request.urlopen(put, timeout=600) as reply:
+    else:
+        sending = urllib.request.Request(url, data=raw, method="PUT")
+        sending.add_header("Content-Type", "application/octet-stream")
+        with urllib.request.urlopen(sending, timeout=600) as reply:
             reply.read()
         res["uploaded"] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
     print(json.dumps({"envelope": env}, separators=(",", ":")))
@@ -251,6 +263,7 @@ spec = importlib.util.spec_from_file_location("ec2_sandbox_runner", path)
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
+sweep(where)
 fit = head.get("fit")
 req = None
 if fit or b"\"op\":\"read\"" in request:
@@ -264,12 +277,7 @@ if isinstance(req, dict) and req.get("op") == "read" and isinstance(req.get("upl
     upload(req, module)
 if fit:
     if isinstance(req, dict) and req.get("op") == "read":
-        env = module.handle(req)
-        res = env.get("result") if env.get("ok") else None
-        if not isinstance(res, dict) or not isinstance(res.get("b64"), str):
-            print(module.fit_envelope(env, fit))
-            sys.exit(0)
-        raw = base64.b64decode(res.pop("b64"))
+        env, res, raw = read_raw(req, module, fit)
         res["b64"] = ""
         room = fit - len(json.dumps({"envelope": env}, separators=(",", ":"))) - 40
         n, packed = pack(raw, 0, room)
@@ -354,7 +362,7 @@ class _Spool:
         return sum(self.pages)
 
     @classmethod
-    def of(cls, result: dict[str, Any], token: str) -> _Spool:
+    def of(cls, result: dict[str, Any], token: str, span: int) -> _Spool:
         spool = result.get("spool")
         if not isinstance(spool, dict):
             raise TransportError("the instance did not spool the read (an older bootstrap?)")
@@ -366,6 +374,7 @@ class _Spool:
             or where.rsplit("/", 1)[-1] != "spool-" + token
             or not isinstance(pages, list)
             or not all(isinstance(n, int) and n > 0 for n in pages)
+            or sum(pages) > span
             or not isinstance(digest, str)
             or len(digest) != 64
             or digest.strip("0123456789abcdef")
@@ -382,26 +391,15 @@ def _size_of(result: dict[str, Any]) -> int:
 
 
 def _spool_data(text: str, length: int) -> bytes:
-    """A spooled page's bytes: ``b`` and base64, or ``z`` and base64 of zlib; exactly ``length`` of them."""
+    """A spooled page's bytes: its kind (``b``: base64; ``z``: base64 of zlib), the first 16 hex digits of
+    the SHA-256 of its bytes, then the data; exactly ``length`` bytes, or an error."""
     text = text.strip()
-    try:
-        body = base64.b64decode(text[1:], validate=True)
-    except ValueError as exc:
-        raise TransportError(f"a spooled page is not base64: {exc}") from exc
-    if text[:1] == "z":
-        unpack = zlib.decompressobj()
-        try:
-            data = unpack.decompress(body, length)
-        except zlib.error as exc:
-            raise TransportError(f"a spooled page does not decompress: {exc}") from exc
-        if not unpack.eof or unpack.unconsumed_tail:
-            raise TransportError("a spooled page holds more than it says")
-    elif text[:1] == "b":
-        data = body
-    else:
+    kind, digest, body = text[:1], text[1:17], text[17:]
+    if kind not in ("b", "z"):
         raise TransportError("a spooled page has no kind")
-    if len(data) != length:
-        raise TransportError(f"a spooled page carries {len(data)} bytes, not {length}")
+    data = protocol_page_data({"b64": body} if kind == "b" else {"z": body, "zlen": length})
+    if len(data) != length or hashlib.sha256(data).hexdigest()[:16] != digest:
+        raise TransportError(f"a spooled page is not the one made ({len(data)} bytes, {length} expected)")
     return data
 
 
@@ -506,10 +504,12 @@ class SsmTransport(Transport):
         Paging through the runner costs a runner start per 17 KB page; here one runner command reads the
         range through the runner (dir fds, the owner's checks) and cuts it into pages of stdout plus stderr
         (compressed where that carries more) in the root-only staging dir, and every page is then a ``cat``
-        command. The pages are a snapshot of the range, checked against its SHA-256 when all have come.
-        A page that cannot be fetched ends the spool early: the caller pages on from there.
+        command. The pages are a snapshot of the range; each carries the start of its own SHA-256, checked
+        before it reaches ``sink``, and the whole range is checked against its SHA-256 once all have come.
+        A page fetched in vain three times ends the spool early: the caller pages on from there.
 
-        With an output bucket the instance uploads the range itself (:meth:`_read_uploaded`)."""
+        With an output bucket the instance uploads the range itself (:meth:`_read_uploaded`). Either way a
+        refusal of the runner's (no such file, ...) is the caller's answer, never a reason to page on."""
         if self.config.s3_bucket:
             return await self._read_uploaded(request, sink, timeout=timeout)
         offset, length = int(request["offset"]), int(request["length"])
@@ -524,8 +524,10 @@ class SsmTransport(Transport):
             )
             try:
                 result = await call(self, ask, timeout=timeout)
-                spool = _Spool.of(result, ask["spool"]["token"])
+                spool = _Spool.of(result, ask["spool"]["token"], span)
                 size = _size_of(result)
+            except RunnerRefusal:
+                raise
             except TransportError as exc:
                 log.debug("could not spool a read on %s (%s): paging on", self.instance_id, exc)
                 break
@@ -558,10 +560,8 @@ class SsmTransport(Transport):
                     index = running.pop(task)
                     try:
                         held[index] = task.result()
-                    except (TransportError, RunnerRefusal) as exc:
-                        log.debug(
-                            "spooled page %d from %s failed (%s): paging on", index, self.instance_id, exc
-                        )
+                    except TransportError as exc:
+                        log.debug("spooled page %d from %s: %s; paging on", index, self.instance_id, exc)
                         failed = True
                 while emitted in held:
                     data = held.pop(emitted)
@@ -574,7 +574,8 @@ class SsmTransport(Transport):
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
-            self._later(self._run([f"rm -rf -- {shlex.quote(spool.dir)}"], time.monotonic() + 60))
+            if spool.pages:
+                self._later(self._run([f"rm -rf -- {shlex.quote(spool.dir)}"], time.monotonic() + 60))
         if emitted == len(spool.pages) and digest.hexdigest() != spool.sha256:
             raise TransportError(
                 f"a spooled read from {self.instance_id} came back corrupt (SHA-256 mismatch); read it again"
@@ -582,26 +583,38 @@ class SsmTransport(Transport):
         return carried
 
     async def _spool_page(self, spool: _Spool, index: int, timeout: float) -> bytes:
-        inv = await self._run(
-            [
-                f"cd -- {shlex.quote(spool.dir)} || exit {SPOOL_PAGE_FAILED}",
-                f"cat -- {index:d} || exit {SPOOL_PAGE_FAILED}",
-                f"cat -- {index:d}e >&2 || exit {SPOOL_PAGE_FAILED}",
-            ],
-            time.monotonic() + timeout,
-        )
-        out, err = inv.get("StandardOutputContent", ""), inv.get("StandardErrorContent", "")
-        if inv.get("Status") != "Success" or _truncated(out.encode()) or _truncated(err.encode()):
-            raise TransportError(f"spooled page {index} on {self.instance_id}: status {inv.get('Status')}")
-        return _spool_data(out + err, spool.pages[index])
+        """One page, asked for again (it is still on disk) when SSM fails to bring it - throttling past
+        botocore's retries, a dropped reply - but not when the spool is gone."""
+        for attempt in range(SPOOL_PAGE_ATTEMPTS):
+            try:
+                inv = await self._run(
+                    [
+                        f"cd -- {shlex.quote(spool.dir)} || exit {SPOOL_GONE}",
+                        f"cat -- {index:d} || exit {SPOOL_GONE}",
+                        f"cat -- {index:d}e >&2 || exit {SPOOL_GONE}",
+                    ],
+                    time.monotonic() + timeout,
+                )
+            except TransportError:
+                if attempt + 1 == SPOOL_PAGE_ATTEMPTS:
+                    raise
+                continue
+            out, err = inv.get("StandardOutputContent", ""), inv.get("StandardErrorContent", "")
+            if inv.get("Status") != "Success" or _truncated(out.encode()) or _truncated(err.encode()):
+                raise TransportError(
+                    f"spooled page {index} on {self.instance_id}: status {inv.get('Status')}, "
+                    f"exit {inv.get('ResponseCode')}"
+                )
+            return _spool_data(out + err, spool.pages[index])
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _read_uploaded(
         self, request: dict[str, Any], sink: Callable[[bytes], object], *, timeout: float
     ) -> tuple[int, int | None]:
         """A read with an output bucket: the runner reads the range (dir fds, the owner's checks) and PUTs
         it to a presigned URL for a fresh key, and the client GETs it: the bytes cross once each way, raw,
-        instead of as base64 in command output. A range small enough comes inline instead. A channel
-        failure hands the rest back to paging."""
+        instead of as base64 in command output. A range small enough comes inline instead. A failure of
+        the channel or of S3 hands the rest back to paging; the key is deleted whatever happened."""
         s3, bucket = self.client("s3"), self.config.s3_bucket
         offset, length = int(request["offset"]), int(request["length"])
         carried, size = 0, None
@@ -609,30 +622,41 @@ class SsmTransport(Transport):
             span = min(UPLOAD_BYTES, length - carried)
             key = f"{S3_PREFIX}/reads/{secrets.token_hex(16)}"
             try:
-                expires = await asyncio.to_thread(self._presign_seconds, time.monotonic() + timeout)
+                # The URL lives as long as the command may: its delivery and its run.
+                expires = min(
+                    await asyncio.to_thread(self._presign_seconds, time.monotonic() + timeout),
+                    math.ceil(timeout) + self.delivery_timeout,
+                )
                 url = await asyncio.to_thread(
                     s3.generate_presigned_url,
                     "put_object",
                     Params={"Bucket": bucket, "Key": key},
                     ExpiresIn=expires,
                 )
-                ask = dict(request, offset=offset + carried, length=span, upload=url)
-                result = await call(self, ask, timeout=timeout)
-                size = _size_of(result)
-                uploaded = result.get("uploaded")
-                if isinstance(uploaded, dict):
-                    try:
-                        data = await self._s3_read(s3, bucket, key)
-                    finally:
-                        self._later(asyncio.to_thread(s3.delete_object, Bucket=bucket, Key=key))
-                else:
-                    data = protocol_page_data(result)
+                try:
+                    result = await call(
+                        self, dict(request, offset=offset + carried, length=span, upload=url), timeout=timeout
+                    )
+                    size = _size_of(result)
+                    uploaded = result.get("uploaded")
+                    data = (
+                        await self._s3_read(s3, bucket, key)
+                        if isinstance(uploaded, dict)
+                        else protocol_page_data(result)
+                    )
+                finally:
+                    self._later(asyncio.to_thread(s3.delete_object, Bucket=bucket, Key=key))
+            except RunnerRefusal:
+                raise
             except TransportError as exc:
                 log.debug("could not read through s3 from %s (%s): paging on", self.instance_id, exc)
                 break
-            if isinstance(uploaded, dict) and (
-                len(data) != uploaded.get("bytes")
-                or hashlib.sha256(data).hexdigest() != uploaded.get("sha256")
+            if len(data) > span or (
+                isinstance(uploaded, dict)
+                and (
+                    len(data) != uploaded.get("bytes")
+                    or hashlib.sha256(data).hexdigest() != uploaded.get("sha256")
+                )
             ):
                 raise TransportError(
                     f"a read from {self.instance_id} through s3://{bucket}/{key} came back other than the "
@@ -640,6 +664,8 @@ class SsmTransport(Transport):
                 )
             sink(data)
             carried += len(data)
+            # A file that grows while it is read is read to the size its first answer gave.
+            length = min(length, size - offset)
             if len(data) < span:
                 break
         return carried, size
