@@ -203,6 +203,7 @@ def test_merged_inventory_keeps_each_entry_s_age_as_its_member_measured_it() -> 
     ages = {e["id"]: inventory["now"] - e["mtime"] for e in inventory["entries"]}
     assert ages == {"t1": 600.0, "s": 100.0}
     assert where == {("task", "t1"): {"i-a"}, ("session", "s"): {"i-b"}}
+    assert inventory["unreached"] == {"i-c": "unreachable"}
 
 
 def test_merged_removal_reports_entries_of_a_silent_member_as_skipped() -> None:

@@ -185,6 +185,18 @@ async def test_no_arguments_tool(scripted: Scripted) -> None:
     assert not cleaned.is_error and "Nothing to remove" in cleaned.text
 
 
+def test_a_cleanup_that_missed_members_says_so() -> None:
+    from ec2_sandbox.presentation import render_cleanup
+    from ec2_sandbox.schema import CleanupResult, UnreachedTarget
+
+    missed = CleanupResult(
+        policy="age", hours=24, unreached=[UnreachedTarget(target="i-0b", error="SSM status Failed")]
+    )
+    text = render_cleanup(missed).text
+    assert "NOT reached" in text and "i-0b (SSM status Failed)" in text and "clean up again" in text
+    assert "NOT reached" not in render_cleanup(CleanupResult(policy="age", hours=24)).text  # control
+
+
 def test_sandbox_for(tmp_base_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = SandboxConfig(base_sandbox_dir=tmp_base_dir, max_output_chars=4000)
     box = AsyncSandbox(config)

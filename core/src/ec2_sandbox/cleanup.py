@@ -25,6 +25,9 @@ class Inventory(BaseModel):
     base_dir: str
     now: float
     entries: list[InventoryEntry]
+    #: Targets that did not answer (a fleet's members, by instance id, with why): none of their entries is
+    #: in ``entries``.
+    unreached: dict[str, str] = {}
 
 
 class CleanupPolicy(Protocol):

@@ -284,6 +284,9 @@ def render_cleanup(result: CleanupResult) -> Rendered:
     if result.skipped:
         kept = ", ".join(f"{e.kind} {e.id} ({e.reason})" for e in result.skipped)
         text += f". Kept, in use: {kept}; a later cleanup removes them."
+    if result.unreached:
+        missed = "; ".join(f"{u.target} ({u.error})" for u in result.unreached)
+        text += f". NOT reached, nothing of theirs looked at or removed: {missed}; clean up again later."
     return Rendered("ec2_cleanup_tasks", text, result.model_dump(mode="json"))
 
 

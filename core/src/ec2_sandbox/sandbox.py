@@ -40,6 +40,7 @@ from .schema import (
     SkippedFile,
     StateLoss,
     StatusPart,
+    UnreachedTarget,
     check_file_to_read,
     check_session_id,
     check_task_hash,
@@ -487,7 +488,10 @@ class AsyncSandbox:
         log.debug(
             "cleanup (%s, %s h) removed %d, kept %d in use", policy.name, hours, len(removed), len(skipped)
         )
-        return CleanupResult(policy=policy.name, hours=hours, removed=removed, skipped=skipped)
+        unreached = [UnreachedTarget(target=t, error=e) for t, e in sorted(inventory.unreached.items())]
+        return CleanupResult(
+            policy=policy.name, hours=hours, removed=removed, skipped=skipped, unreached=unreached
+        )
 
     async def instance_status(self) -> InstanceStatus:
         """Reachability and health of the target: each part checked and reported on its own."""

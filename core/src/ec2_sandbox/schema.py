@@ -463,8 +463,14 @@ class SkippedEntry(BaseModel):
     reason: str = Field(description="Why it was kept, e.g. a run in progress.")
 
 
+class UnreachedTarget(BaseModel):
+    target: str = Field(description="The instance (a fleet's member) that did not answer.")
+    error: str = Field(description="What went wrong reaching it.")
+
+
 class CleanupResult(BaseModel):
-    """Output of ec2_cleanup_tasks: exactly what was removed, and what was chosen but kept in use."""
+    """Output of ec2_cleanup_tasks: exactly what was removed, what was chosen but kept in use, and which
+    targets could not be looked at."""
 
     policy: str = Field(description="Cleanup policy that chose what to remove.")
     hours: float | None = Field(default=None, description="Age threshold used, in hours.")
@@ -472,6 +478,11 @@ class CleanupResult(BaseModel):
     skipped: list[SkippedEntry] = Field(
         default_factory=list,
         description="Chosen but not removed: in use by a run in progress (it is removed by a later cleanup).",
+    )
+    unreached: list[UnreachedTarget] = Field(
+        default_factory=list,
+        description="Fleet members that did not answer: nothing of theirs was looked at or removed; clean "
+        "up again once they are back.",
     )
 
     @property

@@ -98,7 +98,8 @@ async def on_members(
 def merge_inventories(
     answers: dict[str, MemberResult], now: float | None = None
 ) -> tuple[dict[str, Any], dict[EntryKey, set[str]]]:
-    """One inventory of the fleet, and which members hold each entry.
+    """One inventory of the fleet, and which members hold each entry; members that did not answer are
+    named under ``unreached``, with why.
 
     Each entry's mtime is moved by the difference between its member's clock and ``now``, so that its age
     is what its member measured."""
@@ -116,7 +117,8 @@ def merge_inventories(
             if key not in where:
                 entries.append({**entry, "mtime": float(entry["mtime"]) + shift})
             where.setdefault(key, set()).add(instance_id)
-    return {"base_dir": base, "now": now, "entries": entries}, where
+    unreached = {i: str(a.error) for i, a in answers.items() if a.result is None}
+    return {"base_dir": base, "now": now, "entries": entries, "unreached": unreached}, where
 
 
 def merge_removals(
