@@ -741,11 +741,16 @@ class UidPool(object):
             # uid; if the sweep is cut short, no uid is recycled.
             if free and not kill_uids([entry[0] for entry in free]):
                 free = []
-            for uid, holder, ident, _ in free:
-                retire_task_files(self.base, ident, uid, self.retired)
-                self._unlink(self._key_file(holder))
-                self._unlink(self._uid_file(uid))
-                recycled.add(uid)
+            parents = open_task_parents(self.base) if free else []
+            try:
+                for uid, holder, ident, _ in free:
+                    retire_task_files(self.base, ident, uid, self.retired, parents)
+                    self._unlink(self._key_file(holder))
+                    self._unlink(self._uid_file(uid))
+                    recycled.add(uid)
+            finally:
+                for parent in parents:
+                    os.close(parent)
         finally:
             for entry in locks:
                 entry[3].release()
@@ -797,19 +802,28 @@ class UidPool(object):
             pass
 
 
-def retire_task_files(base, task_hash, uid, retired):
+def open_task_parents(base):
+    """Dir fds of ``<base>/tasks`` and ``<base>/ephemeral`` (those that exist), for retire_task_files."""
+    fds = []
+    for sub in (TASKS, EPHEMERAL):
+        try:
+            fds.append(os.open(os.path.join(base, sub), O_DIR_NOFOLLOW))
+        except OSError:
+            continue
+    return fds
+
+
+def retire_task_files(base, task_hash, uid, retired, parents=None):
     """Give a finished task's files (owned by ``uid``) to ``retired``, and say so in its record.
 
     The work dir goes first (0700, ``retired``'s: nothing below it can be reached by path from then on),
     then everything below it that ``uid`` owns, through dir fds, so that a hard link the task made to one of
-    its files elsewhere leads to a file ``uid`` no longer owns either.
+    its files elsewhere leads to a file ``uid`` no longer owns either. ``parents``: the fds of
+    open_task_parents, for many tasks in a row (the caller closes them).
     """
-    for sub in (TASKS, EPHEMERAL):
-        try:
-            parent = os.open(os.path.join(base, sub), O_DIR_NOFOLLOW)
-        except OSError:
-            continue
-        try:
+    fds = open_task_parents(base) if parents is None else parents
+    try:
+        for parent in fds:
             try:
                 top = open_dir_at(parent, task_hash)
             except OSError:
@@ -822,8 +836,10 @@ def retire_task_files(base, task_hash, uid, retired):
                 _retire_below(top, uid, retired, 0)
             finally:
                 os.close(top)
-        finally:
-            os.close(parent)
+    finally:
+        if parents is None:
+            for parent in fds:
+                os.close(parent)
     rdir = record_dir(base, task_hash)
     try:
         with open(os.path.join(rdir, "meta.json"), "rb") as fh:
@@ -1422,11 +1438,11 @@ def kill_uids(uids, limit=10.0):
             try:
                 for uid in uids:
                     os.setresuid(uid, uid, 0)
-                    for _ in range(3):
-                        try:
-                            os.kill(-1, signal.SIGKILL)
-                        except OSError:
-                            pass
+                    try:
+                        # One pass is whole: the kernel walks every process under the lock a fork takes.
+                        os.kill(-1, signal.SIGKILL)
+                    except OSError:
+                        pass  # none of the uid's
                     os.setresuid(0, 0, 0)
                 code = 0
             finally:
@@ -1444,7 +1460,6 @@ def kill_uids(uids, limit=10.0):
 def await_child(pid, limit):
     """The wait status of child ``pid``; None if it took longer than ``limit`` seconds (then killed)."""
     deadline = time.monotonic() + limit
-    delay = 0.0005
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -1453,8 +1468,7 @@ def await_child(pid, limit):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return None
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        time.sleep(0.001)
 
 
 def uid_quiet(uid, grace=2.0):
