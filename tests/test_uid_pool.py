@@ -312,3 +312,37 @@ def test_processes_and_base_dirs_claiming_at_once_never_share_a_uid(top: pathlib
         pool = runner.UidPool(base, first, count)
         pool.release(list(pool.table()))
     assert not [name for name in os.listdir(claims) if name.isdigit()]
+
+
+def test_processes_recycling_at_once_keep_the_pool_whole(top: pathlib.Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import multiprocessing
+
+    claims = str(top / "claims")
+    monkeypatch.setattr(runner, "UID_CLAIMS_DIR", claims)
+    pool = new_pool(top, 16)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    # 3 processes, 40 session-less tasks each, in a range of 15: most claims recycle, some at the same time.
+    keys = [[f"task:{secrets.token_hex(16)}" for _ in range(40)] for _ in range(3)]
+    workers = [
+        ctx.Process(target=_claim_many, args=(pool.base, pool.first, 16, claims, batch, out))
+        for batch in keys
+    ]
+    for worker in workers:
+        worker.start()
+    got = [out.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert sorted(key for batch in got for key, _ in batch) == sorted(key for batch in keys for key in batch)
+    assert all(pool.first <= uid < pool.first + 15 for batch in got for _, uid in batch)
+    table = pool.table()
+    assert 7 < len(table) <= 15 and len(set(table.values())) == len(table)
+    # Each holder left was given its uid by one of the claims.
+    last = {}
+    for batch in got:
+        for key, uid in batch:
+            last.setdefault(uid, []).append(key)
+    for key, uid in table.items():
+        assert key in last[uid]
+    pool.release(list(table))
