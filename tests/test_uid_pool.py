@@ -267,6 +267,15 @@ def test_the_flat_pool_of_an_earlier_version_is_taken_over(pool: runner.UidPool)
     assert not any(name.startswith(("u.", "k.")) for name in os.listdir(pool.dir))
 
 
+def test_a_lookup_before_any_pool_finds_nothing_and_makes_nothing(pool: runner.UidPool) -> None:
+    runner._PREPARED.discard(pool.dir)
+    assert pool.lookup("session:none") is None
+    assert not os.path.exists(pool.dir)
+    uid = pool.acquire("session:one")  # positive control: once there is a pool, a new process finds it
+    runner._PREPARED.discard(pool.dir)
+    assert pool.lookup("session:one") == uid
+
+
 def _claim_many(base: str, first: int, count: int, claims_dir: str, keys: list[str], out) -> None:  # type: ignore[no-untyped-def]
     runner.UID_CLAIMS_DIR = claims_dir
     pool = runner.UidPool(base, first, count)

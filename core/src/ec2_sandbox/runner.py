@@ -773,8 +773,12 @@ class UidPool(object):
 
     def lookup(self, key):
         """The uid ``key`` holds, or None."""
-        if self.dir not in _PREPARED or os.path.exists(self.legacy):
+        if os.path.exists(self.legacy):
             return self._locked(lambda: self._held(key))
+        if self.dir not in _PREPARED:
+            if not os.path.isdir(self.dir):
+                return None  # no pool yet: nothing is held
+            return self._locked(lambda: self._held(key))  # laid out first, once per process
         return self._held(key)
 
     def release(self, keys):
