@@ -10,6 +10,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -31,14 +32,26 @@ def top() -> Iterator[pathlib.Path]:
     shutil.rmtree(made, ignore_errors=True)
 
 
-@pytest.fixture
-def pool(top: pathlib.Path) -> Iterator[runner.UidPool]:
-    base = top / "base"
+def new_pool(top: pathlib.Path, count: int, name: str = "base") -> runner.UidPool:
+    base = top / name
     for sub in (runner.RUNS, runner.TASKS, runner.LOCKS):
         (base / sub).mkdir(parents=True)
     os.chmod(base, 0o711)
-    first = 3_000_000 + secrets.randbelow(1_000_000) * 8
-    made = runner.UidPool(str(base), first, COUNT)
+    first = 3_000_000 + secrets.randbelow(1_000_000) * 64
+    return runner.UidPool(str(base), first, count)
+
+
+@pytest.fixture
+def pool(top: pathlib.Path) -> Iterator[runner.UidPool]:
+    made = new_pool(top, COUNT)
+    yield made
+    made.release(list(made.table()))
+
+
+@pytest.fixture
+def big_pool(top: pathlib.Path) -> Iterator[runner.UidPool]:
+    """A range of 15 uids for runs: batches of up to 7."""
+    made = new_pool(top, 16, "big")
     yield made
     made.release(list(made.table()))
 
@@ -134,3 +147,211 @@ def test_the_map_of_earlier_versions_is_taken_over(pool: runner.UidPool) -> None
     assert pool.acquire("session:kept") == pool.first + 1
     assert pool.acquire("session:other") != pool.first + 1
     assert not os.path.exists(legacy)
+
+
+def test_uids_are_recycled_in_batches_and_a_uid_with_a_live_process_is_kept(
+    big_pool: runner.UidPool,
+) -> None:
+    pool = big_pool
+    held = [finished_task(pool, b"x") for _ in range(15)]
+    busy_hash, busy_uid = held[1]
+    sleeper = subprocess.Popen(["sleep", "60"], user=busy_uid, group=busy_uid, cwd="/")
+    try:
+        assert busy_uid in runner.uids_with_processes()  # positive control: the pass over /proc sees it
+        # The next claim takes back the batch's uids (7), all but the busy one, in one go.
+        assert finished_task(pool, b"y")[1] == held[0][1]
+        assert pool.lookup("task:" + busy_hash) == busy_uid
+        for old_hash, _ in held[2:7]:
+            assert pool.lookup("task:" + old_hash) is None
+            meta = json.loads(pathlib.Path(runner.record_dir(pool.base, old_hash), "meta.json").read_text())
+            assert meta["uid"] == pool.retired
+            assert os.stat(os.path.join(pool.base, runner.TASKS, old_hash)).st_uid == pool.retired
+        assert pool.lookup("task:" + held[8][0]) == held[8][1]  # past the batch: kept
+        assert finished_task(pool, b"z")[1] == held[2][1]  # the busy uid is passed over
+        assert pool.lookup("task:" + busy_hash) == busy_uid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert busy_uid not in runner.uids_with_processes()
+    while True:  # once its process is gone, the busy task's uid comes round again
+        _, uid = finished_task(pool, b"w")
+        if uid == busy_uid:
+            break
+    assert pool.lookup("task:" + busy_hash) is None
+
+
+def test_a_process_that_hides_from_the_pass_over_proc_dies_before_its_uid_is_recycled(
+    pool: runner.UidPool, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    old_hash, uid = finished_task(pool, b"old")
+    others = [finished_task(pool, b"x") for _ in range(COUNT - 2)]
+    hidden = subprocess.Popen(["sleep", "60"], user=uid, group=uid, cwd="/")
+    root_sleeper = subprocess.Popen(["sleep", "60"], cwd="/")
+    try:
+        assert uid in runner.uids_with_processes()  # positive control: seen by an honest pass
+        # A process that changes pid at every step can be missed by the pass; the sweep still finds it.
+        monkeypatch.setattr(runner, "uids_with_processes", lambda: set())
+        assert finished_task(pool, b"new")[1] == uid
+        assert hidden.wait(timeout=10) == -9
+        assert root_sleeper.poll() is None  # nothing else was signalled
+        assert pool.lookup("task:" + old_hash) is None
+        assert all(pool.lookup("task:" + h) == u for h, u in others)
+    finally:
+        hidden.kill()
+        hidden.wait()
+        root_sleeper.kill()
+        root_sleeper.wait()
+
+
+def test_a_sweep_cut_short_recycles_nothing(pool: runner.UidPool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    held = [finished_task(pool, b"x") for _ in range(COUNT - 1)]
+    monkeypatch.setattr(runner, "kill_uids", lambda uids: False)
+    with pytest.raises(runner.RunnerError, match="all 3 sandbox uids are held"):
+        pool.acquire("task:" + secrets.token_hex(16))
+    assert all(pool.lookup("task:" + h) == u for h, u in held)
+    monkeypatch.undo()
+    assert pool.acquire("task:" + secrets.token_hex(16)) == held[0][1]  # positive control
+
+
+def test_a_zombie_holds_no_uid_but_a_live_process_does(pool: runner.UidPool) -> None:
+    uid = pool.first
+    proc = subprocess.Popen(["sleep", "60"], user=uid, group=uid, cwd="/")
+    try:
+        assert uid in runner.uids_with_processes() and runner.uid_has_processes(uid)
+        proc.kill()
+        # Not reaped yet: a zombie of the uid, which runs nothing.
+        for _ in range(100):
+            with open(f"/proc/{proc.pid}/status", "rb") as fh:
+                if b"\nState:\tZ" in fh.read():
+                    break
+            time.sleep(0.02)
+        assert not runner.uid_has_processes(uid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("batch", [1, 4, 128])
+def test_uids_go_round_in_turn_and_the_pool_dirs_stay_small(
+    big_pool: runner.UidPool, batch: int, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    pool = big_pool
+    monkeypatch.setattr(pool, "RECYCLE_BATCH", batch)
+    order = [finished_task(pool, b"x")[1] for _ in range(15 * 20)]
+    # Always the uid held longest: round and round the range, however many runs went by.
+    assert order == [pool.first + i % 15 for i in range(len(order))]
+    # Those a batch took back ahead of their turn are free; the rest are held.
+    held = pool.table()
+    assert 15 - min(batch, 7) < len(held) <= 15 and order[-1] in held.values()
+    entries = [
+        len(os.listdir(os.path.join(pool.dir, sub)))
+        for sub in os.listdir(pool.dir)
+        if os.path.isdir(os.path.join(pool.dir, sub))
+    ]
+    assert len(entries) == 512 and sum(entries) == 2 * len(held) and max(entries) <= 15
+
+
+def test_the_flat_pool_of_an_earlier_version_is_taken_over(pool: runner.UidPool) -> None:
+    os.makedirs(pool.dir, mode=0o700)
+    digest = runner.hashlib.sha256(b"session:old").hexdigest()[:40]
+    with open(os.path.join(pool.dir, f"u.{pool.first}"), "w") as fh:
+        fh.write("session:old")
+    with open(os.path.join(pool.dir, "k." + digest), "w") as fh:
+        fh.write(str(pool.first))
+    with open(os.path.join(pool.dir, "next"), "w") as fh:
+        fh.write("0")
+    runner._PREPARED.discard(pool.dir)
+    assert pool.lookup("session:old") == pool.first
+    assert pool.acquire("session:new") == pool.first + 1
+    assert pool.table() == {"session:old": pool.first, "session:new": pool.first + 1}
+    assert not any(name.startswith(("u.", "k.")) for name in os.listdir(pool.dir))
+
+
+def test_a_lookup_before_any_pool_finds_nothing_and_makes_nothing(pool: runner.UidPool) -> None:
+    runner._PREPARED.discard(pool.dir)
+    assert pool.lookup("session:none") is None
+    assert not os.path.exists(pool.dir)
+    uid = pool.acquire("session:one")  # positive control: once there is a pool, a new process finds it
+    runner._PREPARED.discard(pool.dir)
+    assert pool.lookup("session:one") == uid
+
+
+def _claim_many(base: str, first: int, count: int, claims_dir: str, keys: list[str], out) -> None:  # type: ignore[no-untyped-def]
+    runner.UID_CLAIMS_DIR = claims_dir
+    pool = runner.UidPool(base, first, count)
+    out.put([(key, pool.acquire(key)) for key in keys])
+
+
+def test_processes_and_base_dirs_claiming_at_once_never_share_a_uid(top: pathlib.Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import multiprocessing
+
+    claims = str(top / "claims")
+    monkeypatch.setattr(runner, "UID_CLAIMS_DIR", claims)
+    first, count = 3_000_000 + secrets.randbelow(1_000_000) * 64, 64
+    bases = []
+    for name in ("a", "b"):
+        base = top / name
+        for sub in (runner.RUNS, runner.TASKS, runner.LOCKS):
+            (base / sub).mkdir(parents=True)
+        bases.append(str(base))
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    # Sessions keep their uids: 4 processes, 2 base dirs, 14 each, all from one range of 63.
+    workers = [
+        ctx.Process(
+            target=_claim_many,
+            args=(bases[i % 2], first, count, claims, [f"session:s{i}-{j}" for j in range(14)], out),
+        )
+        for i in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    got = [out.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    uids = [uid for batch in got for _, uid in batch]
+    assert len(uids) == 56 and len(set(uids)) == 56
+    for base in bases:
+        table = runner.UidPool(base, first, count).table()
+        assert len(table) == 28
+        for uid in table.values():  # positive control: each uid is claimed machine-wide by its own base dir
+            assert (pathlib.Path(claims) / str(uid)).read_text() == base
+    for base in bases:
+        pool = runner.UidPool(base, first, count)
+        pool.release(list(pool.table()))
+    assert not [name for name in os.listdir(claims) if name.isdigit()]
+
+
+def test_processes_recycling_at_once_keep_the_pool_whole(top: pathlib.Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import multiprocessing
+
+    claims = str(top / "claims")
+    monkeypatch.setattr(runner, "UID_CLAIMS_DIR", claims)
+    pool = new_pool(top, 16)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    # 3 processes, 40 session-less tasks each, in a range of 15: most claims recycle, some at the same time.
+    keys = [[f"task:{secrets.token_hex(16)}" for _ in range(40)] for _ in range(3)]
+    workers = [
+        ctx.Process(target=_claim_many, args=(pool.base, pool.first, 16, claims, batch, out))
+        for batch in keys
+    ]
+    for worker in workers:
+        worker.start()
+    got = [out.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert sorted(key for batch in got for key, _ in batch) == sorted(key for batch in keys for key in batch)
+    assert all(pool.first <= uid < pool.first + 15 for batch in got for _, uid in batch)
+    table = pool.table()
+    assert 7 < len(table) <= 15 and len(set(table.values())) == len(table)
+    # Each holder left was given its uid by one of the claims.
+    last = {}
+    for batch in got:
+        for key, uid in batch:
+            last.setdefault(uid, []).append(key)
+    for key, uid in table.items():
+        assert key in last[uid]
+    pool.release(list(table))

@@ -524,17 +524,25 @@ class UidPool(object):
     """Hands out one unprivileged uid per session (or per session-less task).
 
     Two holders never share a uid, so neither can read, write or signal the other's processes and files. The
-    pool is per base dir, a small file per holder and per uid under ``runs/uids/`` (``k.<digest of key>``
-    names the uid, ``u.<uid>`` the key): claiming or releasing touches a few files whatever the number of
-    past runs. Uids go round in order, so the one after the last handed out is the one held longest. A claim
-    file per uid in UID_CLAIMS_DIR keeps other base dirs off the same uid.
+    pool is per base dir, a small file per holder and per uid under ``runs/uids/`` (``k-<xx>/k.<digest of
+    key>`` names the uid, ``u-<xx>/u.<uid>`` the key), spread over 256 dirs of each kind made with the pool:
+    claiming or releasing touches a few files in dirs of a few hundred entries at most, whatever the number
+    of past runs. Uids go round in order, so the one after the last handed out is the one held longest. A
+    claim file per uid in UID_CLAIMS_DIR keeps other base dirs off the same uid.
 
     There is no limit on runs between cleanups: when the next uid is still held by a finished task, the
     uid is recycled. The task's files are first given to :attr:`retired` (the range's last uid, which no
     run ever gets) and its record names that owner, so the uid's next holder cannot reach them, by path or
     by hard link, while the task's output stays readable. Sessions, and tasks with a run in progress or a
-    live process, keep their uid until cleanup.
+    live process, keep their uid until cleanup. Uids are recycled :attr:`RECYCLE_BATCH` at a time (the
+    next ones in turn held by tasks), for one look at the machine's processes: the claims after it find
+    their uid free.
     """
+
+    #: Uids taken back at once from finished tasks, for one pass over /proc.
+    RECYCLE_BATCH = 128
+    #: Marks a pool dir whose holder files are spread over subdirs (an earlier version kept them flat).
+    LAYOUT = "2"
 
     def __init__(self, base, first, count):
         self.base = base
@@ -547,7 +555,11 @@ class UidPool(object):
 
     # ------------------------------------------------------------------ storage
     def _key_file(self, key):
-        return "k." + hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+        return "k-%s/k.%s" % (digest[:2], digest)
+
+    def _uid_file(self, uid):
+        return "u-%02x/u.%d" % (uid & 0xFF, uid)
 
     def _read(self, name):
         try:
@@ -581,20 +593,38 @@ class UidPool(object):
         if raw is None or not raw.isdigit():
             return None
         uid = int(raw)
-        return uid if self._read("u.%d" % uid) == key else None
+        return uid if self._read(self._uid_file(uid)) == key else None
 
     def _locked(self, work):
         if self.dir not in _PREPARED:
             ensure_dir(self.dir, 0o700)
-            _PREPARED.add(self.dir)
         fd = os.open(os.path.join(self.dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.dir not in _PREPARED:
+                self._lay_out()
+                _PREPARED.add(self.dir)
             if os.path.exists(self.legacy):
                 self._migrate()
             return work()
         finally:
             os.close(fd)
+
+    def _lay_out(self):
+        """Make the subdirs (all of them, once), and move in the files of a pool that kept them flat."""
+        if self._read("layout") == self.LAYOUT:
+            return
+        for shard in range(256):
+            for kind in ("k", "u"):
+                ensure_dir(os.path.join(self.dir, "%s-%02x" % (kind, shard)), 0o700)
+        for name in os.listdir(self.dir):
+            if name.startswith("u.") and name[2:].isdigit():
+                os.rename(os.path.join(self.dir, name), os.path.join(self.dir, self._uid_file(int(name[2:]))))
+            elif name.startswith("k.") and len(name) == 42 and not name.endswith(".tmp"):
+                os.rename(os.path.join(self.dir, name), os.path.join(self.dir, "k-%s" % name[2:4], name))
+            elif name.endswith(".tmp"):
+                self._unlink(name)
+        self._write("layout", self.LAYOUT)
 
     def _migrate(self):
         """Take over the whole-map file of earlier versions (read once, then set aside)."""
@@ -606,7 +636,7 @@ class UidPool(object):
             table = {}
         for key, uid in sorted(table.items()):
             if isinstance(uid, int):
-                self._write("u.%d" % uid, key)
+                self._write(self._uid_file(uid), key)
                 self._write(self._key_file(key), str(uid))
         os.rename(self.legacy, self.legacy + ".migrated")
 
@@ -647,15 +677,18 @@ class UidPool(object):
                 return uid
             raw = self._read("next")
             position = int(raw) if raw and raw.isdigit() else 0
+            tried = set()
             for step in range(self.count):
                 index = (position + step) % self.count
                 uid = self.first + index
-                holder = self._read("u.%d" % uid)
-                if holder is not None and not self._recycle(uid, holder):
+                holder = self._read(self._uid_file(uid))
+                if holder is not None and (
+                    uid in tried or not self._recycle(index, holder, tried, self.count - step)
+                ):
                     continue
                 if not self._claim(uid):
                     continue
-                self._write("u.%d" % uid, key)
+                self._write(self._uid_file(uid), key)
                 self._write(self._key_file(key), str(uid))
                 self._write("next", str(index + 1))
                 return uid
@@ -667,35 +700,73 @@ class UidPool(object):
 
         return self._locked(work)
 
-    def _recycle(self, uid, holder):
-        """Take ``uid`` back from ``holder`` if that is a finished task: True once its files are retired."""
-        kind, _, ident = holder.partition(":")
-        if kind != "task" or not TASK_HASH_RE.match(ident):
-            return False
+    def _recycle(self, index, holder, tried, limit):
+        """Take back the uid at ``index`` from ``holder`` if that is a finished task, and with it the next
+        uids in turn that finished tasks hold (up to RECYCLE_BATCH, half the range, and ``limit`` uids looked
+        at): True once the first one is free.
+
+        Every uid looked at goes into ``tried`` (the caller does not look again). The tasks are locked
+        first, then the machine's processes are read once: a task locked here cannot start a process
+        meanwhile, and a uid no process runs with can get one only from a run of its holder. A uid with a
+        live process stays its task's.
+        """
+        candidates = []
+        # Never round to the uids handed out last, however small the range.
+        for step in range(min(self.RECYCLE_BATCH, max(1, self.count // 2), limit)):
+            uid = self.first + (index + step) % self.count
+            if step:
+                if uid in tried:
+                    continue
+                holder = self._read(self._uid_file(uid))
+                if holder is None:
+                    continue
+            tried.add(uid)
+            kind, _, ident = holder.partition(":")
+            if kind == "task" and TASK_HASH_RE.match(ident):
+                candidates.append((uid, holder, ident))
+            elif not step:
+                return False  # a session's: kept until cleanup
+        locks = []
         try:
-            lock = UseLock(task_lock_path(self.base, ident), exclusive=True, create=False)
-        except InUse:
-            return False  # a run of it is in progress
-        try:
-            if uid_has_processes(uid):
-                return False
-            retire_task_files(self.base, ident, uid, self.retired)
-            self._unlink(self._key_file(holder))
-            self._unlink("u.%d" % uid)
-            return True
+            for uid, holder, ident in candidates:
+                try:
+                    lock = UseLock(task_lock_path(self.base, ident), exclusive=True, create=False)
+                except InUse:
+                    continue  # a run of it is in progress
+                locks.append((uid, holder, ident, lock))
+            busy = uids_with_processes() if locks else ()
+            free = [entry for entry in locks if entry[0] not in busy]
+            recycled = set()
+            # A process that hid from the pass (a new pid at every step) dies here, in one kernel pass per
+            # uid; if the sweep is cut short, no uid is recycled.
+            if free and not kill_uids([entry[0] for entry in free]):
+                free = []
+            parents = open_task_parents(self.base) if free else []
+            try:
+                for uid, holder, ident, _ in free:
+                    retire_task_files(self.base, ident, uid, self.retired, parents)
+                    self._unlink(self._key_file(holder))
+                    self._unlink(self._uid_file(uid))
+                    recycled.add(uid)
+            finally:
+                for parent in parents:
+                    os.close(parent)
         finally:
-            lock.release()
+            for entry in locks:
+                entry[3].release()
+        return self.first + index in recycled
 
     def table(self):
         """Every holder and its uid (reads the whole pool: for inspection, never on a run's path)."""
 
         def work():
             found = {}
-            for name in os.listdir(self.dir):
-                if name.startswith("u.") and name[2:].isdigit():
-                    key = self._read(name)
-                    if key is not None and self._held(key) == int(name[2:]):
-                        found[key] = int(name[2:])
+            for shard in range(256):
+                for name in os.listdir(os.path.join(self.dir, "u-%02x" % shard)):
+                    if name.startswith("u.") and name[2:].isdigit():
+                        key = self._read(self._uid_file(int(name[2:])))
+                        if key is not None and self._held(key) == int(name[2:]):
+                            found[key] = int(name[2:])
             return found
 
         return self._locked(work)
@@ -704,6 +775,10 @@ class UidPool(object):
         """The uid ``key`` holds, or None."""
         if os.path.exists(self.legacy):
             return self._locked(lambda: self._held(key))
+        if self.dir not in _PREPARED:
+            if not os.path.isdir(self.dir):
+                return None  # no pool yet: nothing is held
+            return self._locked(lambda: self._held(key))  # laid out first, once per process
         return self._held(key)
 
     def release(self, keys):
@@ -713,7 +788,7 @@ class UidPool(object):
                 if uid is None:
                     continue
                 self._unlink(self._key_file(key))
-                self._unlink("u.%d" % uid)
+                self._unlink(self._uid_file(uid))
                 # Under the pool's lock: once it is released, acquire() may give the uid to a new key of
                 # this base dir and claim it again, and that claim must not be the one dropped here.
                 self._unclaim(uid)
@@ -731,19 +806,28 @@ class UidPool(object):
             pass
 
 
-def retire_task_files(base, task_hash, uid, retired):
+def open_task_parents(base):
+    """Dir fds of ``<base>/tasks`` and ``<base>/ephemeral`` (those that exist), for retire_task_files."""
+    fds = []
+    for sub in (TASKS, EPHEMERAL):
+        try:
+            fds.append(os.open(os.path.join(base, sub), O_DIR_NOFOLLOW))
+        except OSError:
+            continue
+    return fds
+
+
+def retire_task_files(base, task_hash, uid, retired, parents=None):
     """Give a finished task's files (owned by ``uid``) to ``retired``, and say so in its record.
 
     The work dir goes first (0700, ``retired``'s: nothing below it can be reached by path from then on),
     then everything below it that ``uid`` owns, through dir fds, so that a hard link the task made to one of
-    its files elsewhere leads to a file ``uid`` no longer owns either.
+    its files elsewhere leads to a file ``uid`` no longer owns either. ``parents``: the fds of
+    open_task_parents, for many tasks in a row (the caller closes them).
     """
-    for sub in (TASKS, EPHEMERAL):
-        try:
-            parent = os.open(os.path.join(base, sub), O_DIR_NOFOLLOW)
-        except OSError:
-            continue
-        try:
+    fds = open_task_parents(base) if parents is None else parents
+    try:
+        for parent in fds:
             try:
                 top = open_dir_at(parent, task_hash)
             except OSError:
@@ -756,8 +840,10 @@ def retire_task_files(base, task_hash, uid, retired):
                 _retire_below(top, uid, retired, 0)
             finally:
                 os.close(top)
-        finally:
-            os.close(parent)
+    finally:
+        if parents is None:
+            for parent in fds:
+                os.close(parent)
     rdir = record_dir(base, task_hash)
     try:
         with open(os.path.join(rdir, "meta.json"), "rb") as fh:
@@ -1344,6 +1430,51 @@ def kill_uid(uid):
     reap_orphans()
 
 
+def kill_uids(uids, limit=10.0):
+    """SIGKILL every process of each of ``uids``, as kill_uid does, from one child for them all: it takes
+    each uid in turn as its real and effective uid (root stays its saved uid, to come back; it has no
+    capability meanwhile) and signals all it may. True if the child went through every uid: a process of
+    one of them could kill or stop it first, and then nothing is known."""
+    with spawning():
+        pid = quiet_fork()
+        if pid == 0:
+            code = 2
+            try:
+                for uid in uids:
+                    os.setresuid(uid, uid, 0)
+                    try:
+                        # One pass is whole: the kernel walks every process under the lock a fork takes.
+                        os.kill(-1, signal.SIGKILL)
+                    except OSError:
+                        pass  # none of the uid's
+                    os.setresuid(0, 0, 0)
+                code = 0
+            finally:
+                os._exit(code)
+        with _SPAWNS:
+            OWN_CHILDREN.add(pid)
+    try:
+        status = await_child(pid, limit)
+    finally:
+        own_child_done(pid)
+    reap_orphans()
+    return status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def await_child(pid, limit):
+    """The wait status of child ``pid``; None if it took longer than ``limit`` seconds (then killed)."""
+    deadline = time.monotonic() + limit
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        time.sleep(0.001)
+
+
 def uid_quiet(uid, grace=2.0):
     """No live process of ``uid``, or none left after ``grace`` seconds: a sandbox that has just ended may
     still be on its way out (bubblewrap's processes exit after the run's result)."""
@@ -1356,24 +1487,35 @@ def uid_quiet(uid, grace=2.0):
 
 
 def uid_has_processes(uid):
-    """Whether any live process on the machine runs with ``uid`` as its real, effective or saved uid (a
-    zombie, waiting for its parent to reap it, runs nothing and holds nothing)."""
-    wanted = str(uid)
+    """Whether any live process on the machine runs with ``uid`` as its real, effective or saved uid."""
+    return uid in uids_with_processes()
+
+
+def uids_with_processes():
+    """Every uid a live process on the machine runs with as its real, effective or saved uid, in one pass
+    over /proc (a zombie, waiting for its parent to reap it, runs nothing and holds nothing)."""
+    found = set()
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            with open("/proc/%s/status" % name, "rb") as fh:
-                for line in fh:
-                    if line.startswith(b"State:") and line.split()[1] == b"Z":
-                        break
-                    if line.startswith(b"Uid:"):
-                        if wanted in line.decode("ascii").split()[1:4]:
-                            return True
-                        break
+            fd = os.open("/proc/%s/status" % name, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue
-    return False
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        # The kernel escapes the one field a process sets itself (Name), so these are its own lines.
+        at = data.find(b"\nState:")
+        if at >= 0 and data[at + 7 : at + 9].strip()[:1] == b"Z":
+            continue
+        at = data.find(b"\nUid:")
+        if at >= 0:
+            found.update(int(v) for v in data[at + 5 : data.find(b"\n", at + 5)].split()[:3])
+    return found
 
 
 class UidLease(object):
