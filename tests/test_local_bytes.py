@@ -38,6 +38,8 @@ async def test_large_binary_input_and_output_pass_as_bytes_and_come_back_byte_ex
         assert result.stdout.strip() == hashlib.sha256(BLOB).hexdigest()
         back = await sandbox.get_task_files(result.task_hash, "out.bin")
         part = await sandbox.read_task_file(result.task_hash, "out.bin", offset=1000, max_bytes=5000)
+        nothing = await sandbox.read_task_file(result.task_hash, "out.bin", offset=1000, max_bytes=0)
+    assert nothing.content == "" and nothing.size == len(BLOB)  # 0 bytes asked: none read
     assert back == BLOB[::-1]
     assert part.encoding == "base64" and base64.b64decode(part.content) == BLOB[::-1][1000:6000]
     assert written == [bytes]

@@ -3362,7 +3362,7 @@ def read_file(req):
     meta = files_of(base, req)
     name = req["path"]
     offset = int(req.get("offset") or 0)
-    length = int(req.get("length") or 1 << 20)
+    length = int(req["length"]) if req.get("length") is not None else 1 << 20
     if offset < 0 or length < 0:
         raise RunnerError("invalid_input", "offset and length must not be negative")
     record_file = STREAMS.get(name) or (
