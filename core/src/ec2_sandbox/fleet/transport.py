@@ -55,6 +55,8 @@ WAIT_DISCOVERY_SECONDS = 2.0
 #: Past this share of ``fleet_discovery_seconds`` the view of the slots is read again in the background
 #: when used.
 SLOTS_REFRESH = 0.5
+#: This client's takes and releases remembered for reads still under way.
+NOTES_KEPT = 1024
 #: Command durations kept over the whole fleet (a member's own estimate keeps its last 16).
 FLEET_DURATIONS = 64
 #: Session ids this client remembers having seen (a session not among them is read as probably new).
@@ -164,12 +166,15 @@ class FleetTransport(Transport):
         self._where: dict[operations.EntryKey, set[str]] = {}
         #: Where tasks this client started ran (the table has them too, for other clients).
         self._tasks: dict[str, str] = {}
-        #: Sessions this client has used, the most recent last (see :data:`SEEN_SESSIONS`).
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: Sessions this client has used, the most recent last (see :data:`SEEN_SESSIONS`), with where it
+        #: last found each (None: read the record on the next use).
+        self._seen: collections.OrderedDict[str, SessionRecord | None] = collections.OrderedDict()
         #: The slots as last read (monotonic time of the read; leases by member and index), and the
         #: background read under way, if any (:meth:`_slots`).
         self._slot_view: tuple[float, dict[tuple[str, int], SlotLease]] | None = None
         self._slot_read: asyncio.Future[list[SlotLease]] | None = None
+        #: This client's recent takes and releases (a read that began before one does not show it).
+        self._notes: list[tuple[float, SlotLease]] = []
         self._background: set[asyncio.Future[Any]] = set()
 
     @property
@@ -337,18 +342,31 @@ class FleetTransport(Transport):
         record in one transaction conditioned on there being no record yet, on a slot free in the client's
         view of the slots (:meth:`_slots`) - one round trip to the table when that view is fresh. Only when
         the transaction finds a record (the session was placed by another client) or the slot taken is the
-        record read. A session whose member left the fleet is marked lost and this call is refused saying
+        record read. A session this client has used is renewed where it last found it, and read only if that
+        renewal fails. A session whose member left the fleet is marked lost and this call is refused saying
         so; the next call with the same id places it afresh.
 
         ``task`` (hash, seconds to keep): the task about to run, whose record a placement writes in its
         transaction. Answers the placement and whether that happened."""
         holder = session_holder(session_id)
         if session_id not in self._seen:
-            self._remember(session_id)
+            self._remember(session_id, None)
             placed = await self._place_new(session_id, ttl, task)
             if placed is not None:
-                return placed, task is not None
-        self._remember(session_id)
+                return self._found(session_id, placed), task is not None
+        known = self._seen.get(session_id)
+        if known is not None:
+            # Where this client last found the session: renewing its lease there is the check that it is
+            # still there (a session placed again elsewhere, or whose lease lapsed, no longer holds that
+            # slot, and is then read).
+            member = (await self.discovery.members()).get(known.instance_id)
+            if (
+                member is not None
+                and member.healthy
+                and await asyncio.to_thread(self.store.renew, known.instance_id, known.slot, holder, ttl)
+            ):
+                return self._found(session_id, known), False
+        self._remember(session_id, None)
         while True:
             membership, record = await asyncio.gather(
                 self.discovery.members(), asyncio.to_thread(self.store.session, session_id)
@@ -362,7 +380,7 @@ class FleetTransport(Transport):
                 )
                 placed = await self._place(fresh, record, ttl, task=task)
                 if placed is not None:
-                    return placed, task is not None
+                    return self._found(session_id, placed), task is not None
                 continue  # another client placed it first: follow its placement
             member = membership.get(record.instance_id)
             if member is None or not member.healthy:
@@ -378,17 +396,22 @@ class FleetTransport(Transport):
                     "start a new session",
                 )
             if await asyncio.to_thread(self.store.renew, record.instance_id, record.slot, holder, ttl):
-                return record, False
+                return self._found(session_id, record), False
             # The lease lapsed while the session was idle: take a slot on its own member again.
             moved = await self._place(record, record, ttl, only=record.instance_id, task=task)
             if moved is not None:
-                return moved, task is not None
+                return self._found(session_id, moved), task is not None
 
-    def _remember(self, session_id: str) -> None:
-        self._seen[session_id] = None
+    def _remember(self, session_id: str, record: SessionRecord | None) -> None:
+        """Note the session as seen by this client, with where it was last found (None: to be read)."""
+        self._seen[session_id] = record
         self._seen.move_to_end(session_id)
         while len(self._seen) > SEEN_SESSIONS:
             self._seen.popitem(last=False)
+
+    def _found(self, session_id: str, record: SessionRecord) -> SessionRecord:
+        self._remember(session_id, record)
+        return record
 
     async def _place_new(
         self, session_id: str, ttl: float, task: tuple[str, float] | None
@@ -445,6 +468,8 @@ class FleetTransport(Transport):
         why = f"{member.describe()}" if member else f"{record.instance_id} (no longer a member)"
         reason = f"its instance left the fleet: {why}"
         lost = record.model_copy(update={"state": "lost", "reason": reason})
+        if record.session_id in self._seen:
+            self._seen[record.session_id] = None
         await asyncio.to_thread(self.store.place_session, lost, record)
         await asyncio.to_thread(
             self.store.release, record.instance_id, record.slot, session_holder(record.session_id)
@@ -482,13 +507,20 @@ class FleetTransport(Transport):
                 raise
             log.debug("fleet: reading the slots in the background failed: %s", exc)
             return []
-        self._slot_view = (taken_at, {(x.instance_id, x.index): x for x in leases})
-        return leases
+        view = {(x.instance_id, x.index): x for x in leases}
+        # This client's own takes and releases since the read began may be missing from it.
+        self._notes = [(at, lease) for at, lease in self._notes if at >= taken_at]
+        for _, lease in self._notes:
+            view[(lease.instance_id, lease.index)] = lease
+        self._slot_view = (taken_at, view)
+        return list(view.values())
 
     def _note(self, lease: SlotLease) -> None:
         """This client's own take (or, with ``expires`` 0, release) in its view of the slots."""
         if self._slot_view is not None:
             self._slot_view[1][(lease.instance_id, lease.index)] = lease
+        self._notes.append((time.monotonic(), lease))
+        del self._notes[:-NOTES_KEPT]
 
     async def _take_any(
         self,
