@@ -13,6 +13,12 @@ transport's. Routing:
 * ``inventory``/``remove`` (cleanup): every healthy member, through one multi-target command per 50 members
   (:mod:`.operations`, :mod:`.fanout`).
 
+"The most free slots" is as this client last read the slots (at most ``fleet_discovery_seconds`` ago, read
+again in the background past half that) with its own takes and releases since: every take is a conditional
+write, so a view out of date costs one refused write and a fresh read, never a slot given twice. A new
+session then costs one round trip to the table: the slot, the session's record and the task's record in
+one transaction.
+
 A full fleet makes a run wait up to ``fleet_wait_seconds`` (asking for the membership again, so that a
 scale-out is seen) and then refuses it; an instance is never given more runs than its slots.
 """
