@@ -32,6 +32,13 @@ no lock, so under its threaded server two concurrent conditional puts can both s
 conditional write atomically - "conditional writes are helpful in cases where multiple users attempt to
 modify the same item ... if the condition is not met, the write fails" (DynamoDB developer guide,
 "Condition expressions" / "Conditional writes") - so the stand-in makes each write one atomic step.
+``TransactWriteItems`` of puts, deletes and condition checks is likewise one step: every condition checked,
+then every write made, or none with a cancellation reason per item (moto copies every table the transaction
+names before it starts, a cost that grows with the table and that DynamoDB does not have).
+
+With a call log open (``--call-log``), every call to EC2, Auto Scaling and DynamoDB is logged too, as
+"<unix time> <operation> <service> <ms spent answering>", beside the SSM calls the single-instance stand-in
+logs: a benchmark counts what each path calls from the stand-in's own record.
 """
 
 from __future__ import annotations
