@@ -171,6 +171,26 @@ async def test_cleanup_removes_tasks_on_every_member_through_two_commands(make_f
         assert {e.id for e in cleaned.removed if e.kind == "run"} == {r.task_hash for r in results}
         again = await sandbox.cleanup_tasks(hours=0)
     assert again.removed == [] and again.skipped == []
+    assert cleaned.unreached == [] and again.unreached == []  # every member looked at
+
+
+async def test_cleanup_names_the_members_it_could_not_look_at(make_fleet: Any) -> None:
+    """A stopped member keeps its sessions' files on its disk: the cleanup cannot reach them, says so by
+    instance id and why, and removes what the others hold."""
+    from ec2_sandbox.presentation import render_cleanup
+
+    fleet = make_fleet(2)
+    async with fleet.sandbox() as sandbox:
+        made = [await sandbox.execute_code("print(1)", session_id=f"u-{n}") for n in range(2)]
+        assert all(r.success for r in made) and len(set(fleet.instances_that_ran())) == 2
+        running = made[1]
+        victim = fleet.instances_that_ran()[0]
+        fleet.ec2.stop_instances(InstanceIds=[victim])
+        cleaned = await sandbox.cleanup_tasks(hours=0)
+    (missed,) = cleaned.unreached
+    assert missed.target == victim and "stopped" in missed.error
+    assert cleaned.removed_sessions == [running.session_id]  # not the stopped member's
+    assert f"NOT reached, nothing of theirs looked at or removed: {victim}" in render_cleanup(cleaned).text
 
 
 async def test_cleanup_keeps_what_is_younger_than_asked(make_fleet: Any) -> None:

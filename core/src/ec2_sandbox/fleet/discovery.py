@@ -3,13 +3,15 @@
 Candidates come from the configured source (an Auto Scaling group's instances, instances carrying every
 configured tag, or a list of ids), their EC2 state and type from ``DescribeInstances``, their vCPUs from
 ``DescribeInstanceTypes`` and their agent's health from SSM ``DescribeInstanceInformation`` (PingStatus).
-The answer is reused for ``fleet_discovery_seconds`` and asked for again sooner when a caller saw a member
-fail (:meth:`Discovery.invalidate`).
+The answer is reused for ``fleet_discovery_seconds`` (refreshed in the background near the end of that time,
+so that no run waits for it) and asked for again at once when a caller saw a member fail
+(:meth:`Discovery.invalidate`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +31,8 @@ SSM_PAGE, SSM_FILTER_VALUES = 50, 50
 EC2_FILTER_VALUES = 200
 #: DescribeInstanceTypes: up to 100 instance types per call (EC2 API reference).
 TYPES_PER_CALL = 100
+#: Past this share of ``fleet_discovery_seconds`` a cached membership is refreshed in the background.
+REFRESH_AFTER = 0.8
 #: Auto Scaling lifecycle states that end with the instance gone from the group (Auto Scaling user guide,
 #: "Amazon EC2 Auto Scaling instance lifecycle").
 LEAVING = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated", "Detaching", "Detached")
@@ -123,33 +127,69 @@ class Discovery:
         self._cached: Membership | None = None
         self._vcpus: dict[str, int] = {}
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Future[None] | None = None
+        #: Answers asked of AWS so far.
+        self.refreshed = 0
 
     def invalidate(self) -> None:
         """Ask AWS again on the next call (a member failed, or placement found no room)."""
         self._cached = None
 
     async def members(self, max_age: float | None = None) -> Membership:
-        """The current membership, no older than ``max_age`` (default: ``fleet_discovery_seconds``)."""
+        """The current membership, no older than ``max_age`` (default: ``fleet_discovery_seconds``).
+
+        With the default, an answer in the last fifth of its life is still given, and a fresh one asked
+        for in the background: a steady stream of calls never waits for AWS, and none is given an answer
+        older than ``fleet_discovery_seconds``."""
         limit = self.config.fleet_discovery_seconds if max_age is None else max_age
+        cached = self._cached
+        if cached is not None and self.clock() - cached.taken_at <= limit:
+            if max_age is None and self.clock() - cached.taken_at > limit * REFRESH_AFTER:
+                self._refresh_soon()
+            return cached
         async with self._lock:
             cached = self._cached
             if cached is not None and self.clock() - cached.taken_at <= limit:
                 return cached
-            try:
-                found = await asyncio.to_thread(self._discover)
-            except ClientError as exc:
-                error = exc.response.get("Error", {})
-                raise TransportError(
-                    f"could not list the members of the fleet ({source_name(self.config)}): "
-                    f"{error.get('Code')}: {error.get('Message')}; the credentials need "
-                    "autoscaling:DescribeAutoScalingGroups, ec2:DescribeInstances, ec2:DescribeInstanceTypes "
-                    "and ssm:DescribeInstanceInformation"
-                ) from exc
-            except BotoCoreError as exc:
-                raise TransportError(f"could not reach AWS to list the fleet's members: {exc}") from exc
-            self._cached = Membership(members=tuple(found), taken_at=self.clock())
-            log.debug("fleet members: %s", self._cached.summary())
-            return self._cached
+            return await self._refresh()
+
+    def _refresh_soon(self) -> None:
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+
+        async def refresh() -> None:
+            async with self._lock:
+                try:
+                    await self._refresh()
+                except TransportError as exc:  # the next caller that needs an answer asks and is told
+                    log.debug("fleet members: refreshing in the background failed: %s", exc)
+
+        self._refreshing = asyncio.ensure_future(refresh())
+
+    async def _refresh(self) -> Membership:
+        try:
+            found = await asyncio.to_thread(self._discover)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise TransportError(
+                f"could not list the members of the fleet ({source_name(self.config)}): "
+                f"{error.get('Code')}: {error.get('Message')}; the credentials need "
+                "autoscaling:DescribeAutoScalingGroups, ec2:DescribeInstances, ec2:DescribeInstanceTypes "
+                "and ssm:DescribeInstanceInformation"
+            ) from exc
+        except BotoCoreError as exc:
+            raise TransportError(f"could not reach AWS to list the fleet's members: {exc}") from exc
+        self._cached = Membership(members=tuple(found), taken_at=self.clock())
+        self.refreshed += 1
+        log.debug("fleet members: %s", self._cached.summary())
+        return self._cached
+
+    async def aclose(self) -> None:
+        """Stop a background refresh still under way."""
+        if self._refreshing is not None and not self._refreshing.done():
+            self._refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refreshing
 
     # ------------------------------------------------------------------ the AWS calls (in a thread)
     def _discover(self) -> list[Member]:

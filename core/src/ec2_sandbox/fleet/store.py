@@ -29,6 +29,10 @@ from pydantic import BaseModel, ConfigDict
 
 SLOTS = "slots"
 PLACEMENT = "placement"
+#: What :meth:`LeaseStore.place_on_slot` did.
+Placing = Literal["placed", "slot_taken", "moved"]
+#: A transaction's cancellation reasons that mean another client got there first.
+LOST_RACE = ("ConditionalCheckFailed", "TransactionConflict")
 
 
 class SlotLease(BaseModel):
@@ -110,19 +114,22 @@ class LeaseStore:
 
     def take(self, instance_id: str, index: int, holder: str, ttl: float) -> bool:
         """Hold a slot for ``ttl`` seconds if it is free (missing, expired) or already ``holder``'s."""
+        return _conditional(self.client.put_item, **self._take(instance_id, index, holder, ttl))
+
+    def _take(self, instance_id: str, index: int, holder: str, ttl: float) -> dict[str, Any]:
+        """The conditional put that takes a slot (alone, or as part of a transaction)."""
         now = self.clock()
-        return _conditional(
-            self.client.put_item,
-            TableName=self.table,
-            Item={
+        return {
+            "TableName": self.table,
+            "Item": {
                 "pk": {"S": SLOTS},
                 "sk": {"S": slot_key(instance_id, index)},
                 "holder": {"S": holder},
                 "expires": {"N": repr(now + ttl)},
             },
-            ConditionExpression="attribute_not_exists(pk) OR expires < :now OR holder = :me",
-            ExpressionAttributeValues={":now": {"N": repr(now)}, ":me": {"S": holder}},
-        )
+            "ConditionExpression": "attribute_not_exists(pk) OR expires < :now OR holder = :me",
+            "ExpressionAttributeValues": {":now": {"N": repr(now)}, ":me": {"S": holder}},
+        }
 
     def renew(self, instance_id: str, index: int, holder: str, ttl: float) -> bool:
         """Extend ``holder``'s lease to ``ttl`` seconds from now; False if the slot is no longer its."""
@@ -171,6 +178,44 @@ class LeaseStore:
 
     def place_session(self, record: SessionRecord, previous: SessionRecord | None) -> bool:
         """Write ``record`` if the session is still as ``previous`` left it (None: not placed by anyone)."""
+        return _conditional(self.client.put_item, **self._place(record, previous))
+
+    def place_on_slot(
+        self,
+        record: SessionRecord,
+        previous: SessionRecord | None,
+        ttl: float,
+        task: tuple[str, float] | None = None,
+    ) -> Placing:
+        """Take the slot ``record`` names for the session and write ``record``, in one transaction: both
+        writes or neither ("TransactWriteItems", DynamoDB API reference). 'placed'; 'slot_taken' when the
+        slot is someone else's (nothing written: try another); 'moved' when the session is no longer as
+        ``previous`` left it (another client placed it: read it again). ``task`` (hash, seconds to keep):
+        the record of the task about to run there, written in the same transaction."""
+        holder = session_holder(record.session_id)
+        items: list[dict[str, Any]] = [
+            {"Put": self._take(record.instance_id, record.slot, holder, ttl)},
+            {"Put": self._place(record, previous)},
+        ]
+        if task is not None:
+            items.append({"Put": self._task(task[0], record.instance_id, task[1])})
+        try:
+            self.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            # One reason per item, in order: "None" for an item that was not the cause. A conflict with
+            # another client's write to the same item means the same as its condition failing.
+            codes = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if len(codes) >= 2 and codes[1] in LOST_RACE:
+                return "moved"
+            if len(codes) >= 2 and codes[0] in LOST_RACE:
+                return "slot_taken"
+            raise  # throttled or invalid: not a race, botocore already retried what it could
+        return "placed"
+
+    def _place(self, record: SessionRecord, previous: SessionRecord | None) -> dict[str, Any]:
+        """The conditional put of a session's placement (alone, or as part of a transaction)."""
         item = {
             "pk": {"S": session_holder(record.session_id)},
             "sk": {"S": PLACEMENT},
@@ -181,32 +226,33 @@ class LeaseStore:
             "reason": {"S": record.reason},
             "updated": {"N": repr(self.clock())},
         }
+        put: dict[str, Any] = {"TableName": self.table, "Item": item}
         if previous is None:
-            condition, values = "attribute_not_exists(pk)", None
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
         else:
-            condition = "generation = :g AND slot = :s AND #st = :state"
-            values = {
+            put["ConditionExpression"] = "generation = :g AND slot = :s AND #st = :state"
+            put["ExpressionAttributeValues"] = {
                 ":g": {"N": str(previous.generation)},
                 ":s": {"N": str(previous.slot)},
                 ":state": {"S": previous.state},
             }
-        kwargs: dict[str, Any] = {"ConditionExpression": condition}
-        if values is not None:
-            kwargs["ExpressionAttributeValues"] = values
-            kwargs["ExpressionAttributeNames"] = {"#st": "state"}  # 'state' is a DynamoDB reserved word
-        return _conditional(self.client.put_item, TableName=self.table, Item=item, **kwargs)
+            put["ExpressionAttributeNames"] = {"#st": "state"}  # 'state' is a DynamoDB reserved word
+        return put
 
     # ------------------------------------------------------------------ tasks
     def put_task(self, task_hash: str, instance_id: str, keep_seconds: float) -> None:
-        self.client.put_item(
-            TableName=self.table,
-            Item={
+        self.client.put_item(**self._task(task_hash, instance_id, keep_seconds))
+
+    def _task(self, task_hash: str, instance_id: str, keep_seconds: float) -> dict[str, Any]:
+        return {
+            "TableName": self.table,
+            "Item": {
                 "pk": {"S": f"task#{task_hash}"},
                 "sk": {"S": PLACEMENT},
                 "instance": {"S": instance_id},
                 "ttl": {"N": str(int(self.clock() + keep_seconds))},
             },
-        )
+        }
 
     def task(self, task_hash: str) -> str | None:
         reply = self.client.get_item(

@@ -13,6 +13,12 @@ transport's. Routing:
 * ``inventory``/``remove`` (cleanup): every healthy member, through one multi-target command per 50 members
   (:mod:`.operations`, :mod:`.fanout`).
 
+"The most free slots" is as this client last read the slots (at most ``fleet_discovery_seconds`` ago, read
+again in the background past half that) with its own takes and releases since: every take is a conditional
+write, so a view out of date costs one refused write and a fresh read, never a slot given twice. A new
+session then costs one round trip to the table: the slot, the session's record and the task's record in
+one transaction.
+
 A full fleet makes a run wait up to ``fleet_wait_seconds`` (asking for the membership again, so that a
 scale-out is seen) and then refuses it; an instance is never given more runs than its slots.
 """
@@ -20,6 +26,8 @@ scale-out is seen) and then refuses it; an instance is never given more runs tha
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import logging
 import random
@@ -40,7 +48,7 @@ from . import operations, status
 from .discovery import Discovery, Member, Membership, source_name
 from .fanout import FanOut
 from .members import MemberPool
-from .store import LeaseStore, SessionRecord, SlotLease, session_holder
+from .store import LeaseStore, Placing, SessionRecord, SlotLease, session_holder
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,15 @@ RUN_LEASE_MARGIN = 60.0
 IDLE_CLOSE_SECONDS = 300.0
 #: While waiting for a slot, the membership is asked for at least this often (a scale-out shows up).
 WAIT_DISCOVERY_SECONDS = 2.0
+#: Past this share of ``fleet_discovery_seconds`` the view of the slots is read again in the background
+#: when used.
+SLOTS_REFRESH = 0.5
+#: This client's takes and releases remembered for reads still under way.
+NOTES_KEPT = 1024
+#: Command durations kept over the whole fleet (a member's own estimate keeps its last 16).
+FLEET_DURATIONS = 64
+#: Session ids this client remembers having seen (a session not among them is read as probably new).
+SEEN_SESSIONS = 4096
 #: First and longest pause between looks at a full fleet (with jitter, so waiting clients spread out).
 WAIT_FIRST, WAIT_MAX = 0.05, 1.0
 
@@ -61,16 +78,47 @@ RETRIES = Config(retries={"mode": "adaptive", "max_attempts": 10}, connect_timeo
 MemberFactory = Callable[[SandboxConfig], Transport]
 
 
+class _Durations(collections.deque[float]):
+    """A member's recent command durations, each also added to the fleet's."""
+
+    def __init__(self, fleet: collections.deque[float], maxlen: int | None) -> None:
+        super().__init__(maxlen=maxlen)
+        self.fleet = fleet
+
+    def append(self, value: float) -> None:
+        super().append(value)
+        self.fleet.append(value)
+
+
 class MemberSsm(SsmTransport):
     """The ssm transport for one member, on the fleet's clients: one adaptive rate limiter for all the calls
-    this client makes, whichever member they are for."""
+    this client makes, whichever member they are for.
 
-    def __init__(self, config: SandboxConfig, clients: Callable[[str], Any], **options: Any) -> None:
+    When to poll is learnt from the member's own commands; a member this client has not used yet (a new
+    session's, typically) starts from what the fleet's other members took, so that its first command is
+    polled when it is likely done rather than on the cold schedule."""
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        clients: Callable[[str], Any],
+        fleet_durations: collections.deque[float] | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(config, **options)
         self._shared = clients
+        self._fleet_durations = fleet_durations if fleet_durations is not None else collections.deque()
+        self._durations = _Durations(self._fleet_durations, self._durations.maxlen)
 
     def client(self, service: str) -> Any:
         return self._shared(service)
+
+    def _expected(self) -> float | None:
+        own = super()._expected()
+        if own is not None or not self._fleet_durations:
+            return own
+        ordered = sorted(self._fleet_durations)
+        return ordered[len(ordered) // 4]
 
 
 class FleetFull(RunnerRefusal):
@@ -110,8 +158,12 @@ class FleetTransport(Transport):
         options = member_options or {}
         self.over_ssm = config.fleet_member_transport == "ssm"
         if member_factory is None:
+            #: Recent command durations over all members (where a member new to this client polls first).
+            durations: collections.deque[float] = collections.deque(maxlen=FLEET_DURATIONS)
             member_factory = (
-                (lambda c: MemberSsm(c, self.client, **options)) if self.over_ssm else _ssh_member(options)
+                (lambda c: MemberSsm(c, self.client, durations, **options))
+                if self.over_ssm
+                else _ssh_member(options)
             )
         self.members = MemberPool(self._member_config, member_factory, idle_close=idle_close)
         #: Fan-out through SSM's multi-target SendCommand (None: SSH/EIC members, each asked on its own).
@@ -120,6 +172,15 @@ class FleetTransport(Transport):
         self._where: dict[operations.EntryKey, set[str]] = {}
         #: Where tasks this client started ran (the table has them too, for other clients).
         self._tasks: dict[str, str] = {}
+        #: Sessions this client has used, the most recent last (see :data:`SEEN_SESSIONS`), with where it
+        #: last found each (None: read the record on the next use).
+        self._seen: collections.OrderedDict[str, SessionRecord | None] = collections.OrderedDict()
+        #: The slots as last read (monotonic time of the read; leases by member and index), and the
+        #: background read under way, if any (:meth:`_slots`).
+        self._slot_view: tuple[float, dict[tuple[str, int], SlotLease]] | None = None
+        self._slot_read: asyncio.Future[list[SlotLease]] | None = None
+        #: This client's recent takes and releases (a read that began before one does not show it).
+        self._notes: list[tuple[float, SlotLease]] = []
         self._background: set[asyncio.Future[Any]] = set()
 
     @property
@@ -185,7 +246,14 @@ class FleetTransport(Transport):
         return [m.instance_id for m in healthy]
 
     async def _inventory(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        answers = await self.on_members(request, await self._healthy_ids(), timeout)
+        """The fleet's inventory from every healthy member; the members it could not look at (no answer,
+        or not healthy: stopped, agent offline, in a warm pool) are named under ``unreached``, so that the
+        cleanup says what it left alone. Members gone for good have nothing left to clean."""
+        membership = await self.discovery.members(max_age=0)
+        healthy = [m.instance_id for m in membership.healthy()]
+        if not healthy:
+            raise await self._no_member_error()
+        answers = await self.on_members(request, healthy, timeout)
         failed = {i: a.error for i, a in answers.items() if a.error is not None}
         if len(failed) == len(answers):
             raise RunnerRefusal(
@@ -194,6 +262,12 @@ class FleetTransport(Transport):
         if failed:
             log.warning("fleet cleanup: members that did not answer are left as they are: %s", _named(failed))
         inventory, self._where = operations.merge_inventories(answers, self.clock())
+        for member in membership.members:
+            if not member.healthy and not member.gone:
+                inventory["unreached"][member.instance_id] = (
+                    f"not healthy: state {member.state}, lifecycle {member.lifecycle or '-'}, "
+                    f"SSM agent {member.ping or 'not registered'}"
+                )
         return inventory
 
     async def _remove(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -225,16 +299,22 @@ class FleetTransport(Transport):
         idle = float(self.config.fleet_session_idle_seconds)
         for attempt in (1, 2):
             record = None
+            keep = self.config.cleanup_after_hours * 3600.0
+            recorded = False
             if session_id:
-                record = await self._session_member(str(session_id), ttl=idle + timeout)
+                record, recorded = await self._session_member(
+                    str(session_id), idle + timeout, (task_hash, keep)
+                )
                 instance_id, holder, index = record.instance_id, session_holder(str(session_id)), record.slot
             else:
                 holder = f"run#{task_hash}"
                 lease = await self._take_any(holder, ttl=timeout + RUN_LEASE_MARGIN)
+                assert lease is not None  # the lease alone is never "moved"
                 instance_id, index = lease.instance_id, lease.index
             log.debug("fleet: task %s (session %s) on %s slot %d", task_hash, session_id, instance_id, index)
             self._tasks[task_hash] = instance_id
-            self._spawn(self.store.put_task, task_hash, instance_id, self.config.cleanup_after_hours * 3600.0)
+            if not recorded:  # a session placed now had its task recorded in the same transaction
+                self._spawn(self.store.put_task, task_hash, instance_id, keep)
             try:
                 return await self._on(instance_id, payload, timeout, on_stdout_line)
             except RunnerRefusal as exc:
@@ -256,6 +336,7 @@ class FleetTransport(Transport):
                     self._spawn(self.store.renew, instance_id, index, holder, idle)
                 else:
                     self._spawn(self.store.release, instance_id, index, holder)
+                    self._note(SlotLease(instance_id=instance_id, index=index, holder="", expires=0.0))
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _spawn(self, func: Callable[..., Any], *args: Any) -> None:
@@ -271,29 +352,55 @@ class FleetTransport(Transport):
         task.add_done_callback(done)
 
     # ------------------------------------------------------------------ sessions
-    async def _session_member(self, session_id: str, ttl: float) -> SessionRecord:
+    async def _session_member(
+        self, session_id: str, ttl: float, task: tuple[str, float] | None = None
+    ) -> tuple[SessionRecord, bool]:
         """The session's placement, its slot lease renewed; placed (again) when it has none.
 
-        A session whose member left the fleet is marked lost and this call is refused saying so; the next
-        call with the same id places it afresh."""
+        A session this client has not seen yet is most likely new: it is placed at once, the slot and the
+        record in one transaction conditioned on there being no record yet, on a slot free in the client's
+        view of the slots (:meth:`_slots`) - one round trip to the table when that view is fresh. Only when
+        the transaction finds a record (the session was placed by another client) or the slot taken is the
+        record read. A session this client has used is renewed where it last found it, and read only if that
+        renewal fails. A session whose member left the fleet is marked lost and this call is refused saying
+        so; the next call with the same id places it afresh.
+
+        ``task`` (hash, seconds to keep): the task about to run, whose record a placement writes in its
+        transaction. Answers the placement and whether that happened."""
         holder = session_holder(session_id)
+        if session_id not in self._seen:
+            self._remember(session_id, None)
+            placed = await self._place_new(session_id, ttl, task)
+            if placed is not None:
+                return self._found(session_id, placed), task is not None
+        known = self._seen.get(session_id)
+        if known is not None:
+            # Where this client last found the session: renewing its lease there is the check that it is
+            # still there (a session placed again elsewhere, or whose lease lapsed, no longer holds that
+            # slot, and is then read).
+            member = (await self.discovery.members()).get(known.instance_id)
+            if (
+                member is not None
+                and member.healthy
+                and await asyncio.to_thread(self.store.renew, known.instance_id, known.slot, holder, ttl)
+            ):
+                return self._found(session_id, known), False
+        self._remember(session_id, None)
         while True:
-            record = await asyncio.to_thread(self.store.session, session_id)
+            membership, record = await asyncio.gather(
+                self.discovery.members(), asyncio.to_thread(self.store.session, session_id)
+            )
             if record is None or record.state == "lost":
-                lease = await self._take_any(holder, ttl)
-                generation = 1 if record is None else record.generation + 1
-                placed = SessionRecord(
+                fresh = SessionRecord(
                     session_id=session_id,
-                    instance_id=lease.instance_id,
-                    slot=lease.index,
-                    generation=generation,
+                    instance_id="",
+                    slot=0,
+                    generation=1 if record is None else record.generation + 1,
                 )
-                if await asyncio.to_thread(self.store.place_session, placed, record):
-                    return placed
-                # Another client placed it first: give the slot back and follow its placement.
-                await asyncio.to_thread(self.store.release, lease.instance_id, lease.index, holder)
-                continue
-            membership = await self.discovery.members()
+                placed = await self._place(fresh, record, ttl, task=task)
+                if placed is not None:
+                    return self._found(session_id, placed), task is not None
+                continue  # another client placed it first: follow its placement
             member = membership.get(record.instance_id)
             if member is None or not member.healthy:
                 membership = await self.discovery.members(max_age=0)
@@ -308,23 +415,85 @@ class FleetTransport(Transport):
                     "start a new session",
                 )
             if await asyncio.to_thread(self.store.renew, record.instance_id, record.slot, holder, ttl):
-                return record
+                return self._found(session_id, record), False
             # The lease lapsed while the session was idle: take a slot on its own member again.
-            lease = await self._take_any(holder, ttl, only=record.instance_id)
-            moved = record.model_copy(update={"slot": lease.index})
-            if await asyncio.to_thread(self.store.place_session, moved, record):
-                return moved
-            await asyncio.to_thread(self.store.release, lease.instance_id, lease.index, holder)
+            moved = await self._place(record, record, ttl, only=record.instance_id, task=task)
+            if moved is not None:
+                return self._found(session_id, moved), task is not None
+
+    def _remember(self, session_id: str, record: SessionRecord | None) -> None:
+        """Note the session as seen by this client, with where it was last found (None: to be read)."""
+        self._seen[session_id] = record
+        self._seen.move_to_end(session_id)
+        while len(self._seen) > SEEN_SESSIONS:
+            self._seen.popitem(last=False)
+
+    def _found(self, session_id: str, record: SessionRecord) -> SessionRecord:
+        self._remember(session_id, record)
+        return record
+
+    async def _place_new(
+        self, session_id: str, ttl: float, task: tuple[str, float] | None
+    ) -> SessionRecord | None:
+        """One attempt at placing a session nobody has placed: the placement, or None (it exists, or the
+        slot tried was taken, or none looked free: the caller reads the record and goes on from there)."""
+        membership, leases = await asyncio.gather(self.discovery.members(), self._slots())
+        ranked = self._free_slots(membership.healthy(), leases, self.clock())
+        if not ranked:
+            return None
+        member, free = ranked[0]
+        placed = SessionRecord(
+            session_id=session_id, instance_id=member.instance_id, slot=free[0], generation=1
+        )
+        result = await asyncio.to_thread(self.store.place_on_slot, placed, None, ttl, task)
+        if result == "slot_taken":
+            self._slot_view = None  # out of date: the next look reads the slots
+        if result != "placed":
+            return None
+        holder = session_holder(session_id)
+        self._note(
+            SlotLease(
+                instance_id=placed.instance_id, index=placed.slot, holder=holder, expires=self.clock() + ttl
+            )
+        )
+        return placed
+
+    async def _place(
+        self,
+        record: SessionRecord,
+        previous: SessionRecord | None,
+        ttl: float,
+        *,
+        only: str | None = None,
+        task: tuple[str, float] | None = None,
+    ) -> SessionRecord | None:
+        """``record`` on a free slot (of ``only``, if given), the slot and the record written in one
+        transaction conditioned on the session still being as ``previous`` left it; None when it was not
+        (another client placed the session meanwhile)."""
+        outcome: list[SessionRecord] = []
+
+        def claim(instance_id: str, index: int) -> Placing:
+            placed = record.model_copy(update={"instance_id": instance_id, "slot": index})
+            result = self.store.place_on_slot(placed, previous, ttl, task)
+            if result == "placed":
+                outcome.append(placed)
+            return result
+
+        lease = await self._take_any(session_holder(record.session_id), ttl, only, claim=claim)
+        return outcome[0] if lease is not None else None
 
     async def _lose(self, record: SessionRecord, membership: Membership) -> None:
         member = membership.get(record.instance_id)
         why = f"{member.describe()}" if member else f"{record.instance_id} (no longer a member)"
         reason = f"its instance left the fleet: {why}"
         lost = record.model_copy(update={"state": "lost", "reason": reason})
+        if record.session_id in self._seen:
+            self._seen[record.session_id] = None
         await asyncio.to_thread(self.store.place_session, lost, record)
         await asyncio.to_thread(
             self.store.release, record.instance_id, record.slot, session_holder(record.session_id)
         )
+        self._note(SlotLease(instance_id=record.instance_id, index=record.slot, holder="", expires=0.0))
         raise RunnerRefusal(
             "session_lost",
             f"session {record.session_id!r} is gone: {reason}; its files and interpreter state went with it. "
@@ -332,26 +501,98 @@ class FleetTransport(Transport):
         )
 
     # ------------------------------------------------------------------ slots
-    async def _take_any(self, holder: str, ttl: float, only: str | None = None) -> SlotLease:
+    async def _slots(self) -> list[SlotLease]:
+        """The slots as this client last read them, with its own takes and releases since, if that read is
+        at most ``fleet_discovery_seconds`` old (past half that, read again in the background for the next
+        caller); else read now. Only where to try first is chosen from it: every take is
+        conditional, and a take the view got wrong is followed by a fresh read."""
+        view = self._slot_view
+        if view is not None:
+            age = time.monotonic() - view[0]
+            if age <= self.config.fleet_discovery_seconds:
+                if age > SLOTS_REFRESH * self.config.fleet_discovery_seconds and (
+                    self._slot_read is None or self._slot_read.done()
+                ):
+                    self._slot_read = asyncio.ensure_future(self._read_slots(quiet=True))
+                return list(view[1].values())
+        return await self._read_slots()
+
+    async def _read_slots(self, *, quiet: bool = False) -> list[SlotLease]:
+        taken_at = time.monotonic()
+        try:
+            leases = await asyncio.to_thread(self.store.slots)
+        except Exception as exc:
+            if not quiet:
+                raise
+            log.debug("fleet: reading the slots in the background failed: %s", exc)
+            return []
+        view = {(x.instance_id, x.index): x for x in leases}
+        # This client's own takes and releases since the read began may be missing from it.
+        self._notes = [(at, lease) for at, lease in self._notes if at >= taken_at]
+        for _, lease in self._notes:
+            view[(lease.instance_id, lease.index)] = lease
+        self._slot_view = (taken_at, view)
+        return list(view.values())
+
+    def _note(self, lease: SlotLease) -> None:
+        """This client's own take (or, with ``expires`` 0, release) in its view of the slots."""
+        if self._slot_view is not None:
+            self._slot_view[1][(lease.instance_id, lease.index)] = lease
+        self._notes.append((time.monotonic(), lease))
+        del self._notes[:-NOTES_KEPT]
+
+    async def _take_any(
+        self,
+        holder: str,
+        ttl: float,
+        only: str | None = None,
+        *,
+        claim: Callable[[str, int], Placing] | None = None,
+    ) -> SlotLease | None:
         """A slot for ``holder`` on the healthy member with the most free slots (or on ``only``).
 
-        Waits up to ``fleet_wait_seconds`` for one to come free, looking at the membership again first at
-        once (a member may have been added) and then every couple of seconds; then refuses."""
+        ``claim(instance, index)`` takes a slot (default: the lease alone) and may answer 'moved': then
+        this returns None. The first look is at the client's view of the slots (:meth:`_slots`); when that
+        finds nothing, or the slot it chose was taken, the slots are read again. Waits up to
+        ``fleet_wait_seconds`` for one to come free, looking at the membership again first at once (a
+        member may have been added) and then every couple of seconds; then refuses."""
+
+        def take(instance_id: str, index: int) -> Placing:
+            return "placed" if self.store.take(instance_id, index, holder, ttl) else "slot_taken"
+
+        claim = claim or take
         deadline = time.monotonic() + self.config.fleet_wait_seconds
         pause = WAIT_FIRST
         max_age: float | None = None
         looked_again = False
+        from_view = True
         while True:
             membership = await self.discovery.members(max_age=max_age)
             healthy = [m for m in membership.healthy() if only is None or m.instance_id == only]
-            leases = await asyncio.to_thread(self.store.slots) if healthy else []
+            if from_view:
+                leases = await self._slots()
+            else:
+                leases = await self._read_slots() if healthy else []
             now = self.clock()
             for member, free in self._free_slots(healthy, leases, now):
                 for index in free:
-                    if await asyncio.to_thread(self.store.take, member.instance_id, index, holder, ttl):
-                        return SlotLease(
+                    result = await asyncio.to_thread(claim, member.instance_id, index)
+                    if result == "moved":
+                        return None
+                    if result == "placed":
+                        lease = SlotLease(
                             instance_id=member.instance_id, index=index, holder=holder, expires=now + ttl
                         )
+                        self._note(lease)
+                        return lease
+                    if from_view:
+                        break  # the view was out of date: read the slots again
+                else:
+                    continue
+                break
+            if from_view:
+                from_view = False
+                continue
             if not looked_again:
                 looked_again, max_age = True, 0.0
                 continue
@@ -442,6 +683,11 @@ class FleetTransport(Transport):
     async def aclose(self) -> None:
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+        if self._slot_read is not None and not self._slot_read.done():
+            self._slot_read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._slot_read
+        await self.discovery.aclose()
         await self.members.aclose()
 
 

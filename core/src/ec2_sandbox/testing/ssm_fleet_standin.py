@@ -32,6 +32,13 @@ no lock, so under its threaded server two concurrent conditional puts can both s
 conditional write atomically - "conditional writes are helpful in cases where multiple users attempt to
 modify the same item ... if the condition is not met, the write fails" (DynamoDB developer guide,
 "Condition expressions" / "Conditional writes") - so the stand-in makes each write one atomic step.
+``TransactWriteItems`` of puts, deletes and condition checks is likewise one step: every condition checked,
+then every write made, or none with a cancellation reason per item (moto copies every table the transaction
+names before it starts, a cost that grows with the table and that DynamoDB does not have).
+
+With a call log open (``--call-log``), every call to EC2, Auto Scaling and DynamoDB is logged too, as
+"<unix time> <operation> <service> <ms spent answering>", beside the SSM calls the single-instance stand-in
+logs: a benchmark counts what each path calls from the stand-in's own record.
 """
 
 from __future__ import annotations
@@ -49,7 +56,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from moto.core.responses import ActionResult
+from moto.core.responses import ActionResult, BaseResponse
+from moto.dynamodb.comparisons import get_filter_expression
+from moto.dynamodb.exceptions import (
+    MultipleTransactionsException,
+    TooManyTransactionsException,
+    TransactionCanceledException,
+)
 from moto.dynamodb.models import DynamoDBBackend
 from moto.ssm.models import Command, SimpleSystemManagerBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
@@ -168,9 +181,12 @@ def _launch(inv: Invocation, argv: list[str]) -> list[str]:
 _base_send_command: Callable[..., Any]
 _base_gate: Callable[[StandIn, str], None]
 _base_list_commands: Callable[..., Any]
-#: Every DynamoDB write of the stand-in, one at a time (the correction above).
-_dynamodb_writes = threading.Lock()
-DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item")
+_base_transact: Callable[..., Any]
+_base_call_action: Callable[..., Any]
+#: Every DynamoDB write of the stand-in, one at a time (the correction above). Reentrant: a transaction
+#: writes its items through the same (wrapped) methods.
+_dynamodb_writes = threading.RLock()
+DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "batch_write_item")
 
 
 def _atomic(method: Any) -> Any:
@@ -179,6 +195,80 @@ def _atomic(method: Any) -> Any:
             return method(*args, **kwargs)
 
     return functools.update_wrapper(write, method, assigned=(), updated=())  # only __wrapped__
+
+
+def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+    """TransactWriteItems as DynamoDB applies it: every condition is checked, then every write is made, in
+    one step; when a condition fails nothing is written and the call is refused with
+    ``TransactionCanceledException``, one cancellation reason per item in order ("TransactWriteItems",
+    DynamoDB API reference).
+
+    moto makes the same decision but first deep-copies every table the transaction names (to roll back),
+    a cost that grows with the table and that DynamoDB does not have; with the writes serialized here,
+    nothing needs rolling back when the conditions are checked first. Transactions with an ``Update`` (whose
+    expression could fail half-way) go to moto's own code."""
+    if any(next(iter(item)) not in ("Put", "Delete", "ConditionCheck") for item in transact_items):
+        with _dynamodb_writes:
+            return _base_transact(self, transact_items)
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException()
+    with _dynamodb_writes:
+        seen: set[tuple[str, str]] = set()
+        plan: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        reasons: list[Any] = []
+        for item in transact_items:
+            kind, op = next(iter(item.items()))
+            table = self.get_table(op["TableName"])
+            if kind == "Put":
+                attrs = op["Item"]
+                key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+                if table.range_key_attr is not None:
+                    key[table.range_key_attr] = attrs[table.range_key_attr]
+            else:
+                key = op["Key"]
+            ident = (op["TableName"], str(dict(sorted(key.items()))))
+            if ident in seen:
+                raise MultipleTransactionsException()
+            seen.add(ident)
+            reason: Any = (None, None, None)
+            if op.get("ConditionExpression") is not None:
+                current = self.get_item(op["TableName"], key)
+                holds = get_filter_expression(
+                    op["ConditionExpression"],
+                    op.get("ExpressionAttributeNames"),
+                    op.get("ExpressionAttributeValues"),
+                ).expr(current)
+                if not holds:
+                    old = None
+                    if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                        old = current.to_json()["Attributes"]
+                    reason = ("ConditionalCheckFailed", "The conditional request failed", old)
+            reasons.append(reason)
+            plan.append((kind, op, key))
+        if any(code is not None for code, _, _ in reasons):
+            raise TransactionCanceledException(reasons)
+        for kind, op, key in plan:
+            if kind == "Put":
+                self.put_item(op["TableName"], op["Item"])
+            elif kind == "Delete":
+                self.delete_item(op["TableName"], key)
+    return None
+
+
+def _call_action(self: BaseResponse) -> Any:
+    """Every call to a service other than SSM (whose calls the stand-in logs itself) written to the call
+    log as "<unix time> <operation> <service> <ms spent answering>", when a call log is open."""
+    if STANDIN.call_log is None or self.service_name == "ssm":
+        return _base_call_action(self)
+    started = time.perf_counter()
+    try:
+        return _base_call_action(self)
+    finally:
+        spent = (time.perf_counter() - started) * 1000
+        line = f"{time.time():.6f} {self._get_action()} {self.service_name} {spent:.1f}\n"
+        with STANDIN._lock:
+            STANDIN.call_log.write(line)
+            STANDIN.call_log.flush()
 
 
 def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -> Any:
@@ -243,7 +333,7 @@ def _resp_describe_instance_information(self: SimpleSystemManagerResponse) -> Ac
 
 def install() -> FleetStandIn:
     """Install the single-instance stand-in, then the fleet's additions (idempotent)."""
-    global _installed, _base_send_command, _base_gate, _base_list_commands
+    global _installed, _base_send_command, _base_gate, _base_list_commands, _base_transact, _base_call_action
     ssm_standin.install()
     with _install_lock:
         if not _installed:
@@ -262,6 +352,10 @@ def install() -> FleetStandIn:
             for name in DYNAMODB_WRITES:
                 if hasattr(DynamoDBBackend, name):
                     setattr(DynamoDBBackend, name, _atomic(getattr(DynamoDBBackend, name)))
+            _base_transact = DynamoDBBackend.transact_write_items
+            DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+            _base_call_action = BaseResponse.call_action
+            BaseResponse.call_action = _call_action  # type: ignore[method-assign]
             _installed = True
     return FLEET
 
