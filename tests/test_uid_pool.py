@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -282,6 +283,17 @@ def _claim_many(base: str, first: int, count: int, claims_dir: str, keys: list[s
     out.put([(key, pool.acquire(key)) for key in keys])
 
 
+def _results_of(workers: list[Any], out: Any) -> list[Any]:
+    """Start the processes, take one answer from each, and see each exit cleanly."""
+    for worker in workers:
+        worker.start()
+    got = [out.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    return got
+
+
 def test_processes_and_base_dirs_claiming_at_once_never_share_a_uid(top: pathlib.Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import multiprocessing
 
@@ -304,12 +316,7 @@ def test_processes_and_base_dirs_claiming_at_once_never_share_a_uid(top: pathlib
         )
         for i in range(4)
     ]
-    for worker in workers:
-        worker.start()
-    got = [out.get(timeout=60) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    got = _results_of(workers, out)
     uids = [uid for batch in got for _, uid in batch]
     assert len(uids) == 56 and len(set(uids)) == 56
     for base in bases:
@@ -337,12 +344,7 @@ def test_processes_recycling_at_once_keep_the_pool_whole(top: pathlib.Path, monk
         ctx.Process(target=_claim_many, args=(pool.base, pool.first, 16, claims, batch, out))
         for batch in keys
     ]
-    for worker in workers:
-        worker.start()
-    got = [out.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    got = _results_of(workers, out)
     assert sorted(key for batch in got for key, _ in batch) == sorted(key for batch in keys for key in batch)
     assert all(pool.first <= uid < pool.first + 15 for batch in got for _, uid in batch)
     table = pool.table()
