@@ -357,3 +357,24 @@ def test_processes_recycling_at_once_keep_the_pool_whole(top: pathlib.Path, monk
     for key, uid in table.items():
         assert key in last[uid]
     pool.release(list(table))
+
+
+def test_a_uid_taken_over_from_a_removed_base_dir_keeps_none_of_its_processes(
+    top: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A base dir removed by hand leaves its claims, and maybe a process of its runs: the base dir that
+    takes such a uid over kills what still runs as it before any run of its own gets it."""
+    claims = top / "claims"
+    claims.mkdir(mode=0o700)
+    monkeypatch.setattr(runner, "UID_CLAIMS_DIR", str(claims))
+    pool = new_pool(top, 4)
+    (claims / str(pool.first)).write_text(str(top / "removed-base"))
+    left = subprocess.Popen(["sleep", "60"], user=pool.first, group=pool.first)
+    try:
+        assert left.poll() is None  # positive control: the old holder's process runs as the uid
+        assert pool.acquire("session:new") == pool.first
+        assert left.wait(timeout=10) == -9
+        assert (claims / str(pool.first)).read_text() == pool.base
+    finally:
+        left.kill()
+        left.wait()

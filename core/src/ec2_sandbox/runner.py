@@ -661,6 +661,10 @@ class UidPool(object):
                 return True
             if holder is not None and os.path.isdir(holder):
                 return False
+            if holder is not None and holder != "":
+                # Taken over from a base dir that is gone (removed by hand, not by cleanup): its runs'
+                # processes may outlive it, and must not share a uid with this base dir's runs.
+                kill_uid(uid)
             # Unclaimed, or held by a base dir that no longer exists. Written in place, under the lock: a
             # claim cut short names no existing base dir, so it is free again.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
