@@ -1,6 +1,6 @@
 """Local transport, large inputs and outputs, against the same work done directly, in the same run.
 
-    uv run python benchmarks/bench_local_bytes.py [--runs 7] [--input-mb 20] [--output-mb 50]
+    uv run python benchmarks/bench_local_bytes.py [--runs 21] [--input-mb 20] [--output-mb 50]
 
 Input: ``execute_code`` with a 20 MB file (bytes in memory) that the program reads and hashes, against
 the same work done directly: the same bytes written to a file in a new dir, then the same program run there
@@ -31,7 +31,7 @@ HASH = "import hashlib\nprint(hashlib.sha256(open('in.bin', 'rb').read()).hexdig
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--input-mb", type=int, default=20)
     parser.add_argument("--output-mb", type=int, default=50)
     args = parser.parse_args()
