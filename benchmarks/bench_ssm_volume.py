@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import statistics
 import sys
@@ -97,6 +98,7 @@ async def measure_s3(instance_id: str, base: str, mb: int, repeat: int, log: Cal
     import boto3
 
     from ec2_sandbox import AsyncSandbox, SandboxConfig
+    from ec2_sandbox.transports.ssm import SsmTransport
 
     bucket = "ec2-sandbox-bench-output"
     s3 = boto3.client("s3", region_name="us-east-1")
@@ -117,6 +119,13 @@ async def measure_s3(instance_id: str, base: str, mb: int, repeat: int, log: Cal
         assert isinstance(blob, bytes) and len(blob) == n
         await asyncio.to_thread(s3.put_object, Bucket=bucket, Key="alone/data.bin", Body=blob)
 
+        s3_calls: collections.Counter[str] = collections.Counter()
+        transport = sandbox.transport
+        assert isinstance(transport, SsmTransport)
+        transport.client("s3").meta.events.register(
+            "before-call.s3", lambda model, **_: s3_calls.update([model.name])
+        )
+
         async def through_sandbox() -> None:
             assert len(await sandbox.get_task_files(made.task_hash, "data.bin")) == n
 
@@ -131,15 +140,19 @@ async def measure_s3(instance_id: str, base: str, mb: int, repeat: int, log: Cal
 
         sides = {"sandbox": through_sandbox, "get": get, "put+get": put_and_get}
         times: dict[str, list[float]] = {side: [] for side in sides}
-        counts = []
+        counts, s3_counts = [], []
         for i in range(repeat):
             for side in list(sides) if i % 2 == 0 else list(sides)[::-1]:
-                before = log.mark()
+                before, s3_before = log.mark(), sum(s3_calls.values())
                 started = time.perf_counter()
                 await sides[side]()
                 times[side].append(time.perf_counter() - started)
+                # What the read left running (collecting SSM's answer, deleting the keys) ends before
+                # the next side starts, and its calls count.
+                await transport.settle()
                 if side == "sandbox":
                     counts.append(sum(log.since(before).values()))
+                    s3_counts.append(sum(s3_calls.values()) - s3_before)
 
     def spread(side: str) -> str:
         return (
@@ -148,7 +161,10 @@ async def measure_s3(instance_id: str, base: str, mb: int, repeat: int, log: Cal
         )
 
     print(f"s3_bucket: read {mb} MB random, {repeat} runs each, alternating", flush=True)
-    print(f"  get_task_files                  {spread('sandbox')}, {statistics.median(counts):.0f} SSM calls")
+    print(
+        f"  get_task_files                  {spread('sandbox')}, {statistics.median(counts):.0f} SSM calls, "
+        f"{statistics.median(s3_counts):.0f} S3 requests (looks for the manifest, part GETs, the delete)"
+    )
     print(f"  GetObject of the same bytes     {spread('get')}")
     print(f"  PutObject + GetObject (the way the bytes must travel)  {spread('put+get')}")
     for side in ("get", "put+get"):

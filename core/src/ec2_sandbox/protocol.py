@@ -98,7 +98,7 @@ def request(op: str, base_dir: str | None, **fields: Any) -> dict[str, Any]:
 
 def _redacted(req: dict[str, Any]) -> dict[str, Any]:
     """A request fit for a debug log: no code, file contents or env values."""
-    shown = {k: v for k, v in req.items() if k not in ("code_b64", "files", "env")}
+    shown = {k: v for k, v in req.items() if k not in ("code_b64", "files", "env", "upload")}
     if "files" in req:
         shown["files"] = [f["path"] for f in req["files"]]
     if "env" in req:
@@ -117,7 +117,7 @@ async def call(
     log.debug("runner %s via %s: %s", req["op"], transport.name, _redacted(req))
     direct = getattr(transport, "call_in_process", None)
     if direct is not None and getattr(transport, "in_process", False):
-        return _result(await direct(_on_the_wire(req, True), timeout=timeout, on_event=on_event), req)
+        return result(await direct(_on_the_wire(req, True), timeout=timeout, on_event=on_event), req)
     payload = json.dumps(_on_the_wire(req, False), separators=(",", ":")).encode("utf-8")
     envelope: dict[str, Any] | None = None
 
@@ -142,10 +142,10 @@ async def call(
         raise TransportError(
             f"the runner on {transport.target} returned no result (exit status {out.exit_status}): {detail}"
         )
-    return _result(envelope, req)
+    return result(envelope, req)
 
 
-def _result(envelope: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+def result(envelope: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
     """The envelope's ``result``; a runner refusal becomes an exception."""
     if not envelope.get("ok"):
         error = envelope.get("error") or {}

@@ -3392,8 +3392,11 @@ def read_file(req):
         os.lseek(fd, offset, os.SEEK_SET)
         chunks = []
         remaining = length
+        # The size known at open in one read (no copy to join), then whatever the file grew by since.
+        step = max(size - offset, 1 << 20)
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
+            chunk = os.read(fd, min(remaining, step))
+            step = 1 << 20
             if not chunk:
                 break
             chunks.append(chunk)

@@ -46,8 +46,10 @@ from ..config import SandboxConfig
 from ..errors import ConfigError, TransportError
 from ..protocol import RunnerRefusal, call, runner_sha256, runner_source
 from ..protocol import page_data as protocol_page_data
+from ..protocol import result as protocol_result
 from ..schema import StatusPart
 from .base import LineCallback, RunnerOutput, Transport
+from .ssm_upload import POLL_GROWTH, POLL_MAX, POLL_MIN, ForgedManifest, Upload
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,9 @@ RUNNER_MISSING, RUNNER_MISSING_EXIT = "EC2_SANDBOX_RUNNER_MISSING", 93
 # staged chunks, or from a presigned S3 URL), checks the SHA-256 and runs the runner in this interpreter.
 # The runner is cached on the instance (root-only staging dir, checked by SHA-256), so later commands carry
 # only the request. A "read" request may ask, besides, for its range to be spooled in pages (``spool``) or
-# PUT to a presigned URL (``upload``): see :meth:`SsmTransport.bulk_read`. Every run sweeps spools older
-# than 15 minutes (a client that died mid-read).
+# PUT in parts to presigned URLs (``upload``; then a signed manifest, best effort: the command's output says
+# the same): see :meth:`SsmTransport.bulk_read` and :mod:`.ssm_upload`. Every run sweeps spools older than
+# 15 minutes (a client that died mid-read).
 # It travels zlib-compressed and base64-encoded (BOOTSTRAP_LINE): in the SSM console the command shows that
 # blob; ``python3 -c 'import base64,zlib;print(zlib.decompress(base64.b64decode("...")).decode())'`` shows
 # the program. Tracebacks from it name the file ``<string>``.
@@ -202,19 +205,46 @@ def spool(req, module, where, fit):
     res["spool"] = {"dir": home, "pages": pages, "sha256": hashlib.sha256(raw).hexdigest()}
     print(json.dumps({"envelope": env}, separators=(",", ":")))
     sys.exit(0)
-def upload(req, module):
+def put_url(url, data):
     import urllib.request
-    url = req.pop("upload")
+    sending = urllib.request.Request(url, data=data, method="PUT")
+    sending.add_header("Content-Type", "application/octet-stream")
+    sending.add_header("Content-Length", str(len(data)))
+    with urllib.request.urlopen(sending, timeout=600) as reply:
+        reply.read()
+def upload(req, module):
+    import hmac, threading
+    ask = req.pop("upload")
+    urls, key = [str(u) for u in ask["parts"]], bytes.fromhex(str(ask["key"]))
     env, res, raw = read_raw(req, module, None)
     if len(raw) <= 16384:
         res["b64"] = base64.b64encode(raw).decode("ascii")
     else:
-        sending = urllib.request.Request(url, data=raw, method="PUT")
-        sending.add_header("Content-Type", "application/octet-stream")
-        with urllib.request.urlopen(sending, timeout=600) as reply:
-            reply.read()
-        res["uploaded"] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-    print(json.dumps({"envelope": env}, separators=(",", ":")))
+        n = max(1, min(len(urls), len(raw) // max(1, int(ask["part"]))))
+        step, view, parts, failed = -(-len(raw) // n), memoryview(raw), [None] * n, []
+        def send(i):
+            try:
+                chunk = view[i * step : (i + 1) * step]
+                parts[i] = [len(chunk), hashlib.sha256(chunk).hexdigest()]
+                put_url(urls[i], chunk)
+            except BaseException as exc:
+                failed.append(exc)
+        senders = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        if failed:
+            raise failed[0]
+        res["uploaded"] = {"bytes": len(raw), "parts": parts}
+    body = json.dumps({"envelope": env}, separators=(",", ":"))
+    if "uploaded" in res:
+        try:
+            sign = hmac.new(key, body.encode(), "sha256").hexdigest()
+            put_url(str(ask["done"]), (body + "\n" + sign).encode())
+        except Exception:
+            pass
+    print(body)
     sys.exit(0)
 lines = sys.stdin.read().split()
 head = json.loads(base64.b64decode(lines[0]))
@@ -273,7 +303,7 @@ if fit or b"\"op\":\"read\"" in request:
         pass
 if isinstance(req, dict) and req.get("op") == "read" and isinstance(req.get("spool"), dict):
     spool(req, module, where, fit)
-if isinstance(req, dict) and req.get("op") == "read" and isinstance(req.get("upload"), str):
+if isinstance(req, dict) and req.get("op") == "read" and isinstance(req.get("upload"), dict):
     upload(req, module)
 if fit:
     if isinstance(req, dict) and req.get("op") == "read":
@@ -611,64 +641,94 @@ class SsmTransport(Transport):
     async def _read_uploaded(
         self, request: dict[str, Any], sink: Callable[[bytes], object], *, timeout: float
     ) -> tuple[int, int | None]:
-        """A read with an output bucket: the runner reads the range (dir fds, the owner's checks) and PUTs
-        it to a presigned URL for a fresh key, and the client GETs it: the bytes cross once each way, raw,
-        instead of as base64 in command output. A range small enough comes inline instead. A failure of
-        the channel or of S3 hands the rest back to paging; the key is deleted whatever happened."""
-        s3, bucket = self.client("s3"), self.config.s3_bucket
+        """A read with an output bucket (see :mod:`.ssm_upload`): the runner reads the range and PUTs it in
+        parts to presigned URLs, and the client GETs them as soon as the instance's signed manifest is in the
+        bucket or SSM reports the command done, whichever comes first: the bytes cross once each way, raw.
+        A range small enough comes inline instead. A failure of the channel or of S3 hands the rest back to
+        paging; the keys are deleted once the command has ended, whatever happened."""
+        s3, bucket = self.client("s3"), str(self.config.s3_bucket)
         offset, length = int(request["offset"]), int(request["length"])
         carried, size = 0, None
         while carried < length:
             span = min(UPLOAD_BYTES, length - carried)
-            key = f"{S3_PREFIX}/reads/{secrets.token_hex(16)}"
+            upload = Upload.new(bucket, S3_PREFIX)
+            ask = dict(request, offset=offset + carried, length=span)
+            command: asyncio.Future[dict[str, Any]] | None = None
             try:
-                # The URL lives as long as the command may: its delivery and its run.
+                # The URLs live as long as the command may: its delivery and its run.
                 expires = min(
                     await asyncio.to_thread(self._presign_seconds, time.monotonic() + timeout),
                     math.ceil(timeout) + self.delivery_timeout,
                 )
-                url = await asyncio.to_thread(
-                    s3.generate_presigned_url,
-                    "put_object",
-                    Params={"Bucket": bucket, "Key": key},
-                    ExpiresIn=expires,
-                )
-                try:
-                    result = await call(
-                        self, dict(request, offset=offset + carried, length=span, upload=url), timeout=timeout
+                ask["upload"] = await asyncio.to_thread(upload.request, s3, expires)
+                command = asyncio.ensure_future(call(self, ask, timeout=timeout))
+                result = await self._upload_answer(command, upload, s3, ask)
+                size = _size_of(result)
+                uploaded = result.get("uploaded")
+                if isinstance(uploaded, dict):
+                    parts = upload.parts(uploaded, span)
+                    fetched = await asyncio.gather(
+                        *(asyncio.to_thread(upload.fetch, s3, key) for key, _, _ in parts)
                     )
-                    size = _size_of(result)
-                    uploaded = result.get("uploaded")
-                    data = (
-                        await self._s3_read(s3, bucket, key)
-                        if isinstance(uploaded, dict)
-                        else protocol_page_data(result)
-                    )
-                finally:
-                    self._later(asyncio.to_thread(s3.delete_object, Bucket=bucket, Key=key))
+                else:
+                    data = protocol_page_data(result)
+                    parts, fetched = [("", len(data), "")], [(data, "")]
             except RunnerRefusal:
                 raise
             except TransportError as exc:
                 log.debug("could not read through s3 from %s (%s): paging on", self.instance_id, exc)
                 break
-            if len(data) > span or (
-                isinstance(uploaded, dict)
-                and (
-                    len(data) != uploaded.get("bytes")
-                    or hashlib.sha256(data).hexdigest() != uploaded.get("sha256")
-                )
-            ):
-                raise TransportError(
-                    f"a read from {self.instance_id} through s3://{bucket}/{key} came back other than the "
-                    "instance sent it (size or SHA-256); read it again"
-                )
-            sink(data)
-            carried += len(data)
+            except BaseException:
+                if command is not None:
+                    command.cancel()  # the caller gave up: so does the instance
+                raise
+            finally:
+                self._later(self._tidy_upload(command, upload, s3))
+            for (key, want, digest), (data, got) in zip(parts, fetched, strict=True):
+                if len(data) != want or got != digest or len(data) > span:
+                    raise TransportError(
+                        f"a read from {self.instance_id} through s3://{bucket}/{key} came back other than "
+                        "the instance sent it (size or SHA-256); read it again"
+                    )
+            for data, _ in fetched:
+                sink(data)
+            got_here = sum(len(data) for data, _ in fetched)
+            carried += got_here
             # A file that grows while it is read is read to the size its first answer gave.
             length = min(length, size - offset)
-            if len(data) < span:
+            if got_here < span:
                 break
         return carried, size
+
+    async def _upload_answer(
+        self, command: asyncio.Future[dict[str, Any]], upload: Upload, s3: Any, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The runner's answer to an uploading read: from its signed manifest in the bucket, looked for from
+        when commands here usually end, or from SSM, whichever comes first. A manifest that is not the
+        instance's ends the looking: SSM's answer is then the only one."""
+        started, first, looking = time.monotonic(), self._expected() or 0.0, True
+        while True:
+            waited = time.monotonic() - started
+            pause = min(POLL_MAX, max(POLL_MIN, first - waited, waited * POLL_GROWTH))
+            done, _ = await asyncio.wait({command}, timeout=pause if looking else None)
+            if done:
+                return command.result()
+            try:
+                envelope = await asyncio.to_thread(upload.manifest, s3)
+            except ForgedManifest as exc:
+                log.warning("%s: waiting for the command's own answer on %s", exc, self.instance_id)
+                looking = False
+                continue
+            if envelope is not None:
+                return protocol_result(envelope, request)
+
+    async def _tidy_upload(self, command: asyncio.Future[Any] | None, upload: Upload, s3: Any) -> None:
+        """Once the command has ended (a part may still be on its way until then), delete every key."""
+        if command is not None:
+            await asyncio.wait({command})
+            if not command.cancelled():
+                command.exception()  # the read has dealt with it, or went another way
+        await asyncio.to_thread(upload.delete, s3)
 
     def _later(self, work: Awaitable[Any]) -> None:
         """Work nobody waits for (removing what a command left behind); :meth:`aclose` waits for it."""
@@ -714,9 +774,14 @@ class SsmTransport(Transport):
                 "bucket, and these credentials s3:GetObject"
             ) from exc
 
-    async def aclose(self) -> None:
-        if self._pending:
+    async def settle(self) -> None:
+        """Wait for the work nobody waits for (deleting what commands left, collecting the answer of a
+        command whose read already ended): its calls then have all been made."""
+        while self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.settle()
 
     async def _exec_once(self, payload: bytes, deadline: float, *, ship_runner: bool) -> dict[str, Any]:
         """One run of the runner: inline when it fits in one command, else staged first."""
