@@ -244,12 +244,15 @@ def test_uids_go_round_in_turn_and_the_pool_dirs_stay_small(
     # Those a batch took back ahead of their turn are free; the rest are held.
     held = pool.table()
     assert 15 - min(batch, 7) < len(held) <= 15 and order[-1] in held.values()
-    entries = [
-        len(os.listdir(os.path.join(pool.dir, sub)))
+    entries = {
+        sub: len(os.listdir(os.path.join(pool.dir, sub)))
         for sub in os.listdir(pool.dir)
         if os.path.isdir(os.path.join(pool.dir, sub))
-    ]
-    assert len(entries) == 512 and sum(entries) == 2 * len(held) and max(entries) <= 15
+    }
+    # A file per holder, and one per uid of the range (overwritten by each holder in turn, never more).
+    assert len(entries) == 512 and max(entries.values()) <= 15
+    assert sum(n for sub, n in entries.items() if sub.startswith("k-")) == len(held)
+    assert sum(n for sub, n in entries.items() if sub.startswith("u-")) == 15
 
 
 def test_the_flat_pool_of_an_earlier_version_is_taken_over(pool: runner.UidPool) -> None:
@@ -378,3 +381,24 @@ def test_a_uid_taken_over_from_a_removed_base_dir_keeps_none_of_its_processes(
     finally:
         left.kill()
         left.wait()
+
+
+def test_a_hold_is_two_files_pointing_at_each_other(pool: runner.UidPool) -> None:
+    """A uid's file outlives its holder and is written over in place: a stale one, or one a killed runner
+    left half written, names nobody; only a holder whose own file points back holds the uid. Control: the
+    hold itself, seen by lookup and kept from a second key."""
+    uid = pool.acquire("session:a")
+    assert pool.lookup("session:a") == uid and pool.acquire("session:b") != uid
+    pool.release(["session:a", "session:b"])
+    with open(os.path.join(pool.dir, pool._uid_file(uid)), encoding="utf-8") as fh:
+        assert fh.read() == "session:a"  # stale: kept, to be written over
+    assert pool.lookup("session:a") is None and pool.table() == {}
+    for torn in ("session:", "session:ab", "session:a\0"):
+        pool._write(pool._uid_file(uid), torn)
+        pool._write(pool._key_file("session:a"), str(uid))  # a key file that points at the uid
+        assert pool.lookup("session:a") is None and pool._holder(uid) is None  # free for the next claim
+    # Written over with a shorter key, the file holds that key alone.
+    pool._write(pool._uid_file(uid), "session:longer-name")
+    pool._write(pool._uid_file(uid), "session:a")
+    assert pool.lookup("session:a") == uid
+    pool.release(["session:a"])

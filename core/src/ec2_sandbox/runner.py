@@ -525,10 +525,12 @@ class UidPool(object):
 
     Two holders never share a uid, so neither can read, write or signal the other's processes and files. The
     pool is per base dir, a small file per holder and per uid under ``runs/uids/`` (``k-<xx>/k.<digest of
-    key>`` names the uid, ``u-<xx>/u.<uid>`` the key), spread over 256 dirs of each kind made with the pool:
-    claiming or releasing touches a few files in dirs of a few hundred entries at most, whatever the number
-    of past runs. Uids go round in order, so the one after the last handed out is the one held longest. A
-    claim file per uid in UID_CLAIMS_DIR keeps other base dirs off the same uid.
+    key>`` names the uid, ``u-<xx>/u.<uid>`` its latest holder's key; a hold is both pointing at each other),
+    spread over 256 dirs of each kind made with the pool: claiming or releasing touches a few files in dirs
+    of a few hundred entries at most, whatever the number of past runs. A holder's file goes when it lets
+    go; a uid's stays, to be overwritten by its next holder. Uids go round in order, so the one after the
+    last handed out is the one held longest. A claim file per uid in UID_CLAIMS_DIR keeps other base dirs
+    off the same uid.
 
     There is no limit on runs between cleanups: when the next uid is still held by a finished task, the
     uid is recycled. The task's files are first given to :attr:`retired` (the range's last uid, which no
@@ -572,14 +574,19 @@ class UidPool(object):
             os.close(fd)
 
     def _write(self, name, text):
-        path = os.path.join(self.dir, name)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # In place: every pool file is read and written under the pool's lock, so none is seen half
+        # written, and one a killed runner left mixed names nobody (holds are checked both ways). Written
+        # over, never truncated to nothing first: ext4 writes a file truncated to zero out at its close.
+        data = text.encode("utf-8")
+        fd = os.open(
+            os.path.join(self.dir, name), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
         try:
-            os.write(fd, text.encode("utf-8"))
+            os.pwrite(fd, data, 0)
+            if os.fstat(fd).st_size > len(data):
+                os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
-        os.rename(tmp, path)
 
     def _unlink(self, name):
         try:
@@ -594,6 +601,12 @@ class UidPool(object):
             return None
         uid = int(raw)
         return uid if self._read(self._uid_file(uid)) == key else None
+
+    def _holder(self, uid):
+        """The key holding ``uid``, or None. A uid's file outlives its holder (it is overwritten by the
+        next, never removed): the holder's own file, pointing back, is what makes the hold."""
+        key = self._read(self._uid_file(uid))
+        return key if key and self._held(key) == uid else None
 
     def _locked(self, work):
         if self.dir not in _PREPARED:
@@ -685,7 +698,7 @@ class UidPool(object):
             for step in range(self.count):
                 index = (position + step) % self.count
                 uid = self.first + index
-                holder = self._read(self._uid_file(uid))
+                holder = self._holder(uid)
                 if holder is not None and (
                     uid in tried or not self._recycle(index, holder, tried, self.count - step)
                 ):
@@ -721,7 +734,7 @@ class UidPool(object):
             if step:
                 if uid in tried:
                     continue
-                holder = self._read(self._uid_file(uid))
+                holder = self._holder(uid)
                 if holder is None:
                     continue
             tried.add(uid)
@@ -749,8 +762,7 @@ class UidPool(object):
             try:
                 for uid, holder, ident, _ in free:
                     retire_task_files(self.base, ident, uid, self.retired, parents)
-                    self._unlink(self._key_file(holder))
-                    self._unlink(self._uid_file(uid))
+                    self._unlink(self._key_file(holder))  # the uid is free: its file is overwritten next
                     recycled.add(uid)
             finally:
                 for parent in parents:
@@ -792,7 +804,6 @@ class UidPool(object):
                 if uid is None:
                     continue
                 self._unlink(self._key_file(key))
-                self._unlink(self._uid_file(uid))
                 # Under the pool's lock: once it is released, acquire() may give the uid to a new key of
                 # this base dir and claim it again, and that claim must not be the one dropped here.
                 self._unclaim(uid)
