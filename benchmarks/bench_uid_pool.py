@@ -20,6 +20,7 @@ but its pool files, which is the part whose cost could grow with history.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -49,18 +50,25 @@ def fresh_pool(top: str) -> runner.UidPool:
     """A pool with no past runs, its directories made (by a claim released at once)."""
     # A range of its own: the aged pool's base dir holds every claim of the runner's range.
     pool = runner.UidPool(new_base(top), FIRST + COUNT, COUNT)
-    key = "task:" + secrets.token_hex(16)
-    pool.acquire(key)
-    pool.release([key])
+    release(pool, *claim(pool)[1:])
     assert pool.table() == {}
     return pool
 
 
-def claim(pool: runner.UidPool) -> tuple[float, str]:
+def release(pool: runner.UidPool, key: str, uid: int) -> None:
+    """Let go of a task's uid as cleanup does, which finds it in the task's record (a run writes one)."""
+    rdir = runner.record_dir(pool.base, key.partition(":")[2])
+    os.mkdir(rdir, 0o700)
+    with open(os.path.join(rdir, "meta.json"), "w", encoding="utf-8") as fh:
+        json.dump({"uid": uid}, fh)
+    pool.release([key])
+
+
+def claim(pool: runner.UidPool) -> tuple[float, str, int]:
     key = "task:" + secrets.token_hex(16)
     started = time.perf_counter()
-    pool.acquire(key)
-    return time.perf_counter() - started, key
+    uid = pool.acquire(key)
+    return time.perf_counter() - started, key, uid
 
 
 def main() -> int:
@@ -90,10 +98,10 @@ def main() -> int:
             os.sync()
             for i, pool in enumerate(fresh, block):
                 for side in ("aged", "first") if i % 2 == 0 else ("first", "aged"):
-                    elapsed, key = claim(aged if side == "aged" else pool)
+                    elapsed, key, uid = claim(aged if side == "aged" else pool)
                     samples[side].append(elapsed)
                     if side == "first":  # released, so that the next first run finds the same uid free
-                        pool.release([key])
+                        release(pool, key, uid)
             for pool in fresh:
                 shutil.rmtree(pool.base)
         print(f"uid claim after {args.past} past runs : {summary(samples['aged'], 1e6, 'us')}")

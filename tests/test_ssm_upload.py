@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -16,7 +17,7 @@ import pytest
 import test_ssm
 from test_ssm import REGION, config_for, quick
 
-from ec2_sandbox import AsyncSandbox
+from ec2_sandbox import AsyncSandbox, SandboxConfig
 from ec2_sandbox.errors import TransportError
 from ec2_sandbox.testing import ssm_standin
 from ec2_sandbox.transports import ssm_upload
@@ -34,6 +35,26 @@ def bucket(ssm_server: ssm_standin.Server) -> Any:
     name = f"ec2sb-up-{os.urandom(4).hex()}"
     s3.create_bucket(Bucket=name)
     return s3, name
+
+
+@dataclass
+class Reads:
+    """A sandbox's settings for reads through ``bucket``, its transport, and the bucket."""
+
+    s3: Any
+    bucket: str
+    config: SandboxConfig
+    transport: SsmTransport
+
+    def sandbox(self) -> AsyncSandbox:
+        return AsyncSandbox(self.config, transport=self.transport)
+
+
+@pytest.fixture
+def reads(standin: ssm_standin.StandIn, instance_id: str, tmp_base_dir: str, bucket: Any) -> Reads:
+    s3, name = bucket
+    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20, s3_bucket=name)
+    return Reads(s3, name, config, quick(config))
 
 
 async def big_file(sandbox: AsyncSandbox, base: str) -> tuple[str, bytes]:
@@ -61,20 +82,14 @@ def signed(secret: bytes, envelope: dict[str, Any]) -> bytes:
 
 
 async def test_the_bytes_come_once_the_signed_manifest_is_in_the_bucket(
-    standin: ssm_standin.StandIn,
-    instance_id: str,
-    tmp_base_dir: str,
-    bucket: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    standin: ssm_standin.StandIn, reads: Reads, tmp_base_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The read ends without SSM's answer: the parts (PUT at once) come as soon as the instance's manifest
     is there. SSM's answer is still collected afterwards, and only then are the keys deleted."""
-    s3, name = bucket
-    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20, s3_bucket=name)
-    transport = quick(config)
-    async with AsyncSandbox(config, transport=transport) as sandbox:
+    s3, name = reads.s3, reads.bucket
+    async with reads.sandbox() as sandbox:
         task, expected = await big_file(sandbox, tmp_base_dir)
-        release = hold_polls(transport, monkeypatch)
+        release = hold_polls(reads.transport, monkeypatch)
         try:
             got = await asyncio.wait_for(sandbox.get_task_files(task, "big.bin"), 60)
             listed = s3.list_objects_v2(Bucket=name, Prefix="ec2-sandbox/reads/").get("Contents", [])
@@ -91,9 +106,8 @@ async def test_the_bytes_come_once_the_signed_manifest_is_in_the_bucket(
 async def test_a_manifest_counts_only_when_signed_with_the_commands_secret(
     key: str,
     standin: ssm_standin.StandIn,
-    instance_id: str,
+    reads: Reads,
     tmp_base_dir: str,
-    bucket: Any,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -101,11 +115,9 @@ async def test_a_manifest_counts_only_when_signed_with_the_commands_secret(
     their own there before the instance does. Unsigned, it is ignored and the read waits for SSM's answer,
     whose digests the instance's own bytes match. The positive control signs it with the command's secret:
     then the client does take it, which shows the signature is all that stops it."""
-    s3, name = bucket
-    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20, s3_bucket=name)
-    transport = quick(config)
+    s3, name = reads.s3, reads.bucket
     planted = b"planted by someone else"
-    async with AsyncSandbox(config, transport=transport) as sandbox:
+    async with reads.sandbox() as sandbox:
         task, expected = await big_file(sandbox, tmp_base_dir)
         standin.delivery_latency = 1.0  # the client looks at the bucket before the instance writes to it
         real_request = Upload.request
@@ -140,17 +152,12 @@ async def test_a_manifest_counts_only_when_signed_with_the_commands_secret(
 
 
 async def test_a_part_changed_in_the_bucket_is_never_handed_on(
-    standin: ssm_standin.StandIn,
-    instance_id: str,
-    tmp_base_dir: str,
-    bucket: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    reads: Reads, tmp_base_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A part overwritten between the instance's PUT and the client's GET fails its digest: the read
     raises, and none of its bytes reach the caller's sink. The unchanged read is the control."""
-    s3, name = bucket
-    config = config_for(instance_id, tmp_base_dir, max_file_size_mb=20, s3_bucket=name)
-    async with AsyncSandbox(config, transport=quick(config)) as sandbox:
+    s3, name = reads.s3, reads.bucket
+    async with reads.sandbox() as sandbox:
         task, expected = await big_file(sandbox, tmp_base_dir)
         assert await sandbox.get_task_files(task, "big.bin") == expected
         real_fetch = Upload.fetch

@@ -249,9 +249,9 @@ def test_uids_go_round_in_turn_and_the_pool_dirs_stay_small(
         for sub in os.listdir(pool.dir)
         if os.path.isdir(os.path.join(pool.dir, sub))
     }
-    # A file per holder, and one per uid of the range (overwritten by each holder in turn, never more).
+    # One file per uid of the range (written over by each holder in turn, never more); none per task.
     assert len(entries) == 512 and max(entries.values()) <= 15
-    assert sum(n for sub, n in entries.items() if sub.startswith("k-")) == len(held)
+    assert sum(n for sub, n in entries.items() if sub.startswith("k-")) == 0
     assert sum(n for sub, n in entries.items() if sub.startswith("u-")) == 15
 
 
@@ -402,3 +402,36 @@ def test_a_hold_is_two_files_pointing_at_each_other(pool: runner.UidPool) -> Non
     pool._write(pool._uid_file(uid), "session:a")
     assert pool.lookup("session:a") == uid
     pool.release(["session:a"])
+
+
+def test_a_pool_of_the_layout_before_gives_up_its_files_per_task(pool: runner.UidPool) -> None:
+    """Layout "2" kept a file per task too; a hold was both files naming each other. Taken over once: a
+    task that held its uid keeps it (its record names it), one whose file did not name it back frees it,
+    a session keeps its two files; nothing per task is left."""
+    os.makedirs(pool.dir, mode=0o700)
+    for shard in range(256):
+        for kind in ("k", "u"):
+            os.mkdir(os.path.join(pool.dir, f"{kind}-{shard:02x}"), 0o700)
+    held, stale, session = pool.first, pool.first + 1, pool.first + 2
+    task = secrets.token_hex(16)
+    rdir = runner.record_dir(pool.base, task)
+    os.mkdir(rdir, 0o700)
+    with open(os.path.join(rdir, "meta.json"), "w") as fh:
+        json.dump({"task_hash": task, "uid": held}, fh)
+    for uid, key, points_back in (
+        (held, "task:" + task, True),
+        (stale, "task:" + secrets.token_hex(16), False),
+        (session, "session:s", True),
+    ):
+        pool._write(pool._uid_file(uid), key)
+        if points_back:
+            pool._write(pool._key_file(key), str(uid))
+    pool._write("layout", "2")
+    runner._PREPARED.discard(pool.dir)
+    assert pool.table() == {"task:" + task: held, "session:s": session}
+    assert pool.lookup("task:" + task) == held and pool.lookup("session:s") == session
+    assert pool._read(pool._uid_file(stale)) == pool.FREE
+    assert pool._read(pool._key_file("task:" + task)) is None
+    assert pool._read("layout") == pool.LAYOUT
+    pool.release(["task:" + task, "session:s"])
+    assert pool.table() == {} and pool._read(pool._uid_file(held)) == pool.FREE

@@ -524,12 +524,13 @@ class UidPool(object):
     """Hands out one unprivileged uid per session (or per session-less task).
 
     Two holders never share a uid, so neither can read, write or signal the other's processes and files. The
-    pool is per base dir, a small file per holder and per uid under ``runs/uids/`` (``k-<xx>/k.<digest of
-    key>`` names the uid, ``u-<xx>/u.<uid>`` its latest holder's key; a hold is both pointing at each other),
-    spread over 256 dirs of each kind made with the pool: claiming or releasing touches a few files in dirs
-    of a few hundred entries at most, whatever the number of past runs. A holder's file goes when it lets
-    go; a uid's stays, to be overwritten by its next holder. Uids go round in order, so the one after the
-    last handed out is the one held longest. A claim file per uid in UID_CLAIMS_DIR keeps other base dirs
+    pool is per base dir, a small file per uid under ``runs/uids/`` (``u-<xx>/u.<uid>``: its holder's key,
+    or FREE), written over in place by each holder in turn, and one per session (``k-<xx>/k.<digest of
+    key>``: its uid; a session holds a uid while the two files name each other); a task's record names
+    its uid. They are spread over 256 dirs of each kind made with the pool: a claim writes two or three
+    small files, creates none once the range has gone round, and no dir holds more than a few hundred
+    entries, whatever the number of past runs. Uids go round in order, so the one after the last handed
+    out is the one held longest. A claim file per uid in UID_CLAIMS_DIR keeps other base dirs
     off the same uid.
 
     There is no limit on runs between cleanups: when the next uid is still held by a finished task, the
@@ -542,9 +543,12 @@ class UidPool(object):
     """
 
     #: Uids taken back at once from finished tasks, for one pass over /proc.
-    RECYCLE_BATCH = 128
-    #: Marks a pool dir whose holder files are spread over subdirs (an earlier version kept them flat).
-    LAYOUT = "2"
+    RECYCLE_BATCH = 256
+    #: The pool dir's layout: "2" spread the files over subdirs (an earlier version kept them flat), "3"
+    #: keeps no file per task (a task's record names its uid).
+    LAYOUT = "3"
+    #: What a free uid's file says.
+    FREE = "-"
 
     def __init__(self, base, first, count):
         self.base = base
@@ -595,18 +599,41 @@ class UidPool(object):
             pass
 
     def _held(self, key):
-        """The uid ``key`` holds (checked both ways), or None."""
-        raw = self._read(self._key_file(key))
-        if raw is None or not raw.isdigit():
+        """The uid ``key`` holds, or None: the uid the holder's side names (a task's record, a session's
+        file in the pool), if the uid's file names ``key`` back."""
+        if key.startswith("task:"):
+            uid = self._recorded_uid(key[5:])
+        else:
+            raw = self._read(self._key_file(key))
+            uid = int(raw) if raw is not None and raw.isdigit() else None
+        return uid if uid is not None and self._read(self._uid_file(uid)) == key else None
+
+    def _recorded_uid(self, task_hash):
+        """The uid a task's record names (its run writes it once it holds one)."""
+        if not TASK_HASH_RE.match(task_hash):
             return None
-        uid = int(raw)
-        return uid if self._read(self._uid_file(uid)) == key else None
+        try:
+            fd = os.open(task_lock_path(self.base, task_hash), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                uid = json.loads(fh.read().decode("utf-8")).get("uid")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return uid if isinstance(uid, int) else None
 
     def _holder(self, uid):
-        """The key holding ``uid``, or None. A uid's file outlives its holder (it is overwritten by the
-        next, never removed): the holder's own file, pointing back, is what makes the hold."""
+        """The key holding ``uid``, or None. A uid's file outlives its holder: it is written over by the
+        next, or with FREE. A task holds the uid its file names (a task has one run, which claims once;
+        its uid goes back by release or recycling, both of which write the file); a session only while
+        its own file names the uid back (a file a killed runner left half written names nobody)."""
         key = self._read(self._uid_file(uid))
-        return key if key and self._held(key) == uid else None
+        if not key or key == self.FREE:
+            return None
+        if key.startswith("task:"):
+            return key if TASK_HASH_RE.match(key[5:]) else None
+        return key if self._held(key) == uid else None
 
     def _locked(self, work):
         if self.dir not in _PREPARED:
@@ -624,9 +651,13 @@ class UidPool(object):
             os.close(fd)
 
     def _lay_out(self):
-        """Make the subdirs (all of them, once), and move in the files of a pool that kept them flat."""
-        if self._read("layout") == self.LAYOUT:
+        """Make the subdirs (all of them, once), and move in the files of a pool that kept them flat; a
+        pool of layout "2" gives up its files per task."""
+        layout = self._read("layout")
+        if layout == self.LAYOUT:
             return
+        if layout == "2":
+            self._drop_task_files()
         for shard in range(256):
             for kind in ("k", "u"):
                 ensure_dir(os.path.join(self.dir, "%s-%02x" % (kind, shard)), 0o700)
@@ -639,6 +670,22 @@ class UidPool(object):
                 self._unlink(name)
         self._write("layout", self.LAYOUT)
 
+    def _drop_task_files(self):
+        """Layout "2" to "3", once: a task held its uid while both files named each other. Now the uid's
+        file alone says so: a task's own file goes, and a uid whose task file did not name it back is
+        FREE."""
+        for shard in range(256):
+            for name in os.listdir(os.path.join(self.dir, "u-%02x" % shard)):
+                if not (name.startswith("u.") and name[2:].isdigit()):
+                    continue
+                uid = int(name[2:])
+                key = self._read(self._uid_file(uid))
+                if not key or not key.startswith("task:"):
+                    continue
+                if self._read(self._key_file(key)) != str(uid):
+                    self._write(self._uid_file(uid), self.FREE)
+                self._unlink(self._key_file(key))
+
     def _migrate(self):
         """Take over the whole-map file of earlier versions (read once, then set aside)."""
         try:
@@ -650,7 +697,8 @@ class UidPool(object):
         for key, uid in sorted(table.items()):
             if isinstance(uid, int):
                 self._write(self._uid_file(uid), key)
-                self._write(self._key_file(key), str(uid))
+                if not key.startswith("task:"):
+                    self._write(self._key_file(key), str(uid))
         os.rename(self.legacy, self.legacy + ".migrated")
 
     # ------------------------------------------------------------------ claims
@@ -706,7 +754,8 @@ class UidPool(object):
                 if not self._claim(uid):
                     continue
                 self._write(self._uid_file(uid), key)
-                self._write(self._key_file(key), str(uid))
+                if not key.startswith("task:"):
+                    self._write(self._key_file(key), str(uid))
                 self._write("next", str(index + 1))
                 return uid
             raise RunnerError(
@@ -760,9 +809,9 @@ class UidPool(object):
                 free = []
             parents = open_task_parents(self.base) if free else []
             try:
-                for uid, holder, ident, _ in free:
+                for uid, _, ident, _ in free:
                     retire_task_files(self.base, ident, uid, self.retired, parents)
-                    self._unlink(self._key_file(holder))  # the uid is free: its file is overwritten next
+                    self._write(self._uid_file(uid), self.FREE)
                     recycled.add(uid)
             finally:
                 for parent in parents:
@@ -780,8 +829,8 @@ class UidPool(object):
             for shard in range(256):
                 for name in os.listdir(os.path.join(self.dir, "u-%02x" % shard)):
                     if name.startswith("u.") and name[2:].isdigit():
-                        key = self._read(self._uid_file(int(name[2:])))
-                        if key is not None and self._held(key) == int(name[2:]):
+                        key = self._holder(int(name[2:]))
+                        if key is not None:
                             found[key] = int(name[2:])
             return found
 
@@ -803,7 +852,10 @@ class UidPool(object):
                 uid = self._held(key)
                 if uid is None:
                     continue
-                self._unlink(self._key_file(key))
+                if key.startswith("task:"):
+                    self._write(self._uid_file(uid), self.FREE)
+                else:
+                    self._unlink(self._key_file(key))
                 # Under the pool's lock: once it is released, acquire() may give the uid to a new key of
                 # this base dir and claim it again, and that claim must not be the one dropped here.
                 self._unclaim(uid)
