@@ -1,6 +1,6 @@
 """Uid set-up after many past runs vs the first run, with the runner's own ``UidPool`` on a temp base dir.
 
-    uv run python benchmarks/bench_uid_pool.py [--past 100000] [--runs 200]
+    uv run python benchmarks/bench_uid_pool.py [--past 100000] [--runs 512]
 
 One base dir is aged by ``--past`` real claims, one per session-less task, never released (no cleanup in
 between: past the range's 65,535 uids every claim recycles the uid a finished task held longest). Then,
@@ -9,7 +9,8 @@ alternating run by run and as often each, it times a claim on the aged pool (run
 its directories are made beforehand by a claim released at once, 20 base dirs at a time and written out
 before the 20 samples, so that both sides time the claim alone). Prints medians, spread and the ratio
 (target: aged <= 1.2x first), and the ratio of the means: uids are recycled in batches, and the claim that
-starts one pays for the claims after it.
+starts one pays for the claims after it, so the default takes two batches' worth of samples (``--runs``
+should be a multiple of ``UidPool.RECYCLE_BATCH``), and the batches that fell in the sample are counted.
 
 Needs root (uids are handed out by a root runner only). The claims that keep other base dirs off a uid
 live in a temp dir of their own for this process (``runner.UID_CLAIMS_DIR``), so the benchmark takes no
@@ -76,7 +77,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--past", type=int, default=100_000, help="claims made before measuring")
-    parser.add_argument("--runs", type=int, default=200, help="samples, each side")
+    parser.add_argument(
+        "--runs", type=int, default=2 * runner.UidPool.RECYCLE_BATCH, help="samples, each side"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_uid_pool: needs root (uids are handed out by a root runner only)")
@@ -90,6 +93,17 @@ def main() -> int:
         for _ in range(args.past):
             aged.acquire("task:" + secrets.token_hex(16))
         print(f"aged the pool with {args.past} claims in {time.perf_counter() - started:.1f} s")
+        batches = []
+        recycle = aged._recycle
+
+        def counted(*args: object) -> bool:
+            started = time.perf_counter()
+            try:
+                return recycle(*args)
+            finally:
+                batches.append(time.perf_counter() - started)
+
+        aged._recycle = counted
         samples: dict[str, list[float]] = {"aged": [], "first": []}
         for block in range(0, args.runs, BLOCK):
             # New base dirs for the block's first runs, made beforehand and written out, so that neither
@@ -112,6 +126,8 @@ def main() -> int:
         # Recycling goes in batches: the claim that starts one pays for the next ones; the means show it.
         means = statistics.mean(samples["aged"]) / statistics.mean(samples["first"])
         print(f"  ratio of the means (batches of recycling included): {means:.2f}x")
+        if batches:
+            print(f"  recycling batches in the sample: {len(batches)}, {summary(batches)}")
         sizes = [len(entries) for _, _, entries in os.walk(aged.dir)]
         print(f"files in the aged pool: {sum(sizes)}, at most {max(sizes)} in one dir")
     finally:
