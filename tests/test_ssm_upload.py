@@ -4,11 +4,13 @@ someone who can write to the bucket (but cannot read the command) can and cannot
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ import test_ssm
 from test_ssm import REGION, config_for, quick
 
 from ec2_sandbox import AsyncSandbox, SandboxConfig
-from ec2_sandbox.errors import TransportError
+from ec2_sandbox.errors import TaskNotFoundError, TransportError
 from ec2_sandbox.testing import ssm_standin
 from ec2_sandbox.transports import ssm_upload
 from ec2_sandbox.transports.ssm import SsmTransport
@@ -151,22 +153,28 @@ async def test_a_manifest_counts_only_when_signed_with_the_commands_secret(
     assert s3.list_objects_v2(Bucket=name).get("KeyCount", 0) == 0
 
 
+@pytest.mark.parametrize(
+    "change",
+    [lambda body: body[:-1] + bytes([body[-1] ^ 1]), lambda body: body + b"more"],
+    ids=["a bit flipped", "grown"],
+)
 async def test_a_part_changed_in_the_bucket_is_never_handed_on(
-    reads: Reads, tmp_base_dir: str, monkeypatch: pytest.MonkeyPatch
+    change: Any, reads: Reads, tmp_base_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A part overwritten between the instance's PUT and the client's GET fails its digest: the read
-    raises, and none of its bytes reach the caller's sink. The unchanged read is the control."""
+    """A part overwritten between the instance's PUT and the client's GET fails its digest (or its size,
+    before it is read): the read raises, and none of its bytes reach the caller's sink. The unchanged read
+    is the control."""
     s3, name = reads.s3, reads.bucket
     async with reads.sandbox() as sandbox:
         task, expected = await big_file(sandbox, tmp_base_dir)
         assert await sandbox.get_task_files(task, "big.bin") == expected
         real_fetch = Upload.fetch
 
-        def fetch(upload: Upload, client: Any, part: str) -> tuple[bytes, str]:
+        def fetch(upload: Upload, client: Any, part: str, size: int) -> tuple[bytes, str]:
             if part.endswith("/1"):
                 body = s3.get_object(Bucket=name, Key=part)["Body"].read()
-                s3.put_object(Bucket=name, Key=part, Body=body[:-1] + bytes([body[-1] ^ 1]))
-            return real_fetch(upload, client, part)
+                s3.put_object(Bucket=name, Key=part, Body=change(body))
+            return real_fetch(upload, client, part, size)
 
         monkeypatch.setattr(Upload, "fetch", fetch)
         handed: list[bytes] = []
@@ -211,3 +219,44 @@ def test_an_upload_described_wrongly_is_refused(uploaded: dict[str, Any]) -> Non
         (upload.part_key(1), 4, "b"),
     ]
     assert len(upload.keys()) == ssm_upload.UPLOAD_PARTS + 1
+
+
+async def test_the_manifest_key_is_never_in_the_bucket(
+    standin: ssm_standin.StandIn, reads: Reads, tmp_base_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request too large for one command (here: any carrying the runner) is staged in the bucket: the
+    manifest's key travels in the command's header, never in what is staged, so whoever can read the
+    bucket cannot sign a manifest. Control: the staged request is there, with the read's presigned URLs."""
+    staged: list[bytes] = []
+    secrets_used: list[bytes] = []
+    reads.transport = quick(reads.config, max_command_chars=20_000)
+    real_new, real_client = Upload.new, reads.transport.client
+
+    def new(bucket: str, root: str) -> Upload:
+        made = real_new(bucket, root)
+        secrets_used.append(made.secret)
+        return made
+
+    def client(service: str) -> Any:
+        made = real_client(service)
+        if service == "s3":
+            put = made.put_object
+
+            def keep(**kwargs: Any) -> Any:
+                staged.append(zlib.decompress(kwargs["Body"]))
+                return put(**kwargs)
+
+            monkeypatch.setattr(made, "put_object", keep)
+        return made
+
+    monkeypatch.setattr(Upload, "new", new)
+    monkeypatch.setattr(reads.transport, "client", client)
+    async with reads.sandbox() as sandbox:  # a new client's first command: a read
+        with pytest.raises(TaskNotFoundError):
+            await sandbox.get_task_files("0" * 32, "x.bin")
+    (secret,) = secrets_used
+    assert staged and any(b'"upload":{"parts":["http' in blob for blob in staged)
+    assert not any(secret.hex().encode() in blob or secret in blob for blob in staged)
+    scripts = [inv.script.split("\n") for inv in standin.invocations.values()]
+    headers = [json.loads(base64.b64decode(lines[3])) for lines in scripts]
+    assert [h.get("mac") for h in headers if h.get("mac")] == [secret.hex()]

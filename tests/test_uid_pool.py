@@ -406,8 +406,9 @@ def test_a_hold_is_two_files_pointing_at_each_other(pool: runner.UidPool) -> Non
 
 def test_a_pool_of_the_layout_before_gives_up_its_files_per_task(pool: runner.UidPool) -> None:
     """Layout "2" kept a file per task too; a hold was both files naming each other. Taken over once: a
-    task that held its uid keeps it (its record names it), one whose file did not name it back frees it,
-    a session keeps its two files; nothing per task is left."""
+    task's file goes and its uid stays held (a runner of layout "2" on the same base dir may have started
+    it without one), until recycling takes it back like any finished task's; a session keeps its two
+    files."""
     os.makedirs(pool.dir, mode=0o700)
     for shard in range(256):
         for kind in ("k", "u"):
@@ -428,10 +429,13 @@ def test_a_pool_of_the_layout_before_gives_up_its_files_per_task(pool: runner.Ui
             pool._write(pool._key_file(key), str(uid))
     pool._write("layout", "2")
     runner._PREPARED.discard(pool.dir)
-    assert pool.table() == {"task:" + task: held, "session:s": session}
+    stale_key = pool._read(pool._uid_file(stale))
+    assert pool.table() == {"task:" + task: held, stale_key: stale, "session:s": session}
     assert pool.lookup("task:" + task) == held and pool.lookup("session:s") == session
-    assert pool._read(pool._uid_file(stale)) == pool.FREE
     assert pool._read(pool._key_file("task:" + task)) is None
     assert pool._read("layout") == pool.LAYOUT
+    # A finished task of no run: recycled (its lock and its uid's processes checked) when its turn comes.
+    assert pool._locked(lambda: pool._recycle(stale - pool.first, stale_key, set(), 1))
+    assert pool._read(pool._uid_file(stale)) == pool.FREE
     pool.release(["task:" + task, "session:s"])
     assert pool.table() == {} and pool._read(pool._uid_file(held)) == pool.FREE

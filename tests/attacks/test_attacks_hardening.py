@@ -219,6 +219,40 @@ async def test_cleanup_skips_what_a_live_process_of_its_uid_holds(box: Box) -> N
     assert box.session in gone.removed_sessions
 
 
+async def test_cleanup_keeps_a_task_and_its_run_record_while_a_process_of_its_uid_lives(box: Box) -> None:
+    # A session-less task's uid is found through its run record: were the record removed first, the task
+    # could no longer be found to have a live process. Both are kept while one lives; the control: both
+    # go once it has ended.
+    result = await box.run("print('made')", session=False)
+    assert result.success, result
+    uid = runner.UidPool(box.base, *runner.SANDBOX_UID_RANGE).lookup("task:" + result.task_hash)
+    assert uid is not None
+    read_end, write_end = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(write_end)
+        try:
+            runner.drop_privileges(uid)
+            os.write(ready_w, b"1")
+            os.read(read_end, 1)
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"1"
+    os.close(ready_r)
+    try:
+        kept = await box.sb.cleanup_tasks(0)
+        held = {e.kind for e in kept.skipped if e.id == result.task_hash and "still running" in e.reason}
+        assert held == {"task", "run"}, kept
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)
+    gone = await box.sb.cleanup_tasks(0)
+    assert result.task_hash in gone.removed_tasks, gone
+
+
 # ----------------------------------------------------------------------------------------- listings
 
 EXCHANGER = """

@@ -578,9 +578,10 @@ class UidPool(object):
             os.close(fd)
 
     def _write(self, name, text):
-        # In place: every pool file is read and written under the pool's lock, so none is seen half
-        # written, and one a killed runner left mixed names nobody (holds are checked both ways). Written
-        # over, never truncated to nothing first: ext4 writes a file truncated to zero out at its close.
+        # In place: every pool file is written under the pool's lock. One a killed runner left mixed names
+        # no session (their holds are checked both ways), or a task of no run, which recycling takes back
+        # like any finished task's. Written over, never truncated to nothing first: ext4 writes a file
+        # truncated to zero out at its close.
         data = text.encode("utf-8")
         fd = os.open(
             os.path.join(self.dir, name), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
@@ -671,20 +672,16 @@ class UidPool(object):
         self._write("layout", self.LAYOUT)
 
     def _drop_task_files(self):
-        """Layout "2" to "3", once: a task held its uid while both files named each other. Now the uid's
-        file alone says so: a task's own file goes, and a uid whose task file did not name it back is
-        FREE."""
+        """Layout "2" to "3": a task's own file goes; the uid's file alone says the task holds it. No uid
+        is freed here: a runner of layout "2" on the same base dir may have started the task without
+        one, and only recycling (the task's lock, its uid's processes) may take a uid back."""
         for shard in range(256):
             for name in os.listdir(os.path.join(self.dir, "u-%02x" % shard)):
                 if not (name.startswith("u.") and name[2:].isdigit()):
                     continue
-                uid = int(name[2:])
-                key = self._read(self._uid_file(uid))
-                if not key or not key.startswith("task:"):
-                    continue
-                if self._read(self._key_file(key)) != str(uid):
-                    self._write(self._uid_file(uid), self.FREE)
-                self._unlink(self._key_file(key))
+                key = self._read(self._uid_file(int(name[2:])))
+                if key and key.startswith("task:"):
+                    self._unlink(self._key_file(key))
 
     def _migrate(self):
         """Take over the whole-map file of earlier versions (read once, then set aside)."""
@@ -3562,8 +3559,10 @@ def remove_entry(base, kind, name, subs):
         lock = UseLock(task_lock_path(base, name), exclusive=True, create=False)
     unlink_lock = False
     try:
-        uid_key = None if kind == "run" else kind + ":" + name
-        uid = UidPool(base, *SANDBOX_UID_RANGE).lookup(uid_key) if uid_key and os.geteuid() == 0 else None
+        # A run record is its task's: it names the task's uid, and goes only when that uid is quiet too
+        # (else the task, removed later, could no longer be found to have a live process).
+        uid_key = ("task:" if kind == "run" else kind + ":") + name
+        uid = UidPool(base, *SANDBOX_UID_RANGE).lookup(uid_key) if os.geteuid() == 0 else None
         if kind == "session":
             # An idle interpreter goes with its session (a busy one holds the session: InUse above).
             ask_host(base, name, {"op": "cleanup"}, 90)
@@ -3585,7 +3584,7 @@ def remove_entry(base, kind, name, subs):
         # Gone (or never there): a session's lock goes too, under the exclusive hold (UseLock says why that
         # is safe); a task's is its record's meta.json, which goes with the record.
         unlink_lock = kind == "session" and found is not False
-        if found and uid is not None:
+        if found and uid is not None and kind != "run":
             UidPool(base, *SANDBOX_UID_RANGE).release([uid_key])
         return found
     finally:

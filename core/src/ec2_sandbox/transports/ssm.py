@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextvars
 import hashlib
 import json
 import logging
@@ -110,9 +111,9 @@ RUNNER_MISSING, RUNNER_MISSING_EXIT = "EC2_SANDBOX_RUNNER_MISSING", 93
 # staged chunks, or from a presigned S3 URL), checks the SHA-256 and runs the runner in this interpreter.
 # The runner is cached on the instance (root-only staging dir, checked by SHA-256), so later commands carry
 # only the request. A "read" request may ask, besides, for its range to be spooled in pages (``spool``) or
-# PUT in parts to presigned URLs (``upload``; then a signed manifest, best effort: the command's output says
-# the same): see :meth:`SsmTransport.bulk_read` and :mod:`.ssm_upload`. Every run sweeps spools older than
-# 15 minutes (a client that died mid-read).
+# PUT in parts to presigned URLs (``upload``; then a manifest signed with the header's ``mac`` key, best
+# effort: the command's output says the same): see :meth:`SsmTransport.bulk_read` and :mod:`.ssm_upload`.
+# Every run sweeps spools older than 15 minutes (a client that died mid-read).
 # It travels zlib-compressed and base64-encoded (BOOTSTRAP_LINE): in the SSM console the command shows that
 # blob; ``python3 -c 'import base64,zlib;print(zlib.decompress(base64.b64decode("...")).decode())'`` shows
 # the program. Tracebacks from it name the file ``<string>``.
@@ -212,10 +213,10 @@ def put_url(url, data):
     sending.add_header("Content-Length", str(len(data)))
     with urllib.request.urlopen(sending, timeout=600) as reply:
         reply.read()
-def upload(req, module):
+def upload(req, module, key):
     import hmac, threading
     ask = req.pop("upload")
-    urls, key = [str(u) for u in ask["parts"]], bytes.fromhex(str(ask["key"]))
+    urls = [str(u) for u in ask["parts"]]
     env, res, raw = read_raw(req, module, None)
     if len(raw) <= 16384:
         res["b64"] = base64.b64encode(raw).decode("ascii")
@@ -238,9 +239,9 @@ def upload(req, module):
             raise failed[0]
         res["uploaded"] = {"bytes": len(raw), "parts": parts}
     body = json.dumps({"envelope": env}, separators=(",", ":"))
-    if "uploaded" in res:
+    if "uploaded" in res and key:
         try:
-            sign = hmac.new(key, body.encode(), "sha256").hexdigest()
+            sign = hmac.new(bytes.fromhex(key), body.encode(), "sha256").hexdigest()
             put_url(str(ask["done"]), (body + "\n" + sign).encode())
         except Exception:
             pass
@@ -304,7 +305,7 @@ if fit or b"\"op\":\"read\"" in request:
 if isinstance(req, dict) and req.get("op") == "read" and isinstance(req.get("spool"), dict):
     spool(req, module, where, fit)
 if isinstance(req, dict) and req.get("op") == "read" and isinstance(req.get("upload"), dict):
-    upload(req, module)
+    upload(req, module, head.get("mac"))
 if fit:
     if isinstance(req, dict) and req.get("op") == "read":
         env, res, raw = read_raw(req, module, fit)
@@ -323,6 +324,10 @@ code = module.main([])
 sys.exit(3 if code in (137, 194) else code)
 """
 
+
+#: The key an uploading read's manifest is signed with, for the command that read sends (see
+#: :meth:`SsmTransport._read_uploaded`).
+_MANIFEST_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("manifest_key", default=None)
 
 #: The bootstrap as it travels in every command: compressed, which leaves more of a command for data.
 _PACKED_BOOTSTRAP = base64.b64encode(zlib.compress(BOOTSTRAP.strip().encode("utf-8"), 9)).decode("ascii")
@@ -661,14 +666,18 @@ class SsmTransport(Transport):
                     math.ceil(timeout) + self.delivery_timeout,
                 )
                 ask["upload"] = await asyncio.to_thread(upload.request, s3, expires)
-                command = asyncio.ensure_future(call(self, ask, timeout=timeout))
+                signing = _MANIFEST_KEY.set(upload.secret.hex())
+                try:  # the command's task takes the key with the context it starts in
+                    command = asyncio.ensure_future(call(self, ask, timeout=timeout))
+                finally:
+                    _MANIFEST_KEY.reset(signing)
                 result = await self._upload_answer(command, upload, s3, ask)
                 size = _size_of(result)
                 uploaded = result.get("uploaded")
                 if isinstance(uploaded, dict):
                     parts = upload.parts(uploaded, span)
                     fetched = await asyncio.gather(
-                        *(asyncio.to_thread(upload.fetch, s3, key) for key, _, _ in parts)
+                        *(asyncio.to_thread(upload.fetch, s3, key, size) for key, size, _ in parts)
                     )
                 else:
                     data = protocol_page_data(result)
@@ -720,7 +729,12 @@ class SsmTransport(Transport):
                 looking = False
                 continue
             if envelope is not None:
-                return protocol_result(envelope, request)
+                result = protocol_result(envelope, request)
+                if isinstance(result.get("uploaded"), dict):
+                    return result
+                # The instance signs only an upload's manifest: anything else was not its doing.
+                log.warning("a signed manifest without an upload on %s: ignored", self.instance_id)
+                looking = False
 
     async def _tidy_upload(self, command: asyncio.Future[Any] | None, upload: Upload, s3: Any) -> None:
         """Once the command has ended (a part may still be on its way until then), delete every key."""
@@ -797,6 +811,10 @@ class SsmTransport(Transport):
         if self.max_output_chars:
             # A read page is fitted under the cap on the instance, compressed when that carries more.
             header["fit"] = self.max_output_chars
+        if _MANIFEST_KEY.get() is not None:
+            # In the header, which is always in the command itself: the request may be staged in the
+            # bucket, where whoever can read it could then sign a manifest.
+            header["mac"] = _MANIFEST_KEY.get()
         commands = _script(header, blob)
         if _size(commands) <= self.max_command_chars:
             try:

@@ -2,13 +2,15 @@
 
 One runner command reads the range (dir fds, the owner's checks) and PUTs it, cut into up to
 :data:`UPLOAD_PARTS` parts sent at once, to presigned URLs for fresh keys; then it PUTs a *manifest*: the
-runner's envelope (each part's size and SHA-256) with an HMAC under a secret that travelled only inside the
-command. The client looks for the manifest in S3 while it polls SSM, so the bytes come as soon as they are
-in the bucket rather than when SSM next reports the command done; whichever answer comes first is used.
+runner's envelope (each part's size and SHA-256) with an HMAC under a secret that travelled only in the
+command's header (never in the request, which may be staged in the bucket itself). The client looks for the
+manifest in S3 while it polls SSM, so the bytes come as soon as they are in the bucket rather than when SSM
+next reports the command done; whichever answer comes first is used.
 
-Trust: a manifest whose HMAC does not check is ignored (and the bucket no longer looked at), so anyone
-who can write to the bucket but cannot read the command can neither forge the digests nor swap the bytes;
-every part is checked against its digest before any of it is handed on.
+Trust: a manifest whose HMAC does not check, or that describes no upload, is ignored (and the bucket no
+longer looked at), so anyone who can read and write the bucket but cannot read the command can neither
+forge the digests nor swap the bytes; every part is checked against its size before it is read and its
+digest before any of it is handed on, and a manifest is read no further than a manifest can be long.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ UPLOAD_PARTS, UPLOAD_PART_BYTES = 4, 4 << 20
 #: Seconds between looks for the manifest: at least POLL_MIN, then POLL_GROWTH of the time waited so far,
 #: at most POLL_MAX. A look is one GetObject, which S3 serves by the thousand per second and prefix.
 POLL_MIN, POLL_GROWTH, POLL_MAX = 0.05, 0.1, 1.0
+#: The most a manifest may be (the runner's envelope for a read: a few hundred bytes).
+MANIFEST_BYTES = 64 << 10
 #: Answers to a GetObject of a key not there yet: NoSuchKey, or AccessDenied without s3:ListBucket.
 NOT_YET = {"NoSuchKey", "404", "NotFound", "AccessDenied", "403"}
 
@@ -65,7 +69,8 @@ class Upload:
 
     def request(self, s3: Any, expires: int) -> dict[str, Any]:
         """What the instance is asked for (the request's ``upload``): a URL per part and one for the
-        manifest, the secret, the least bytes per part. Signing is local: no call to S3."""
+        manifest, the least bytes per part. The secret goes in the command's header instead (the request
+        may be staged in the bucket). Signing URLs is local: no call to S3."""
 
         def url(key: str) -> str:
             return str(
@@ -77,14 +82,16 @@ class Upload:
         return {
             "parts": [url(self.part_key(i)) for i in range(UPLOAD_PARTS)],
             "done": url(self.manifest_key),
-            "key": self.secret.hex(),
             "part": UPLOAD_PART_BYTES,
         }
 
     def manifest(self, s3: Any) -> dict[str, Any] | None:
         """The runner's envelope from the manifest, or None while there is none (blocking)."""
         try:
-            body = s3.get_object(Bucket=self.bucket, Key=self.manifest_key)["Body"].read()
+            # No more than a manifest can hold: anyone may have written there.
+            body = s3.get_object(
+                Bucket=self.bucket, Key=self.manifest_key, Range=f"bytes=0-{MANIFEST_BYTES - 1}"
+            )["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
             if str(code) not in NOT_YET:  # SSM's answer will do: the look was a shortcut
@@ -121,10 +128,15 @@ class Upload:
             raise TransportError(f"the instance described its upload to s3://{self.bucket} wrongly: {parts}")
         return [(self.part_key(i), size, digest) for i, (size, digest) in enumerate(parts)]
 
-    def fetch(self, s3: Any, key: str) -> tuple[bytes, str]:
-        """One part and its SHA-256 (blocking; hashing releases the GIL, so parts fetched at once overlap)."""
+    def fetch(self, s3: Any, key: str, size: int) -> tuple[bytes, str]:
+        """One part and its SHA-256 (blocking; hashing releases the GIL, so parts fetched at once overlap).
+        A part of another size than the instance's is not read: it is not the instance's."""
         try:
-            data = s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            reply = s3.get_object(Bucket=self.bucket, Key=key)
+            if reply.get("ContentLength") != size:
+                reply["Body"].close()
+                return b"", ""
+            data = reply["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             raise TransportError(
                 f"could not read s3://{self.bucket}/{key}, which the instance uploaded: {exc}; these "
@@ -133,7 +145,10 @@ class Upload:
         return data, hashlib.sha256(data).hexdigest()
 
     def delete(self, s3: Any) -> None:
-        s3.delete_objects(
+        reply = s3.delete_objects(
             Bucket=self.bucket,
             Delete={"Objects": [{"Key": key} for key in self.keys()], "Quiet": True},
         )
+        if reply.get("Errors"):
+            failed = ", ".join(f"{e.get('Key')} ({e.get('Code')})" for e in reply["Errors"])
+            raise TransportError(f"s3://{self.bucket} kept {failed}: add a lifecycle rule to the bucket")
