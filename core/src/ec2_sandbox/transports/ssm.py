@@ -677,7 +677,7 @@ class SsmTransport(Transport):
                 if isinstance(uploaded, dict):
                     parts = upload.parts(uploaded, span)
                     fetched = await asyncio.gather(
-                        *(asyncio.to_thread(upload.fetch, s3, key, size) for key, size, _ in parts)
+                        *(asyncio.to_thread(upload.fetch, s3, key, n) for key, n, _ in parts)
                     )
                 else:
                     data = protocol_page_data(result)
