@@ -8,10 +8,12 @@ really did what it set out to do (it swapped, it wrote, it printed), and the run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import threading
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -188,12 +190,9 @@ async def test_cleanup_during_a_run_keeps_the_run_and_its_record(box: Box) -> No
     await box.assert_recovers()
 
 
-async def test_cleanup_skips_what_a_live_process_of_its_uid_holds(box: Box) -> None:
-    # No run in flight, but a process of the session's uid alive (started here as that uid, as a run left
-    # behind by an older runner would be): the session is kept.
-    assert (await box.run("print('made')")).success
-    uid = runner.UidPool(box.base, *runner.SANDBOX_UID_RANGE).lookup("session:" + box.session)
-    assert uid is not None
+@contextlib.contextmanager
+def process_as(uid: int) -> Iterator[None]:
+    """A process running as ``uid`` for as long as the block runs (as a run left behind would be)."""
     read_end, write_end = os.pipe()
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -207,14 +206,24 @@ async def test_cleanup_skips_what_a_live_process_of_its_uid_holds(box: Box) -> N
             os._exit(0)
     os.close(read_end)
     os.close(ready_w)
-    assert os.read(ready_r, 1) == b"1"  # it runs as the session's uid now
+    assert os.read(ready_r, 1) == b"1"  # it runs as the uid now
     os.close(ready_r)
     try:
-        kept = await box.sb.cleanup_tasks(0)
-        assert any(e.id == box.session and "still running" in e.reason for e in kept.skipped), kept
+        yield
     finally:
         os.close(write_end)
         os.waitpid(pid, 0)
+
+
+async def test_cleanup_skips_what_a_live_process_of_its_uid_holds(box: Box) -> None:
+    # No run in flight, but a process of the session's uid alive (started here as that uid, as a run left
+    # behind by an older runner would be): the session is kept.
+    assert (await box.run("print('made')")).success
+    uid = runner.UidPool(box.base, *runner.SANDBOX_UID_RANGE).lookup("session:" + box.session)
+    assert uid is not None
+    with process_as(uid):
+        kept = await box.sb.cleanup_tasks(0)
+        assert any(e.id == box.session and "still running" in e.reason for e in kept.skipped), kept
     gone = await box.sb.cleanup_tasks(0)
     assert box.session in gone.removed_sessions
 
@@ -227,28 +236,10 @@ async def test_cleanup_keeps_a_task_and_its_run_record_while_a_process_of_its_ui
     assert result.success, result
     uid = runner.UidPool(box.base, *runner.SANDBOX_UID_RANGE).lookup("task:" + result.task_hash)
     assert uid is not None
-    read_end, write_end = os.pipe()
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(write_end)
-        try:
-            runner.drop_privileges(uid)
-            os.write(ready_w, b"1")
-            os.read(read_end, 1)
-        finally:
-            os._exit(0)
-    os.close(read_end)
-    os.close(ready_w)
-    assert os.read(ready_r, 1) == b"1"
-    os.close(ready_r)
-    try:
+    with process_as(uid):
         kept = await box.sb.cleanup_tasks(0)
         held = {e.kind for e in kept.skipped if e.id == result.task_hash and "still running" in e.reason}
         assert held == {"task", "run"}, kept
-    finally:
-        os.close(write_end)
-        os.waitpid(pid, 0)
     gone = await box.sb.cleanup_tasks(0)
     assert result.task_hash in gone.removed_tasks, gone
 
