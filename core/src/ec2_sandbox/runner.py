@@ -611,16 +611,9 @@ class UidPool(object):
 
     def _recorded_uid(self, task_hash):
         """The uid a task's record names (its run writes it once it holds one)."""
-        if not TASK_HASH_RE.match(task_hash):
-            return None
         try:
-            fd = os.open(task_lock_path(self.base, task_hash), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            with os.fdopen(fd, "rb") as fh:
-                uid = json.loads(fh.read().decode("utf-8")).get("uid")
-        except (OSError, ValueError, AttributeError):
+            uid = load_record(self.base, task_hash).get("uid")
+        except (RunnerError, OSError, ValueError, AttributeError):
             return None
         return uid if isinstance(uid, int) else None
 

@@ -811,10 +811,11 @@ class SsmTransport(Transport):
         if self.max_output_chars:
             # A read page is fitted under the cap on the instance, compressed when that carries more.
             header["fit"] = self.max_output_chars
-        if _MANIFEST_KEY.get() is not None:
+        key = _MANIFEST_KEY.get()
+        if key is not None:
             # In the header, which is always in the command itself: the request may be staged in the
             # bucket, where whoever can read it could then sign a manifest.
-            header["mac"] = _MANIFEST_KEY.get()
+            header["mac"] = key
         commands = _script(header, blob)
         if _size(commands) <= self.max_command_chars:
             try:
